@@ -1,0 +1,223 @@
+//! Counters and gauges readable from the program while a dataflow runs.
+//!
+//! A [`SourceMetrics`] or [`StateMetrics`] is created by the program (usually once per
+//! process, outside `execute`) and handed to the sources and operators of every worker; each
+//! worker reports into its own slot, and readers see per-worker values and totals.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use crate::time::Time;
+use crate::time::watermark::PartitionId;
+
+/// Counters of one source partition.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PartitionStats {
+    /// Records read (on time or late, decoded).
+    pub records: u64,
+    /// Late records dropped by `LatePolicy::Drop`.
+    pub late_dropped: u64,
+    /// Late records sent to the late collection.
+    pub late_side_output: u64,
+    /// Late records accepted and inserted at the watermark.
+    pub late_accepted: u64,
+    /// Records that failed to decode (dead letters).
+    pub dead_letters: u64,
+    /// The partition's current watermark.
+    pub watermark: Time,
+    /// Whether the partition is currently idle.
+    pub idle: bool,
+}
+
+impl PartitionStats {
+    /// All late records, whatever happened to them.
+    pub fn late(&self) -> u64 {
+        self.late_dropped + self.late_side_output + self.late_accepted
+    }
+
+    fn add(&mut self, other: &PartitionStats) {
+        self.records += other.records;
+        self.late_dropped += other.late_dropped;
+        self.late_side_output += other.late_side_output;
+        self.late_accepted += other.late_accepted;
+        self.dead_letters += other.dead_letters;
+    }
+}
+
+/// Counters of a source, per partition, shared by the workers of a process.
+///
+/// ```
+/// use tideline::metrics::SourceMetrics;
+///
+/// let metrics = SourceMetrics::new("events");
+/// assert_eq!(metrics.totals().records, 0);
+/// ```
+#[derive(Debug)]
+pub struct SourceMetrics {
+    name: String,
+    started: Instant,
+    records: AtomicU64,
+    partitions: Mutex<BTreeMap<PartitionId, PartitionStats>>,
+    watermarks: Mutex<BTreeMap<usize, Option<Time>>>,
+}
+
+impl SourceMetrics {
+    /// New, zeroed metrics for the source called `name`.
+    pub fn new(name: impl Into<String>) -> Arc<Self> {
+        Arc::new(SourceMetrics {
+            name: name.into(),
+            started: Instant::now(),
+            records: AtomicU64::new(0),
+            partitions: Mutex::new(BTreeMap::new()),
+            watermarks: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// The source's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Adds a worker's counts since its last report, and its partitions' watermarks.
+    pub(crate) fn report(
+        &self,
+        worker: usize,
+        delta: &BTreeMap<PartitionId, PartitionStats>,
+        watermarks: impl Iterator<Item = (PartitionId, Time, bool)>,
+        worker_watermark: Option<Time>,
+    ) {
+        let mut partitions = self.partitions.lock().expect("metrics lock poisoned");
+        let mut records = 0;
+        for (partition, stats) in delta {
+            records += stats.records;
+            partitions.entry(*partition).or_default().add(stats);
+        }
+        for (partition, watermark, idle) in watermarks {
+            let entry = partitions.entry(partition).or_default();
+            entry.watermark = watermark;
+            entry.idle = idle;
+        }
+        drop(partitions);
+        self.records.fetch_add(records, Ordering::Relaxed);
+        self.watermarks.lock().expect("metrics lock poisoned").insert(worker, worker_watermark);
+    }
+
+    /// Records read so far by all workers of this process (cheap; no lock).
+    pub fn records(&self) -> u64 {
+        self.records.load(Ordering::Relaxed)
+    }
+
+    /// Counters per partition.
+    pub fn partitions(&self) -> BTreeMap<PartitionId, PartitionStats> {
+        self.partitions.lock().expect("metrics lock poisoned").clone()
+    }
+
+    /// Counters summed over partitions (the watermark is the minimum over active partitions).
+    pub fn totals(&self) -> PartitionStats {
+        let partitions = self.partitions.lock().expect("metrics lock poisoned");
+        let mut total = PartitionStats::default();
+        for stats in partitions.values() {
+            total.add(stats);
+        }
+        total.watermark = self.watermark().unwrap_or(0);
+        total
+    }
+
+    /// The source's watermark in this process: the minimum over workers that have active
+    /// partitions, or `None` if none has.
+    pub fn watermark(&self) -> Option<Time> {
+        self.watermarks.lock().expect("metrics lock poisoned").values().flatten().copied().min()
+    }
+
+    /// Records per second since the metrics were created.
+    pub fn rate(&self) -> f64 {
+        let secs = self.started.elapsed().as_secs_f64();
+        if secs > 0.0 { self.records() as f64 / secs } else { 0.0 }
+    }
+
+    /// A one-line progress report: records read, watermark, late, dead letters, records/s.
+    pub fn progress_line(&self) -> String {
+        let totals = self.totals();
+        let watermark = match self.watermark() {
+            Some(w) => w.to_string(),
+            None => "-".to_string(),
+        };
+        format!(
+            "{}: {} records, watermark {}, {} late, {} dead letters, {:.0} records/s",
+            self.name,
+            totals.records,
+            watermark,
+            totals.late(),
+            totals.dead_letters,
+            self.rate()
+        )
+    }
+}
+
+/// Live-state gauges of a stateful operator: how many entries each worker holds.
+///
+/// Pass one to an operator (e.g. [`Windowed::state_metrics`](crate::window::Windowed::state_metrics))
+/// and read it from any thread while the dataflow runs.
+#[derive(Debug, Default)]
+pub struct StateMetrics {
+    workers: OnceLock<Vec<AtomicI64>>,
+    peaks: OnceLock<Vec<AtomicI64>>,
+    late_skipped: AtomicU64,
+}
+
+impl StateMetrics {
+    /// New gauges, all zero.
+    pub fn new() -> Arc<Self> {
+        Arc::new(StateMetrics::default())
+    }
+
+    fn slots(&self, peers: usize) -> (&[AtomicI64], &[AtomicI64]) {
+        let make = || (0..peers.max(1)).map(|_| AtomicI64::new(0)).collect::<Vec<_>>();
+        (self.workers.get_or_init(make), self.peaks.get_or_init(make))
+    }
+
+    /// Sets worker `index`'s live entry count.
+    pub fn set(&self, index: usize, peers: usize, entries: usize) {
+        let (workers, peaks) = self.slots(peers);
+        let entries = i64::try_from(entries).unwrap_or(i64::MAX);
+        if let (Some(slot), Some(peak)) = (workers.get(index), peaks.get(index)) {
+            slot.store(entries, Ordering::Relaxed);
+            peak.fetch_max(entries, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts updates an operator skipped because the state they belonged to had already been
+    /// released (they arrived at or after `end + allowed_lateness`).
+    pub fn add_late_skipped(&self, n: u64) {
+        self.late_skipped.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Updates skipped because their state had already been released.
+    pub fn late_skipped(&self) -> u64 {
+        self.late_skipped.load(Ordering::Relaxed)
+    }
+
+    /// Live entries per worker (of this process's view; other workers' slots stay zero).
+    pub fn per_worker(&self) -> Vec<u64> {
+        self.workers
+            .get()
+            .map(|v| v.iter().map(|a| a.load(Ordering::Relaxed).max(0) as u64).collect())
+            .unwrap_or_default()
+    }
+
+    /// Live entries summed over workers.
+    pub fn total(&self) -> u64 {
+        self.per_worker().iter().sum()
+    }
+
+    /// The largest live entry count any worker has reported.
+    pub fn peak_per_worker(&self) -> u64 {
+        self.peaks
+            .get()
+            .map(|v| v.iter().map(|a| a.load(Ordering::Relaxed).max(0) as u64).max().unwrap_or(0))
+            .unwrap_or(0)
+    }
+}

@@ -1,0 +1,273 @@
+//! Sinks: where collections leave the dataflow.
+//!
+//! A sink buffers each time's updates until the frontier has passed that time, then hands
+//! them, consolidated and sorted, to a [`SinkWriter`]; it tells the writer when the frontier
+//! advances (a flush and durability point) and when the input is complete. Nothing is
+//! written for a time before that time is final, so a sink's output is a deterministic
+//! changelog: identical for any number of workers.
+//!
+//! Errors are not dropped: the first error of a writer is kept in the [`SinkHandle`], the
+//! sink stops writing, and [`SinkHandle::error`] reports it.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use differential_dataflow::VecCollection;
+use differential_dataflow::consolidation::consolidate;
+use timely::communication::Pull;
+use timely::dataflow::channels::Message;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::generic::{InputHandleCore, Operator};
+use timely::progress::frontier::MutableAntichain;
+
+use crate::time::Time;
+use crate::{Error, ExchangeData, Result};
+
+/// Writes the updates of completed times somewhere.
+pub trait SinkWriter<D>: 'static {
+    /// Writes the updates of `time`, consolidated and sorted by data. Called in time order,
+    /// once per time, after the frontier has passed `time`.
+    fn write(&mut self, time: Time, updates: &[(D, isize)]) -> Result<()>;
+
+    /// Every time before `frontier` has been written (`None`: the input is complete and
+    /// nothing more will come). Flush here; what is flushed is durable.
+    fn advance(&mut self, frontier: Option<Time>) -> Result<()>;
+}
+
+/// Where a sink's writers run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SinkParallelism {
+    /// All updates go to worker 0 (of process 0), which alone writes: one output.
+    #[default]
+    Single,
+    /// Every worker writes its own share.
+    PerWorker,
+}
+
+#[derive(Debug, Default)]
+struct SinkState {
+    error: Option<String>,
+    frontiers: BTreeMap<usize, Option<Time>>,
+    complete: BTreeMap<usize, bool>,
+}
+
+/// Observes a sink from the program: its progress and its first error.
+#[derive(Clone, Debug)]
+pub struct SinkHandle {
+    name: String,
+    state: Arc<Mutex<SinkState>>,
+}
+
+impl SinkHandle {
+    /// A handle for the sink `name`. Share one handle between the workers of a process to
+    /// see all of them.
+    pub fn new(name: impl Into<String>) -> Self {
+        SinkHandle { name: name.into(), state: Arc::default() }
+    }
+
+    /// The sink's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The first error a writer reported, if any.
+    pub fn error(&self) -> Option<Error> {
+        let state = self.state.lock().expect("sink lock poisoned");
+        state.error.as_ref().map(|message| Error::Sink { sink: self.name.clone(), message: message.clone() })
+    }
+
+    /// The minimum frontier written by this process's workers (`None` once all are complete).
+    pub fn written_frontier(&self) -> Option<Time> {
+        let state = self.state.lock().expect("sink lock poisoned");
+        state.frontiers.values().flatten().copied().min()
+    }
+
+    /// Whether every worker of this process that reported has written its complete input.
+    pub fn is_complete(&self) -> bool {
+        let state = self.state.lock().expect("sink lock poisoned");
+        !state.complete.is_empty() && state.complete.values().all(|c| *c)
+    }
+
+    /// Returns the sink's error, if any, as a `Result`.
+    pub fn check(&self) -> Result<()> {
+        match self.error() {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+
+    fn record_error(&self, error: &Error) {
+        let mut state = self.state.lock().expect("sink lock poisoned");
+        if state.error.is_none() {
+            state.error = Some(error.to_string());
+        }
+    }
+
+    fn record_frontier(&self, worker: usize, frontier: Option<Time>) {
+        let mut state = self.state.lock().expect("sink lock poisoned");
+        state.frontiers.insert(worker, frontier);
+        state.complete.insert(worker, frontier.is_none());
+    }
+}
+
+/// Sinks on collections.
+pub trait Sink<D> {
+    /// Writes the collection's changelog with writers made per worker by
+    /// `make_writer(index, peers)` (return `None` on workers that do not write, e.g. all but
+    /// worker 0 with [`SinkParallelism::Single`]). Progress and errors go to `handle`.
+    fn sink_with<W, F>(self, handle: &SinkHandle, parallelism: SinkParallelism, make_writer: F)
+    where
+        W: SinkWriter<D>,
+        F: FnOnce(usize, usize) -> Option<W>;
+
+    /// Collects the changelog into `collected` (per worker; share one [`Collected`] between
+    /// the workers of a process).
+    fn collect_into(self, collected: &Collected<D>);
+}
+
+impl<D: ExchangeData> Sink<D> for VecCollection<'_, Time, D> {
+    fn sink_with<W, F>(self, handle: &SinkHandle, parallelism: SinkParallelism, make_writer: F)
+    where
+        W: SinkWriter<D>,
+        F: FnOnce(usize, usize) -> Option<W>,
+    {
+        let scope = self.inner.scope();
+        let (index, peers) = (scope.index(), scope.peers());
+        let name = format!("Sink({})", handle.name());
+        let mut core = SinkCore {
+            index,
+            writer: make_writer(index, peers),
+            handle: handle.clone(),
+            pending: BTreeMap::new(),
+            last_frontier: None,
+            failed: false,
+        };
+        match parallelism {
+            SinkParallelism::Single => {
+                let pact = Exchange::new(|_: &(D, Time, isize)| 0u64);
+                self.inner.sink(pact, &name, move |(input, frontier)| core.step(input, frontier))
+            }
+            SinkParallelism::PerWorker => {
+                self.inner.sink(Pipeline, &name, move |(input, frontier)| core.step(input, frontier))
+            }
+        }
+    }
+
+    fn collect_into(self, collected: &Collected<D>) {
+        let handle = SinkHandle::new("collect");
+        let target = collected.clone();
+        self.sink_with(&handle, SinkParallelism::PerWorker, move |_, _| Some(target));
+    }
+}
+
+struct SinkCore<D, W> {
+    index: usize,
+    writer: Option<W>,
+    handle: SinkHandle,
+    pending: BTreeMap<Time, Vec<(D, isize)>>,
+    last_frontier: Option<Option<Time>>,
+    failed: bool,
+}
+
+impl<D: ExchangeData, W: SinkWriter<D>> SinkCore<D, W> {
+    fn step<P>(
+        &mut self,
+        input: &mut InputHandleCore<Time, Vec<(D, Time, isize)>, P>,
+        frontier: &MutableAntichain<Time>,
+    ) where
+        P: Pull<Message<Time, Vec<(D, Time, isize)>>>,
+    {
+        let pending = &mut self.pending;
+        input.for_each(|_cap, data| {
+            for (datum, time, diff) in data.drain(..) {
+                pending.entry(time).or_default().push((datum, diff));
+            }
+        });
+        let current = frontier.frontier().first().copied();
+        while let Some(entry) = self.pending.first_entry() {
+            if current.is_some_and(|f| f <= *entry.key()) {
+                break;
+            }
+            let (time, mut updates) = entry.remove_entry();
+            consolidate(&mut updates);
+            if self.failed || updates.is_empty() {
+                continue;
+            }
+            if let Some(writer) = self.writer.as_mut()
+                && let Err(error) = writer.write(time, &updates)
+            {
+                self.handle.record_error(&error);
+                self.failed = true;
+            }
+        }
+        if self.last_frontier != Some(current) {
+            self.last_frontier = Some(current);
+            if !self.failed
+                && let Some(writer) = self.writer.as_mut()
+                && let Err(error) = writer.advance(current)
+            {
+                self.handle.record_error(&error);
+                self.failed = true;
+            }
+            self.handle.record_frontier(self.index, current);
+        }
+    }
+}
+
+/// Updates collected by [`Sink::collect_into`], for tests and small programs.
+#[derive(Debug)]
+pub struct Collected<D> {
+    updates: Arc<Mutex<Vec<(D, Time, isize)>>>,
+}
+
+impl<D> Clone for Collected<D> {
+    fn clone(&self) -> Self {
+        Collected { updates: Arc::clone(&self.updates) }
+    }
+}
+
+impl<D> Default for Collected<D> {
+    fn default() -> Self {
+        Collected { updates: Arc::default() }
+    }
+}
+
+impl<D: ExchangeData> Collected<D> {
+    /// An empty collector.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The changelog so far: consolidated `(data, time, diff)` sorted by time, then data.
+    pub fn changelog(&self) -> Vec<(D, Time, isize)> {
+        let mut updates: Vec<((Time, D), isize)> = self
+            .updates
+            .lock()
+            .expect("collector lock poisoned")
+            .iter()
+            .map(|(d, t, r)| ((*t, d.clone()), *r))
+            .collect();
+        consolidate(&mut updates);
+        updates.into_iter().map(|((t, d), r)| (d, t, r)).collect()
+    }
+
+    /// The collection accumulated over all times so far: `(data, multiplicity)`, sorted.
+    pub fn contents(&self) -> Vec<(D, isize)> {
+        let mut updates: Vec<(D, isize)> =
+            self.updates.lock().expect("collector lock poisoned").iter().map(|(d, _, r)| (d.clone(), *r)).collect();
+        consolidate(&mut updates);
+        updates
+    }
+}
+
+impl<D: ExchangeData> SinkWriter<D> for Collected<D> {
+    fn write(&mut self, time: Time, updates: &[(D, isize)]) -> Result<()> {
+        let mut target = self.updates.lock().expect("collector lock poisoned");
+        target.extend(updates.iter().map(|(d, r)| (d.clone(), time, *r)));
+        Ok(())
+    }
+
+    fn advance(&mut self, _frontier: Option<Time>) -> Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,346 @@
+//! Sources: watermarked, partitioned inputs that become differential collections.
+//!
+//! Every source is a [`SourceReader`] driven by one generic timely operator, [`source`]. The
+//! reader owns the partitions a worker reads and hands records to a [`ReadContext`]; the
+//! context applies the watermark strategy per partition and the late policy, counts
+//! everything, and the operator emits three collections ([`SourceStreams`]):
+//!
+//! - `data`: on-time records at their event time, accepted late records at the watermark;
+//! - `late`: late records not accepted ([`LateRecord`]), at the watermark;
+//! - `dead_letters`: records that failed to decode ([`DeadLetter`]).
+//!
+//! The operator holds a capability at the worker's watermark (the minimum over its active
+//! partitions) and downgrades it as the watermark advances, so the frontier of `data` *is*
+//! the source's watermark. A bounded reader that is exhausted drops its capability: the
+//! frontier goes to the end of time and every window flushes.
+//!
+//! # Lateness is decided per partition
+//!
+//! A record is late when its event time is below its *partition's* watermark. That makes the
+//! decision a deterministic function of each partition's order, independent of how many
+//! workers read the source and of how their reads interleave: results are identical for any
+//! number of workers and processes (DESIGN §9). (The one exception is a partition that
+//! returns from idleness behind the source's published watermark: what it sends below that
+//! watermark is late, which depends on processing time, as idleness itself does.)
+
+pub mod memory;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use differential_dataflow::{AsCollection, VecCollection};
+use timely::dataflow::Scope;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+
+use crate::late::{DeadLetter, LateDecision, LatePolicy, LateRecord};
+use crate::metrics::{PartitionStats, SourceMetrics};
+use crate::time::Time;
+use crate::time::watermark::{PartitionId, PartitionWatermark, WatermarkStrategy, WatermarkTracker};
+
+/// How a source turns its records into a watermarked collection.
+#[derive(Clone, Debug)]
+pub struct SourceConfig {
+    /// The source's name: names its operator and its metrics.
+    pub name: String,
+    /// How each partition's watermark follows its records.
+    pub watermarks: WatermarkStrategy,
+    /// What happens to late records.
+    pub late: LatePolicy,
+    /// Where to count; a fresh [`SourceMetrics`] per worker if `None`.
+    pub metrics: Option<Arc<SourceMetrics>>,
+    /// At most this many records per activation, so that downstream operators get to run.
+    pub batch_size: usize,
+}
+
+impl SourceConfig {
+    /// A configuration with monotonic watermarks and late records to the side output.
+    pub fn new(name: impl Into<String>) -> Self {
+        SourceConfig {
+            name: name.into(),
+            watermarks: WatermarkStrategy::monotonic(),
+            late: LatePolicy::default(),
+            metrics: None,
+            batch_size: 64 * 1024,
+        }
+    }
+
+    /// Sets the watermark strategy.
+    pub fn watermarks(mut self, strategy: WatermarkStrategy) -> Self {
+        self.watermarks = strategy;
+        self
+    }
+
+    /// Sets the late policy.
+    pub fn late(mut self, policy: LatePolicy) -> Self {
+        self.late = policy;
+        self
+    }
+
+    /// Shares metrics (usually one [`SourceMetrics`] for all workers of the process).
+    pub fn metrics(mut self, metrics: Arc<SourceMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Sets the number of records read per activation.
+    pub fn batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = batch_size.max(1);
+        self
+    }
+}
+
+/// What [`SourceReader::poll`] reports after reading.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadStatus {
+    /// More records are available now: poll again soon.
+    Busy,
+    /// Nothing available now: poll again after the given delay.
+    Waiting(Duration),
+    /// The reader is exhausted: the watermark goes to the end of time.
+    Done,
+}
+
+/// A worker's share of a source: it owns some partitions and reads their records.
+pub trait SourceReader: 'static {
+    /// The decoded record type.
+    type Item;
+
+    /// Reads up to [`ReadContext::budget`] records into `ctx` (more is allowed, but delays
+    /// the rest of the dataflow) and says whether more may come.
+    ///
+    /// A reader announces each partition with [`ReadContext::add_partition`] before giving
+    /// its records, and [`ReadContext::finish_partition`] when it is exhausted.
+    fn poll(&mut self, ctx: &mut ReadContext<'_, Self::Item>) -> ReadStatus;
+}
+
+/// The streams a source produces.
+pub struct SourceStreams<'scope, D: 'static> {
+    /// On-time records at their event time; accepted late records at the watermark.
+    pub data: VecCollection<'scope, Time, D>,
+    /// Late records that were not accepted, at the watermark of their partition.
+    pub late: VecCollection<'scope, Time, LateRecord<D>>,
+    /// Records that failed to decode.
+    pub dead_letters: VecCollection<'scope, Time, DeadLetter>,
+    /// The source's counters.
+    pub metrics: Arc<SourceMetrics>,
+}
+
+/// Where a [`SourceReader`] puts what it reads; applies watermarks and the late policy.
+pub struct ReadContext<'a, D> {
+    tracker: &'a mut WatermarkTracker,
+    stats: &'a mut Vec<PartitionStats>,
+    policy: LatePolicy,
+    floor: Time,
+    now: Instant,
+    budget: usize,
+    data: &'a mut Vec<(D, Time, isize)>,
+    late: &'a mut Vec<(LateRecord<D>, Time, isize)>,
+    dead: &'a mut Vec<(DeadLetter, Time, isize)>,
+    last: Option<(PartitionId, usize)>,
+}
+
+impl<D> ReadContext<'_, D> {
+    /// How many more records this poll should read.
+    pub fn budget(&self) -> usize {
+        self.budget
+    }
+
+    /// The watermark this worker has published: new partitions start no lower.
+    pub fn floor(&self) -> Time {
+        self.floor
+    }
+
+    /// The watermark strategy of this source.
+    pub fn strategy(&self) -> &WatermarkStrategy {
+        self.tracker.strategy()
+    }
+
+    /// Starts a partition with a fresh watermark generator.
+    pub fn add_partition(&mut self, partition: PartitionId) {
+        let generator = self.tracker.strategy().generator();
+        self.add_partition_with(partition, generator);
+    }
+
+    /// Starts a partition with a given generator (e.g. one that continues an earlier split).
+    pub fn add_partition_with(&mut self, partition: PartitionId, generator: PartitionWatermark) {
+        let slot = self.tracker.add(partition, generator, self.now, self.floor);
+        if self.stats.len() <= slot {
+            self.stats.resize(slot + 1, PartitionStats::default());
+        }
+    }
+
+    /// Marks a partition exhausted: it stops holding the watermark back.
+    pub fn finish_partition(&mut self, partition: PartitionId) {
+        if let Some(slot) = self.tracker.slot(partition) {
+            self.tracker.finish(slot);
+        }
+    }
+
+    /// The current watermark of a partition, if tracked.
+    pub fn partition_watermark(&self, partition: PartitionId) -> Option<Time> {
+        self.tracker.slot(partition).map(|slot| self.tracker.generator(slot).watermark())
+    }
+
+    fn slot(&mut self, partition: PartitionId) -> usize {
+        match self.last {
+            Some((id, slot)) if id == partition => slot,
+            _ => {
+                let slot = self
+                    .tracker
+                    .slot(partition)
+                    .unwrap_or_else(|| panic!("source reader gave a record of partition {partition} before adding it"));
+                self.last = Some((partition, slot));
+                slot
+            }
+        }
+    }
+
+    /// Gives a decoded record of `partition` at `position` with event time `time`.
+    ///
+    /// Returns how the late policy treated it.
+    pub fn record(&mut self, partition: PartitionId, position: u64, time: Time, item: D) -> LateDecision {
+        let slot = self.slot(partition);
+        self.budget = self.budget.saturating_sub(1);
+        let generator = self.tracker.touch(slot, self.now, self.floor);
+        let watermark = generator.watermark();
+        let decision = self.policy.decide(time, watermark);
+        let stats = &mut self.stats[slot];
+        stats.records += 1;
+        match decision {
+            LateDecision::OnTime => {
+                generator.observe(time);
+                self.data.push((item, time, 1));
+            }
+            LateDecision::Accept(at) => {
+                stats.late_accepted += 1;
+                self.data.push((item, at, 1));
+            }
+            LateDecision::SideOutput => {
+                stats.late_side_output += 1;
+                let late = LateRecord { partition, position, event_time: time, watermark, record: item };
+                self.late.push((late, watermark, 1));
+            }
+            LateDecision::Drop => stats.late_dropped += 1,
+        }
+        decision
+    }
+
+    /// Gives a record that failed to decode.
+    pub fn dead_letter(&mut self, letter: DeadLetter) {
+        self.budget = self.budget.saturating_sub(1);
+        if let Some(slot) = self.tracker.slot(letter.partition) {
+            self.stats[slot].dead_letters += 1;
+        }
+        self.dead.push((letter, self.floor, 1));
+    }
+}
+
+/// Builds a source operator from a reader, made per worker by `make_reader(index, peers)`.
+///
+/// This is the one place where records become a watermarked collection; the in-memory, file
+/// and Kafka sources are all readers driven by it.
+pub fn source<'scope, R, F>(
+    scope: Scope<'scope, Time>,
+    config: SourceConfig,
+    make_reader: F,
+) -> SourceStreams<'scope, R::Item>
+where
+    R: SourceReader,
+    R::Item: Clone + 'static,
+    F: FnOnce(usize, usize) -> R,
+{
+    let index = scope.index();
+    let peers = scope.peers();
+    let metrics = config.metrics.clone().unwrap_or_else(|| SourceMetrics::new(config.name.clone()));
+    let mut builder = OperatorBuilder::new(format!("Source({})", config.name), scope);
+    let info = builder.operator_info();
+    let (data_output, data_stream) = builder.new_output();
+    let (late_output, late_stream) = builder.new_output();
+    let (dead_output, dead_stream) = builder.new_output();
+    let mut data_output = OutputBuilder::from(data_output);
+    let mut late_output = OutputBuilder::from(late_output);
+    let mut dead_output = OutputBuilder::from(dead_output);
+
+    let mut reader = make_reader(index, peers);
+    let activator = scope.activator_for(info.address);
+    let report_to = Arc::clone(&metrics);
+    let idle_timeout = config.watermarks.idle_timeout();
+    builder.build(move |capabilities| {
+        let mut caps: Option<Vec<Capability<Time>>> = Some(capabilities);
+        let mut tracker = WatermarkTracker::new(config.watermarks.clone());
+        let mut stats: Vec<PartitionStats> = Vec::new();
+        let mut data = Vec::new();
+        let mut late = Vec::new();
+        let mut dead = Vec::new();
+        let mut last_report = Instant::now();
+        move |_frontiers| {
+            let Some(held) = caps.as_mut() else { return };
+            let floor = *held[0].time();
+            let now = Instant::now();
+            let mut ctx = ReadContext {
+                tracker: &mut tracker,
+                stats: &mut stats,
+                policy: config.late,
+                floor,
+                now,
+                budget: config.batch_size,
+                data: &mut data,
+                late: &mut late,
+                dead: &mut dead,
+                last: None,
+            };
+            let status = reader.poll(&mut ctx);
+            if !data.is_empty() {
+                data_output.activate().session(&held[0]).give_container(&mut data);
+                data.clear();
+            }
+            if !late.is_empty() {
+                late_output.activate().session(&held[1]).give_container(&mut late);
+                late.clear();
+            }
+            if !dead.is_empty() {
+                dead_output.activate().session(&held[2]).give_container(&mut dead);
+                dead.clear();
+            }
+            tracker.detect_idle(now);
+            let watermark = tracker.watermark();
+            if status != ReadStatus::Done
+                && let Some(w) = watermark.filter(|w| *w > floor)
+            {
+                for cap in held.iter_mut() {
+                    cap.downgrade(&w);
+                }
+            }
+            if status == ReadStatus::Done || now.duration_since(last_report) >= Duration::from_millis(200) {
+                let reported = if status == ReadStatus::Done { None } else { watermark };
+                report_to.report(index, &pairs(&tracker, &stats), tracker.partitions(), reported);
+                stats.iter_mut().for_each(|s| *s = PartitionStats::default());
+                last_report = now;
+            }
+            match status {
+                ReadStatus::Done => caps = None,
+                ReadStatus::Busy => activator.activate(),
+                ReadStatus::Waiting(delay) => {
+                    let delay = idle_timeout.map_or(delay, |t| delay.min(t / 2).max(Duration::from_millis(1)));
+                    activator.activate_after(delay);
+                }
+            }
+        }
+    });
+
+    SourceStreams {
+        data: data_stream.as_collection(),
+        late: late_stream.as_collection(),
+        dead_letters: dead_stream.as_collection(),
+        metrics,
+    }
+}
+
+fn pairs(
+    tracker: &WatermarkTracker,
+    stats: &[PartitionStats],
+) -> std::collections::BTreeMap<PartitionId, PartitionStats> {
+    stats.iter().enumerate().map(|(slot, s)| (tracker.id(slot), s.clone())).collect()
+}
