@@ -1,1 +1,14 @@
-//! Tideline connectors.
+//! Tideline connectors: where streams come from and where they go.
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`file`] | CSV and JSON Lines files: a splittable, watermarked source with dead letters, and a sink |
+//! | [`error`] | the connectors' error type |
+//!
+//! Every source here is a `tideline::source::SourceReader` driven by the engine's generic
+//! source operator, so watermarks, late policies and metrics behave the same everywhere.
+
+pub mod error;
+pub mod file;
+
+pub use error::ConnectorError;

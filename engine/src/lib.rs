@@ -15,6 +15,7 @@
 //! | [`source`] | the generic watermarked source operator, and in-memory sources |
 //! | [`window`] | tumbling and sliding windows, aggregators |
 //! | [`sink`] | sinks that write a time once it is complete; the collecting sink |
+//! | [`control`] | out-of-band control channels between the workers of all processes |
 //! | [`metrics`] | source counters and operator state gauges, readable while running |
 //! | [`run`] | worker / cluster configuration and helpers that run dataflows |
 //! | [`error`] | the engine's error type |
@@ -40,6 +41,7 @@
 //! assert_eq!(values, vec![12, 1]);
 //! ```
 
+pub mod control;
 pub mod error;
 pub mod late;
 pub mod metrics;
@@ -52,7 +54,7 @@ pub mod window;
 pub use differential_dataflow;
 pub use differential_dataflow::VecCollection;
 pub use error::{Error, Result};
-pub use time::{Event, Time};
+pub use time::{Event, EventTime, Time};
 pub use timely;
 
 /// Data that can live in a collection and travel between workers and processes: the bounds

@@ -62,6 +62,7 @@ pub struct SourceMetrics {
     records: AtomicU64,
     partitions: Mutex<BTreeMap<PartitionId, PartitionStats>>,
     watermarks: Mutex<BTreeMap<usize, Option<Time>>>,
+    errors: Mutex<Vec<String>>,
 }
 
 impl SourceMetrics {
@@ -73,7 +74,19 @@ impl SourceMetrics {
             records: AtomicU64::new(0),
             partitions: Mutex::new(BTreeMap::new()),
             watermarks: Mutex::new(BTreeMap::new()),
+            errors: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Records an error that stopped a reader.
+    pub(crate) fn record_error(&self, message: String) {
+        self.errors.lock().expect("metrics lock poisoned").push(message);
+    }
+
+    /// Errors that stopped readers of this source (empty when all is well). A source with
+    /// errors has not read all its input: programs should report them and fail.
+    pub fn errors(&self) -> Vec<String> {
+        self.errors.lock().expect("metrics lock poisoned").clone()
     }
 
     /// The source's name.

@@ -110,13 +110,16 @@ where
     I::Item: EventTime + Clone + 'static,
     F: FnMut(PartitionId) -> I,
 {
-    source(scope, config, move |index, peers| IterReader {
-        partitions: (0..count)
-            .filter(|p| p % peers == index)
-            .map(|p| (p as PartitionId, 0, Some(make(p as PartitionId))))
-            .collect(),
-        started: false,
-        next: 0,
+    source(scope, config, move |setup| {
+        let (index, peers) = (setup.index(), setup.peers());
+        IterReader {
+            partitions: (0..count)
+                .filter(|p| p % peers == index)
+                .map(|p| (p as PartitionId, 0, Some(make(p as PartitionId))))
+                .collect(),
+            started: false,
+            next: 0,
+        }
     })
 }
 

@@ -25,6 +25,7 @@
 
 pub mod memory;
 
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,6 +35,7 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
+use crate::control::Broadcast;
 use crate::late::{DeadLetter, LateDecision, LatePolicy, LateRecord};
 use crate::metrics::{PartitionStats, SourceMetrics};
 use crate::time::Time;
@@ -139,6 +141,7 @@ pub struct ReadContext<'a, D> {
     late: &'a mut Vec<(LateRecord<D>, Time, isize)>,
     dead: &'a mut Vec<(DeadLetter, Time, isize)>,
     last: Option<(PartitionId, usize)>,
+    metrics: &'a SourceMetrics,
 }
 
 impl<D> ReadContext<'_, D> {
@@ -227,6 +230,13 @@ impl<D> ReadContext<'_, D> {
         decision
     }
 
+    /// Reports an error that stops this reader (e.g. a file that cannot be read any more).
+    /// It is kept in the source's metrics ([`SourceMetrics::errors`]); the reader should then
+    /// return [`ReadStatus::Done`].
+    pub fn fail(&mut self, message: String) {
+        self.metrics.record_error(message);
+    }
+
     /// Gives a record that failed to decode.
     pub fn dead_letter(&mut self, letter: DeadLetter) {
         self.budget = self.budget.saturating_sub(1);
@@ -237,10 +247,46 @@ impl<D> ReadContext<'_, D> {
     }
 }
 
-/// Builds a source operator from a reader, made per worker by `make_reader(index, peers)`.
+/// What a reader is built with: which worker it runs on, and control channels to its peers.
+pub struct SourceSetup<'a> {
+    worker: &'a timely::worker::Worker,
+    address: Rc<[usize]>,
+    index: usize,
+    peers: usize,
+}
+
+impl SourceSetup<'_> {
+    /// This worker's index, `0..peers`, over all processes.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The number of workers over all processes.
+    pub fn peers(&self) -> usize {
+        self.peers
+    }
+
+    /// A control channel to every worker's reader of this source; an arriving message
+    /// schedules the source. All workers must create the same channels in the same order.
+    pub fn broadcast<T>(&self) -> Broadcast<T>
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned + Clone + Send + 'static,
+    {
+        Broadcast::new(self.worker, Rc::clone(&self.address))
+    }
+}
+
+/// How often a worker tells its peers its watermark (idle workers follow the others).
+const ANNOUNCE_EVERY: Duration = Duration::from_millis(20);
+
+/// Builds a source operator from a reader, made per worker by `make_reader(setup)`.
 ///
 /// This is the one place where records become a watermarked collection; the in-memory, file
 /// and Kafka sources are all readers driven by it.
+///
+/// A worker with no active partition (all idle, or none assigned, while the reader is not
+/// done) does not hold the watermark back: it follows the minimum watermark of the workers
+/// that have active partitions, which they announce on a control channel.
 pub fn source<'scope, R, F>(
     scope: Scope<'scope, Time>,
     config: SourceConfig,
@@ -249,7 +295,7 @@ pub fn source<'scope, R, F>(
 where
     R: SourceReader,
     R::Item: Clone + 'static,
-    F: FnOnce(usize, usize) -> R,
+    F: FnOnce(&SourceSetup<'_>) -> R,
 {
     let index = scope.index();
     let peers = scope.peers();
@@ -263,7 +309,9 @@ where
     let mut late_output = OutputBuilder::from(late_output);
     let mut dead_output = OutputBuilder::from(dead_output);
 
-    let mut reader = make_reader(index, peers);
+    let setup = SourceSetup { worker: scope.worker(), address: Rc::clone(&info.address), index, peers };
+    let mut announcements: Broadcast<(usize, Option<Time>)> = setup.broadcast();
+    let mut reader = make_reader(&setup);
     let activator = scope.activator_for(info.address);
     let report_to = Arc::clone(&metrics);
     let idle_timeout = config.watermarks.idle_timeout();
@@ -275,7 +323,12 @@ where
         let mut late = Vec::new();
         let mut dead = Vec::new();
         let mut last_report = Instant::now();
+        let mut peer_watermarks: Vec<Option<Time>> = vec![None; peers];
+        let mut announced: Option<(Option<Time>, Instant)> = None;
         move |_frontiers| {
+            while let Some((peer, watermark)) = announcements.recv() {
+                peer_watermarks[peer] = watermark;
+            }
             let Some(held) = caps.as_mut() else { return };
             let floor = *held[0].time();
             let now = Instant::now();
@@ -290,6 +343,7 @@ where
                 late: &mut late,
                 dead: &mut dead,
                 last: None,
+                metrics: &report_to,
             };
             let status = reader.poll(&mut ctx);
             if !data.is_empty() {
@@ -306,8 +360,24 @@ where
             }
             tracker.detect_idle(now);
             let watermark = tracker.watermark();
+            let announce = if status == ReadStatus::Done { None } else { watermark };
+            let due = match announced {
+                None => true,
+                Some((last, at)) => {
+                    last.is_some() != announce.is_some()
+                        || (last != announce && now.duration_since(at) >= ANNOUNCE_EVERY)
+                }
+            };
+            if due && peers > 1 {
+                announcements.send((index, announce));
+                announced = Some((announce, now));
+            }
+            // Without active partitions, follow the peers that have some.
+            let target = watermark.or_else(|| {
+                peer_watermarks.iter().enumerate().filter(|(peer, _)| *peer != index).filter_map(|(_, w)| *w).min()
+            });
             if status != ReadStatus::Done
-                && let Some(w) = watermark.filter(|w| *w > floor)
+                && let Some(w) = target.filter(|w| *w > floor)
             {
                 for cap in held.iter_mut() {
                     cap.downgrade(&w);
@@ -323,7 +393,10 @@ where
                 ReadStatus::Done => caps = None,
                 ReadStatus::Busy => activator.activate(),
                 ReadStatus::Waiting(delay) => {
-                    let delay = idle_timeout.map_or(delay, |t| delay.min(t / 2).max(Duration::from_millis(1)));
+                    let mut delay = idle_timeout.map_or(delay, |t| delay.min(t / 2).max(Duration::from_millis(1)));
+                    if announced.is_some_and(|(last, _)| last != announce) {
+                        delay = delay.min(ANNOUNCE_EVERY);
+                    }
                     activator.activate_after(delay);
                 }
             }
