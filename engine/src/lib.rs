@@ -16,6 +16,7 @@
 //! | [`window`] | tumbling and sliding windows, aggregators |
 //! | [`sink`] | sinks that write a time once it is complete; the collecting sink |
 //! | [`control`] | out-of-band control channels between the workers of all processes |
+//! | [`flow`] | flow control: sources wait for slow sinks instead of buffering |
 //! | [`metrics`] | source counters and operator state gauges, readable while running |
 //! | [`run`] | worker / cluster configuration and helpers that run dataflows |
 //! | [`error`] | the engine's error type |
@@ -43,6 +44,7 @@
 
 pub mod control;
 pub mod error;
+pub mod flow;
 pub mod late;
 pub mod metrics;
 pub mod run;

@@ -134,6 +134,9 @@ impl<D: ExchangeData> Sink<D> for VecCollection<'_, Time, D> {
         let scope = self.inner.scope();
         let (index, peers) = (scope.index(), scope.peers());
         let name = format!("Sink({})", handle.name());
+        let probe = timely::dataflow::operators::probe::Handle::new();
+        let collection = self.probe_with(&probe);
+        crate::flow::watch(scope, &probe);
         let mut core = SinkCore {
             index,
             writer: make_writer(index, peers),
@@ -145,10 +148,10 @@ impl<D: ExchangeData> Sink<D> for VecCollection<'_, Time, D> {
         match parallelism {
             SinkParallelism::Single => {
                 let pact = Exchange::new(|_: &(D, Time, isize)| 0u64);
-                self.inner.sink(pact, &name, move |(input, frontier)| core.step(input, frontier))
+                collection.inner.sink(pact, &name, move |(input, frontier)| core.step(input, frontier))
             }
             SinkParallelism::PerWorker => {
-                self.inner.sink(Pipeline, &name, move |(input, frontier)| core.step(input, frontier))
+                collection.inner.sink(Pipeline, &name, move |(input, frontier)| core.step(input, frontier))
             }
         }
     }

@@ -54,6 +54,9 @@ pub struct SourceConfig {
     pub metrics: Option<Arc<SourceMetrics>>,
     /// At most this many records per activation, so that downstream operators get to run.
     pub batch_size: usize,
+    /// Flow control: stop reading while the dataflow's sinks lag behind the watermark and
+    /// more than this many records were emitted since the watermark they have reached.
+    pub max_in_flight: u64,
 }
 
 impl SourceConfig {
@@ -65,6 +68,7 @@ impl SourceConfig {
             late: LatePolicy::default(),
             metrics: None,
             batch_size: 64 * 1024,
+            max_in_flight: 1 << 20,
         }
     }
 
@@ -89,6 +93,12 @@ impl SourceConfig {
     /// Sets the number of records read per activation.
     pub fn batch_size(mut self, batch_size: usize) -> Self {
         self.batch_size = batch_size.max(1);
+        self
+    }
+
+    /// Sets the flow-control bound (see [`crate::flow`]).
+    pub fn max_in_flight(mut self, records: u64) -> Self {
+        self.max_in_flight = records.max(1);
         self
     }
 }
@@ -313,6 +323,7 @@ where
     let mut announcements: Broadcast<(usize, Option<Time>)> = setup.broadcast();
     let mut reader = make_reader(&setup);
     let activator = scope.activator_for(info.address);
+    let flow = crate::flow::group(scope);
     let report_to = Arc::clone(&metrics);
     let idle_timeout = config.watermarks.idle_timeout();
     builder.build(move |capabilities| {
@@ -324,6 +335,8 @@ where
         let mut dead = Vec::new();
         let mut last_report = Instant::now();
         let mut peer_watermarks: Vec<Option<Time>> = vec![None; peers];
+        let mut emitted: u64 = 0;
+        let mut emitted_log: std::collections::VecDeque<(Time, u64)> = std::collections::VecDeque::new();
         let mut announced: Option<(Option<Time>, Instant)> = None;
         move |_frontiers| {
             while let Some((peer, watermark)) = announcements.recv() {
@@ -332,6 +345,16 @@ where
             let Some(held) = caps.as_mut() else { return };
             let floor = *held[0].time();
             let now = Instant::now();
+            // Flow control: wait while the consumers lag and too much is in flight.
+            if let Some(Some(consumed)) = flow.frontier()
+                && consumed < floor
+            {
+                let done_before = emitted_log.iter().take_while(|(w, _)| *w <= consumed).last().map_or(0, |(_, n)| *n);
+                if emitted - done_before > config.max_in_flight {
+                    activator.activate_after(Duration::from_millis(1));
+                    return;
+                }
+            }
             let mut ctx = ReadContext {
                 tracker: &mut tracker,
                 stats: &mut stats,
@@ -346,6 +369,7 @@ where
                 metrics: &report_to,
             };
             let status = reader.poll(&mut ctx);
+            emitted += (data.len() + late.len()) as u64;
             if !data.is_empty() {
                 data_output.activate().session(&held[0]).give_container(&mut data);
                 data.clear();
@@ -381,6 +405,14 @@ where
             {
                 for cap in held.iter_mut() {
                     cap.downgrade(&w);
+                }
+                // Remember how much had been emitted when the watermark reached `w`.
+                if let Some(consumed) = flow.frontier() {
+                    emitted_log.push_back((w, emitted));
+                    let consumed = consumed.unwrap_or(Time::MAX);
+                    while emitted_log.len() > 1 && emitted_log[1].0 <= consumed {
+                        emitted_log.pop_front();
+                    }
                 }
             }
             if status == ReadStatus::Done || now.duration_since(last_report) >= Duration::from_millis(200) {
