@@ -25,7 +25,7 @@ const AHEAD_MS: u64 = IN_FLIGHT + BATCH as u64 + 60;
 fn stream(partition: u64, events: u64) -> impl Iterator<Item = Event<u64, u64>> {
     (0..events).map(move |i| {
         let jitter = (i * 7919 + partition * 104_729) % 50;
-        Event::new((i + 50 - jitter).max(0), (i * 31 + partition) % KEYS, 1)
+        Event::new(i + 50 - jitter, (i * 31 + partition) % KEYS, 1)
     })
 }
 
