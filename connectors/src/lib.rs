@@ -12,3 +12,8 @@ pub mod error;
 pub mod file;
 
 pub use error::ConnectorError;
+
+// The connectors guide's code blocks are compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/connectors.md")]
+mod guide_connectors {}

@@ -30,7 +30,7 @@
 //! use tideline::source::{SourceConfig, memory};
 //! use tideline::window::aggregate::Sum;
 //!
-//! let events = vec![Event::new(1_000, "k", 5i64), Event::new(2_000, "k", 7), Event::new(11_000, "k", 1)];
+//! let events = vec![Event::new(1_000, 1u32, 5i64), Event::new(2_000, 1, 7), Event::new(11_000, 1, 1)];
 //! let sums = tideline::run::collect(1, move |scope| {
 //!     let events = events.clone();
 //!     memory::from_iter(scope, SourceConfig::new("events"), move || events.into_iter())
@@ -58,6 +58,17 @@ pub use differential_dataflow::VecCollection;
 pub use error::{Error, Result};
 pub use time::{Event, EventTime, Time};
 pub use timely;
+
+// The README's and the guide's code blocks are compiled and run as doctests, so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+mod readme {}
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/concepts.md")]
+mod guide_concepts {}
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/operators.md")]
+mod guide_operators {}
 
 /// Data that can live in a collection and travel between workers and processes: the bounds
 /// of differential's `ExchangeData`, plus `Hash` (for exchange by key).
