@@ -9,8 +9,15 @@
 //!
 //! Programs whose outputs are not Tideline sinks can register their own probes with
 //! [`watch`].
+//!
+//! The flow group also knows what is *safe*: sinks report the frontier up to which their output
+//! is durable, and stateful operators declare how long after its time a record can still
+//! affect their output ([`Retention`]). [`FlowGroup::safe_time`] combines them into the time
+//! below which every input record is fully accounted for — everything derived from it is
+//! durably written and no state refers to it — which is what an at-least-once source may
+//! commit (DESIGN §7).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
@@ -19,13 +26,72 @@ use timely::dataflow::operators::probe::Handle as ProbeHandle;
 
 use crate::time::Time;
 
+/// How long after its time an input record can still affect an operator's output.
+#[derive(Clone, Debug)]
+pub enum Retention {
+    /// At most this many ms after the record's time (windows: size + allowed lateness).
+    Bounded(u64),
+    /// The operator reports the oldest time it still holds; `None` when it holds nothing.
+    Live(Rc<Cell<Option<Time>>>),
+    /// Forever (e.g. an unbounded join): records are safe only once the sinks are complete.
+    Unbounded,
+}
+
 /// The consumers' frontiers of one dataflow on one worker.
 #[derive(Default)]
-pub(crate) struct FlowGroup {
+pub struct FlowGroup {
     probes: RefCell<Vec<ProbeHandle<Time>>>,
+    durable: RefCell<Vec<Rc<Cell<Option<Option<Time>>>>>>,
+    retention: RefCell<Vec<Retention>>,
 }
 
 impl FlowGroup {
+    /// Registers a sink's durable frontier: the cell holds `Some(Some(t))` once everything
+    /// before `t` is durably written, `Some(None)` once the sink is complete.
+    pub fn register_durable(&self, cell: Rc<Cell<Option<Option<Time>>>>) {
+        self.durable.borrow_mut().push(cell);
+    }
+
+    /// Declares an operator's retention.
+    pub fn register_retention(&self, retention: Retention) {
+        self.retention.borrow_mut().push(retention);
+    }
+
+    /// The time below which every input record of this dataflow is fully accounted for:
+    /// everything derived from it is durably written by every sink and no operator state
+    /// refers to it. `None` when the dataflow has no durable sink (nothing is ever safe).
+    ///
+    /// This worker's view: a source combines it with its own bookkeeping of which records it
+    /// read before which time.
+    pub fn safe_time(&self) -> Option<Time> {
+        let durable = self.durable.borrow();
+        if durable.is_empty() {
+            return None;
+        }
+        let mut written: Option<Time> = None; // None: every sink is complete
+        for cell in durable.iter() {
+            match cell.get() {
+                None => return Some(0),
+                Some(None) => {}
+                Some(Some(t)) => written = Some(written.map_or(t, |w| w.min(t))),
+            }
+        }
+        let Some(written) = written else { return Some(Time::MAX) };
+        let mut safe = written;
+        for retention in self.retention.borrow().iter() {
+            match retention {
+                Retention::Bounded(ms) => safe = safe.min(written.saturating_sub(*ms)),
+                Retention::Live(oldest) => {
+                    if let Some(oldest) = oldest.get() {
+                        safe = safe.min(oldest);
+                    }
+                }
+                Retention::Unbounded => return Some(0),
+            }
+        }
+        Some(safe)
+    }
+
     /// The minimum frontier over registered consumers: `None` without consumers,
     /// `Some(None)` when all are complete.
     pub(crate) fn frontier(&self) -> Option<Option<Time>> {
@@ -48,7 +114,7 @@ thread_local! {
 }
 
 /// The flow group of the dataflow `scope` belongs to (per worker thread).
-pub(crate) fn group(scope: Scope<'_, Time>) -> Rc<FlowGroup> {
+pub fn group(scope: Scope<'_, Time>) -> Rc<FlowGroup> {
     let dataflow = scope.addr().first().copied().unwrap_or_default();
     let worker = scope.index();
     GROUPS.with(|groups| {

@@ -14,10 +14,16 @@ use std::sync::{Arc, Mutex};
 
 use differential_dataflow::VecCollection;
 use differential_dataflow::consolidation::consolidate;
+use std::cell::Cell;
+use std::rc::Rc;
+
 use timely::communication::Pull;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+
+use crate::control::Broadcast;
 use timely::dataflow::channels::Message;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
-use timely::dataflow::operators::generic::{InputHandleCore, Operator};
+use timely::dataflow::operators::generic::InputHandleCore;
 use timely::progress::frontier::MutableAntichain;
 
 use crate::time::Time;
@@ -137,6 +143,10 @@ impl<D: ExchangeData> Sink<D> for VecCollection<'_, Time, D> {
         let probe = timely::dataflow::operators::probe::Handle::new();
         let collection = self.probe_with(&probe);
         crate::flow::watch(scope, &probe);
+        let durable = Rc::new(Cell::new(None));
+        crate::flow::group(scope).register_durable(Rc::clone(&durable));
+        let mut builder = OperatorBuilder::new(name, scope);
+        let info = builder.operator_info();
         let mut core = SinkCore {
             index,
             writer: make_writer(index, peers),
@@ -144,14 +154,18 @@ impl<D: ExchangeData> Sink<D> for VecCollection<'_, Time, D> {
             pending: BTreeMap::new(),
             last_frontier: None,
             failed: false,
+            durable,
+            announcements: Broadcast::new(scope.worker(), Rc::clone(&info.address)),
+            peers_durable: vec![Some(Some(0)); peers],
         };
         match parallelism {
             SinkParallelism::Single => {
-                let pact = Exchange::new(|_: &(D, Time, isize)| 0u64);
-                collection.inner.sink(pact, &name, move |(input, frontier)| core.step(input, frontier))
+                let mut input = builder.new_input(collection.inner, Exchange::new(|_: &(D, Time, isize)| 0u64));
+                builder.build(move |_| move |frontiers| core.step(&mut input, &frontiers[0]));
             }
             SinkParallelism::PerWorker => {
-                collection.inner.sink(Pipeline, &name, move |(input, frontier)| core.step(input, frontier))
+                let mut input = builder.new_input(collection.inner, Pipeline);
+                builder.build(move |_| move |frontiers| core.step(&mut input, &frontiers[0]));
             }
         }
     }
@@ -170,6 +184,13 @@ struct SinkCore<D, W> {
     pending: BTreeMap<Time, Vec<(D, isize)>>,
     last_frontier: Option<Option<Time>>,
     failed: bool,
+    /// What every worker's part of this sink has durably written (the minimum), for the flow
+    /// group (see [`crate::flow`]).
+    durable: Rc<Cell<Option<Option<Time>>>>,
+    /// Workers announce their durable frontiers to each other: records read by one worker
+    /// may be written by another.
+    announcements: Broadcast<(usize, Option<Time>)>,
+    peers_durable: Vec<Option<Option<Time>>>,
 }
 
 impl<D: ExchangeData, W: SinkWriter<D>> SinkCore<D, W> {
@@ -212,8 +233,27 @@ impl<D: ExchangeData, W: SinkWriter<D>> SinkCore<D, W> {
                 self.handle.record_error(&error);
                 self.failed = true;
             }
+            if !self.failed {
+                // Everything before `current` is written and flushed: durable. Tell the peers.
+                self.announcements.send((self.index, current));
+            }
             self.handle.record_frontier(self.index, current);
         }
+        while let Some((peer, frontier)) = self.announcements.recv() {
+            self.peers_durable[peer] = Some(frontier);
+        }
+        let mut all: Option<Option<Time>> = Some(None);
+        for peer in &self.peers_durable {
+            all = match (all, peer) {
+                (_, None) | (None, _) => None,
+                (Some(a), Some(p)) => Some(match (a, p) {
+                    (None, p) => *p,
+                    (a, None) => a,
+                    (Some(a), Some(p)) => Some(a.min(*p)),
+                }),
+            };
+        }
+        self.durable.set(all);
     }
 }
 

@@ -152,6 +152,7 @@ pub struct ReadContext<'a, D> {
     dead: &'a mut Vec<(DeadLetter, Time, isize)>,
     last: Option<(PartitionId, usize)>,
     metrics: &'a SourceMetrics,
+    flow: &'a crate::flow::FlowGroup,
 }
 
 impl<D> ReadContext<'_, D> {
@@ -238,6 +239,14 @@ impl<D> ReadContext<'_, D> {
             LateDecision::Drop => stats.late_dropped += 1,
         }
         decision
+    }
+
+    /// The time below which every record this dataflow has read is fully accounted for
+    /// (everything derived from it durably written by the sinks, no state referring to it),
+    /// or `None` if the dataflow has no durable sink. What an at-least-once reader may
+    /// commit: the positions of records whose assigned times are all below it.
+    pub fn safe_time(&self) -> Option<Time> {
+        self.flow.safe_time()
     }
 
     /// Reports an error that stops this reader (e.g. a file that cannot be read any more).
@@ -367,6 +376,7 @@ where
                 dead: &mut dead,
                 last: None,
                 metrics: &report_to,
+                flow: &flow,
             };
             let status = reader.poll(&mut ctx);
             emitted += (data.len() + late.len()) as u64;

@@ -111,6 +111,9 @@ where
 
     // Stage 2 (by key): window state, emission as the frontier passes, release.
     let (worker, peers) = (results_scope.index(), results_scope.peers());
+    // A record at time τ affects windows ending at most `size + allowed_lateness` later.
+    crate::flow::group(results_scope)
+        .register_retention(crate::flow::Retention::Bounded(spec.size().saturating_add(allowed_lateness)));
     let exchange = Exchange::new(|update: &Update<PaneDelta<K, A::Acc>>| update.0.key.hashed());
     let results = panes.unary_frontier(exchange, &name, move |_capability, _info| {
         let mut windows: BTreeMap<Time, WindowState<K, A::Acc>> = BTreeMap::new();
