@@ -3,6 +3,7 @@
 //! | module | what it holds |
 //! |---|---|
 //! | [`file`] | CSV and JSON Lines files: a splittable, watermarked source with dead letters, and a sink |
+//! | `nexmark` | the Nexmark benchmark's generator as a deterministic, partitioned source (feature `nexmark`) |
 //! | [`error`] | the connectors' error type |
 //!
 //! Every source here is a `tideline::source::SourceReader` driven by the engine's generic
@@ -10,6 +11,8 @@
 
 pub mod error;
 pub mod file;
+#[cfg(feature = "nexmark")]
+pub mod nexmark;
 
 pub use error::ConnectorError;
 

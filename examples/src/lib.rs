@@ -1,5 +1,7 @@
 //! Code shared by the example programs: the `window_agg` record types and its built-in,
-//! generated data set.
+//! generated data set, and the Nexmark queries.
+
+pub mod nexmark;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
