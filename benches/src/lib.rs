@@ -1,1 +1,348 @@
-//! Benchmarks.
+//! Workloads of the throughput harness (`harness.rs`) and the criterion benches: the input
+//! generator and each workload written three ways — Tideline (E), plain differential (D) and a
+//! hand-written loop (H).
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use tideline::differential_dataflow::input::Input;
+use tideline::differential_dataflow::operators::count::CountTotal;
+use tideline::late::LatePolicy;
+use tideline::metrics::StateMetrics;
+use tideline::prelude::*;
+use tideline::run::{Cluster, execute};
+use tideline::sink::Collected;
+use tideline::source::{SourceConfig, memory};
+use tideline::timely::dataflow::operators::probe::Handle;
+use tideline::window::aggregate::Count;
+
+/// Partitions of the generated input (fixed: results do not depend on workers).
+pub const PARTITIONS: usize = 16;
+/// Out-of-orderness of the generated input (ms) and the watermark bound used for it.
+pub const JITTER_MS: u64 = 100;
+/// The watermark bound: larger than the jitter, so no record is late.
+pub const BOUND_MS: u64 = 200;
+
+/// A bid-shaped event: key = auction, value = price.
+pub type Bid = Event<u64, u64>;
+
+/// Parameters of generated input.
+#[derive(Clone, Copy, Debug)]
+pub struct InputShape {
+    /// Total events.
+    pub events: u64,
+    /// Distinct keys (auctions).
+    pub keys: u64,
+    /// Events per second of event time, over all partitions.
+    pub rate: u64,
+}
+
+impl InputShape {
+    /// Nexmark-like bids: 10 000 auctions, 100 000 events per second of event time.
+    pub fn bids(events: u64) -> Self {
+        InputShape { events, keys: 10_000, rate: 100_000 }
+    }
+}
+
+/// Generates the input: [`PARTITIONS`] partitions of bids, times increasing with up to
+/// [`JITTER_MS`] of disorder, a quarter of the bids on 1% of the auctions (hot keys).
+pub fn generate(shape: InputShape) -> Vec<Vec<Bid>> {
+    (0..PARTITIONS)
+        .map(|p| {
+            let mut rng = SmallRng::seed_from_u64(p as u64 * 7919 + 17);
+            let count = shape.events / PARTITIONS as u64 + u64::from((p as u64) < shape.events % PARTITIONS as u64);
+            (0..count)
+                .map(|i| {
+                    let global = i * PARTITIONS as u64 + p as u64;
+                    let time = 1_767_225_600_000 + global * 1_000 / shape.rate;
+                    let time = time.saturating_sub(rng.gen_range(0..JITTER_MS));
+                    let key = if rng.gen_ratio(1, 4) {
+                        rng.gen_range(0..(shape.keys / 100).max(1))
+                    } else {
+                        rng.gen_range(0..shape.keys)
+                    };
+                    Event::new(time, key, rng.gen_range(1..10_000))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// A workload of the harness.
+#[derive(Clone, Copy, Debug)]
+pub struct Workload {
+    /// Its name on the command line.
+    pub name: &'static str,
+    /// What it computes.
+    pub description: &'static str,
+    /// Window size and slide (ms).
+    pub window: (u64, u64),
+}
+
+/// Every workload the harness knows.
+pub fn workloads() -> Vec<Workload> {
+    vec![
+        Workload { name: "tumbling", description: "count per key, tumbling 10 s windows", window: (10_000, 10_000) },
+        Workload {
+            name: "sliding",
+            description: "count per key, sliding 10 s windows every 2 s (q5 shape)",
+            window: (10_000, 2_000),
+        },
+    ]
+}
+
+/// What one variant of one workload measured.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Measurement {
+    /// E, D or H.
+    pub variant: String,
+    /// Input events.
+    pub events: u64,
+    /// Worker threads (1 for H).
+    pub workers: usize,
+    /// Wall-clock seconds of the computation (input generation excluded).
+    pub seconds: f64,
+    /// Number of output rows (window, key, count).
+    pub outputs: u64,
+    /// Hash of the sorted output rows.
+    pub hash: u64,
+    /// Resident memory after generating the input (kB).
+    pub baseline_kb: u64,
+    /// Peak resident memory (kB).
+    pub peak_kb: u64,
+    /// Peak live state entries reported by the operator (E only).
+    pub entries: Option<u64>,
+}
+
+impl Measurement {
+    /// One JSON line.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("serializable")
+    }
+
+    /// Parses [`Measurement::to_json`]'s output.
+    pub fn from_json(line: &str) -> Option<Self> {
+        serde_json::from_str(line).ok()
+    }
+
+    /// Peak memory above the input, in MB.
+    pub fn peak_mb(&self) -> f64 {
+        self.peak_kb.saturating_sub(self.baseline_kb) as f64 / 1_000.0
+    }
+
+    /// Peak memory above the input per peak live state entry, in bytes.
+    pub fn bytes_per_entry(&self) -> Option<f64> {
+        self.entries
+            .filter(|e| *e > 0)
+            .map(|e| self.peak_kb.saturating_sub(self.baseline_kb) as f64 * 1_000.0 / e as f64)
+    }
+}
+
+fn memory_kb(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// Output rows: (window start, key, count), sorted.
+type Rows = Vec<(u64, u64, i64)>;
+
+fn digest(mut rows: Rows) -> (u64, u64) {
+    rows.sort_unstable();
+    let mut hasher = DefaultHasher::new();
+    rows.hash(&mut hasher);
+    (rows.len() as u64, hasher.finish())
+}
+
+/// Runs one variant of `workload` on freshly generated input and measures it.
+pub fn run_variant(workload: &Workload, variant: &str, events: u64, workers: usize) -> Measurement {
+    let input = Arc::new(generate(InputShape::bids(events)));
+    let baseline_kb = memory_kb("VmRSS:");
+    let started = Instant::now();
+    let (rows, entries, workers) = match variant {
+        "E" => {
+            let (rows, entries) = engine(workload, &input, workers);
+            (rows, Some(entries), workers)
+        }
+        "D" => (differential(workload, &input, workers), None, workers),
+        "H" => (hand_written(workload, &input), None, 1),
+        other => panic!("unknown variant {other}"),
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    let (outputs, hash) = digest(rows);
+    Measurement {
+        variant: variant.to_string(),
+        events,
+        workers,
+        seconds,
+        outputs,
+        hash,
+        baseline_kb,
+        peak_kb: memory_kb("VmHWM:"),
+        entries,
+    }
+}
+
+fn spec(workload: &Workload) -> WindowSpec {
+    WindowSpec::sliding(Duration::from_millis(workload.window.0), Duration::from_millis(workload.window.1))
+        .expect("valid window")
+}
+
+/// E: the Tideline pipeline.
+pub fn engine(workload: &Workload, input: &Arc<Vec<Vec<Bid>>>, workers: usize) -> (Rows, u64) {
+    let spec = spec(workload);
+    let results = Collected::new();
+    let state = StateMetrics::new();
+    let (r, s, input) = (results.clone(), Arc::clone(&state), Arc::clone(input));
+    execute(&Cluster::threads(workers), move |worker| {
+        let (r, s, input) = (r.clone(), Arc::clone(&s), Arc::clone(&input));
+        worker.dataflow::<Time, _, _>(move |scope| {
+            let config = SourceConfig::new("bids")
+                .watermarks(WatermarkStrategy::bounded_out_of_orderness(Duration::from_millis(BOUND_MS)))
+                .late(LatePolicy::Drop);
+            memory::from_partitions(scope, config, input)
+                .data
+                .windows(spec)
+                .state_metrics(s)
+                .aggregate(Count)
+                .map(|r| (r.window.start, r.key, r.value))
+                .collect_into(&r);
+        });
+        while worker.step_or_park(None) {}
+    })
+    .expect("engine run");
+    let rows = results.contents().into_iter().map(|(row, _)| row).collect();
+    (rows, state.peak_per_worker() * workers as u64)
+}
+
+/// D: the same computation written directly against differential: each worker feeds its
+/// partitions into an input session, each record at its window's last instant, and counts
+/// with `count_total`.
+pub fn differential(workload: &Workload, input: &Arc<Vec<Vec<Bid>>>, workers: usize) -> Rows {
+    let (size, slide) = workload.window;
+    let results = Collected::new();
+    let (r, input) = (results.clone(), Arc::clone(input));
+    execute(&Cluster::threads(workers), move |worker| {
+        let (index, peers) = (worker.index(), worker.peers());
+        let r = r.clone();
+        let probe = Handle::new();
+        let mut session = worker.dataflow::<Time, _, _>(|scope| {
+            let (session, windows) = scope.new_collection::<(u64, u64), isize>();
+            windows
+                .count_total()
+                .map(|((start, key), count)| (start, key, count as i64))
+                .probe_with(&probe)
+                .collect_into(&r);
+            session
+        });
+        let mine: Vec<&Vec<Bid>> =
+            input.iter().enumerate().filter(|(p, _)| p % peers == index).map(|(_, v)| v).collect();
+        let mut positions = vec![0usize; mine.len()];
+        let mut max_seen = vec![0u64; mine.len()];
+        loop {
+            let mut any = false;
+            for (i, partition) in mine.iter().enumerate() {
+                let end = (positions[i] + 4_096).min(partition.len());
+                for event in &partition[positions[i]..end] {
+                    let watermark = max_seen[i].saturating_sub(BOUND_MS);
+                    if event.time < watermark {
+                        continue; // late: dropped, as E's LatePolicy::Drop does
+                    }
+                    max_seen[i] = max_seen[i].max(event.time);
+                    let mut start = event.time - event.time % slide;
+                    while start + size > event.time {
+                        session.update_at((start, event.key), start + size - 1, 1);
+                        if start < slide {
+                            break;
+                        }
+                        start -= slide;
+                    }
+                }
+                any |= end > positions[i];
+                positions[i] = end;
+            }
+            let done: Vec<bool> = mine.iter().enumerate().map(|(i, p)| positions[i] >= p.len()).collect();
+            let watermark = max_seen
+                .iter()
+                .zip(&done)
+                .filter(|(_, d)| !**d)
+                .map(|(m, _)| m.saturating_sub(BOUND_MS))
+                .min()
+                .unwrap_or(u64::MAX - 1);
+            if watermark > *session.time() {
+                session.advance_to(watermark);
+            }
+            session.flush();
+            worker.step();
+            // Do not run unboundedly ahead of the output (as E's flow control does not).
+            while probe.less_than(&session.time().saturating_sub(size * 4)) {
+                worker.step();
+            }
+            if !any {
+                break;
+            }
+        }
+        drop(session);
+        while !probe.done() {
+            worker.step();
+        }
+    })
+    .expect("differential run");
+    results.contents().into_iter().map(|(row, _)| row).collect()
+}
+
+/// H: a hand-written single-threaded loop: partitions read round-robin, per-partition
+/// watermarks, counts in hash maps per window, each window emitted and dropped when the
+/// watermark (minimum over partitions) passes its end.
+pub fn hand_written(workload: &Workload, input: &Arc<Vec<Vec<Bid>>>) -> Rows {
+    let (size, slide) = workload.window;
+    let mut windows: BTreeMap<u64, HashMap<u64, i64>> = BTreeMap::new();
+    let mut out = Vec::new();
+    let mut positions = vec![0usize; input.len()];
+    let mut max_seen = vec![0u64; input.len()];
+    loop {
+        let mut any = false;
+        for (i, partition) in input.iter().enumerate() {
+            let end = (positions[i] + 4_096).min(partition.len());
+            for event in &partition[positions[i]..end] {
+                if event.time < max_seen[i].saturating_sub(BOUND_MS) {
+                    continue;
+                }
+                max_seen[i] = max_seen[i].max(event.time);
+                let mut start = event.time - event.time % slide;
+                while start + size > event.time {
+                    *windows.entry(start).or_default().entry(event.key).or_insert(0) += 1;
+                    if start < slide {
+                        break;
+                    }
+                    start -= slide;
+                }
+            }
+            any |= end > positions[i];
+            positions[i] = end;
+        }
+        let watermark = (0..input.len())
+            .filter(|i| positions[*i] < input[*i].len())
+            .map(|i| max_seen[i].saturating_sub(BOUND_MS))
+            .min()
+            .unwrap_or(u64::MAX);
+        while let Some(entry) = windows.first_entry() {
+            if entry.key() + size > watermark {
+                break;
+            }
+            let (start, counts) = entry.remove_entry();
+            out.extend(counts.into_iter().map(|(key, count)| (start, key, count)));
+        }
+        if !any {
+            break;
+        }
+    }
+    out
+}
