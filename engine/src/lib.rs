@@ -70,6 +70,10 @@ mod guide_concepts {}
 #[doc = include_str!("../../docs/operators.md")]
 mod guide_operators {}
 
+/// Hash maps with a fast, fixed-seed hasher for operator state (keys come from the data, so
+/// iteration order never decides results; a fixed seed keeps runs reproducible).
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;
+
 /// Data that can live in a collection and travel between workers and processes: the bounds
 /// of differential's `ExchangeData`, plus `Hash` (for exchange by key).
 pub trait ExchangeData: differential_dataflow::ExchangeData + std::hash::Hash {}

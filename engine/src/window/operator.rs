@@ -2,7 +2,7 @@
 //! the keyed window operator that emits results as the frontier passes their times.
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use differential_dataflow::hashable::Hashable;
 use differential_dataflow::{AsCollection, VecCollection};
@@ -12,10 +12,10 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::{Operator, OutputBuilder};
 
-use crate::ExchangeData;
 use crate::time::{Event, Time};
 use crate::window::aggregate::Aggregator;
 use crate::window::{Emit, Window, WindowResult, WindowedCollection};
+use crate::{ExchangeData, FastMap};
 
 /// Pre-aggregated updates of one key in one pane.
 ///
@@ -60,7 +60,7 @@ where
         OutputBuilder::<_, timely::container::CapacityContainerBuilder<Vec<Update<Event<K, V>>>>>::from(late_output);
     let combiner = aggregator.clone();
     builder.build(move |_capabilities| {
-        let mut combined: HashMap<(K, u64, Option<Time>), (A::Acc, i64)> = HashMap::new();
+        let mut combined: FastMap<(K, u64, Option<Time>), (A::Acc, i64)> = FastMap::default();
         let mut passthrough: Vec<Update<PaneDelta<K, A::Acc>>> = Vec::new();
         move |_frontiers| {
             let mut panes_handle = panes_output.activate();
@@ -152,12 +152,20 @@ where
                             }
                             Err(position) => {
                                 pending.insert(position, (at, a, count));
-                                state.dirty.entry(at).or_default().push(slot);
-                                times
-                                    .entry(at)
-                                    .or_insert_with(|| (cap.delayed(&at, 0), BTreeSet::new()))
-                                    .1
-                                    .insert(window.end);
+                                match state.dirty.entry(at) {
+                                    std::collections::btree_map::Entry::Occupied(mut dirty) => {
+                                        dirty.get_mut().push(slot)
+                                    }
+                                    std::collections::btree_map::Entry::Vacant(dirty) => {
+                                        // The first pending update of this window at `at`.
+                                        dirty.insert(vec![slot]);
+                                        times
+                                            .entry(at)
+                                            .or_insert_with(|| (cap.delayed(&at, 0), BTreeSet::new()))
+                                            .1
+                                            .insert(window.end);
+                                    }
+                                }
                             }
                         }
                     }
@@ -226,7 +234,7 @@ struct Slot<A> {
 
 struct WindowState<K, A> {
     window: Window,
-    index: HashMap<K, usize>,
+    index: FastMap<K, usize>,
     keys_by_slot: Vec<K>,
     slots: Vec<Slot<A>>,
     dirty: BTreeMap<Time, Vec<usize>>,
@@ -236,7 +244,7 @@ impl<K: ExchangeData, A: Default> WindowState<K, A> {
     fn new(window: Window) -> Self {
         WindowState {
             window,
-            index: HashMap::new(),
+            index: FastMap::default(),
             keys_by_slot: Vec::new(),
             slots: Vec::new(),
             dirty: BTreeMap::new(),
