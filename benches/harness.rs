@@ -25,6 +25,7 @@ harness: Tideline (E) vs plain differential (D) vs a hand-written loop (H), side
   --workers W         worker threads for E and D (default 1)
   --workload A,B      workloads to run (default: all): {WORKLOADS}
   --smoke             small input (100000 events), check agreement only: for CI
+  --latency RATE      window result latency at RATE events/s (real time), p50/p99
   --child VARIANT     internal: run one variant (E, D or H) of one workload and print JSON
 ";
 
@@ -35,6 +36,7 @@ fn main() -> ExitCode {
     let mut selected: Option<Vec<String>> = None;
     let mut smoke = false;
     let mut child: Option<String> = None;
+    let mut latency: Option<u64> = None;
     while let Some(flag) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| fail(&format!("{flag} needs a value")));
         match flag.as_str() {
@@ -43,6 +45,7 @@ fn main() -> ExitCode {
             "--workload" => selected = Some(value().split(',').map(String::from).collect()),
             "--smoke" => smoke = true,
             "--child" => child = Some(value()),
+            "--latency" => latency = Some(value().parse().unwrap_or_else(|_| fail("--latency expects events/s"))),
             "--help" => {
                 let names: Vec<&str> = workloads().iter().map(|w| w.name).collect();
                 println!("{}", USAGE.replace("{WORKLOADS}", &names.join(", ")));
@@ -53,6 +56,24 @@ fn main() -> ExitCode {
     }
     if smoke {
         events = events.min(100_000);
+    }
+    if let Some(rate) = latency {
+        let (window_ms, seconds, keys) = (100, 20, 10_000);
+        println!(
+            "window latency: tumbling {window_ms} ms count over {keys} keys, {rate} events/s in real time for {seconds} s"
+        );
+        let latencies = tideline_benches::window_latency(rate, window_ms, seconds, keys);
+        let at = |q: f64| {
+            latencies.get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1))).copied()
+        };
+        println!(
+            "{} windows: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms (from the watermark passing a window's end to its result at the sink)",
+            latencies.len(),
+            at(0.5).unwrap_or(0) as f64 / 1e3,
+            at(0.99).unwrap_or(0) as f64 / 1e3,
+            latencies.last().copied().unwrap_or(0) as f64 / 1e3
+        );
+        return ExitCode::SUCCESS;
     }
     let all = workloads();
     let chosen: Vec<&Workload> = match &selected {

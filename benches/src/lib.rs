@@ -346,3 +346,99 @@ pub fn hand_written(workload: &Workload, input: &Arc<Vec<Vec<Bid>>>) -> Rows {
     }
     out
 }
+
+/// Latency of window results: a tumbling count fed in real time at `rate` events per second,
+/// event time = wall-clock time. For each window, the delay between the source's watermark
+/// passing the window's end and the window's result reaching the sink, in microseconds,
+/// sorted.
+pub fn window_latency(rate: u64, window_ms: u64, seconds: u64, keys: u64) -> Vec<u64> {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    use tideline::source::{ReadContext, ReadStatus, SourceReader, source};
+
+    struct Paced {
+        rate: u64,
+        keys: u64,
+        start: Option<Instant>,
+        base: Time,
+        sent: u64,
+        total: u64,
+        window_ms: u64,
+        /// When the watermark (monotonic: the latest event time) first reached each window end.
+        passed: Rc<RefCell<BTreeMap<Time, Instant>>>,
+        next_end: Time,
+    }
+    impl SourceReader for Paced {
+        type Item = Bid;
+        fn poll(&mut self, ctx: &mut ReadContext<'_, Bid>) -> ReadStatus {
+            let start = *self.start.get_or_insert_with(|| {
+                ctx.add_partition(0);
+                Instant::now()
+            });
+            let elapsed = start.elapsed();
+            let due = (self.rate as u128 * elapsed.as_micros() / 1_000_000).min(self.total as u128) as u64;
+            let now_ms = self.base + elapsed.as_millis() as u64;
+            while self.sent < due {
+                let key = (self.sent * 2_654_435_761) % self.keys;
+                ctx.record(0, self.sent, now_ms, Event::new(now_ms, key, 1));
+                self.sent += 1;
+            }
+            if self.sent > 0 {
+                // The source downgrades its capability to `now_ms` right after this poll.
+                let now = Instant::now();
+                while now_ms >= self.next_end {
+                    self.passed.borrow_mut().insert(self.next_end, now);
+                    self.next_end += self.window_ms;
+                }
+            }
+            if self.sent >= self.total { ReadStatus::Done } else { ReadStatus::Waiting(Duration::from_micros(200)) }
+        }
+    }
+
+    let base: Time = 1_767_225_600_000;
+    let latencies = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let l = Arc::clone(&latencies);
+    execute(&Cluster::threads(1), move |worker| {
+        let output_probe = Handle::new();
+        let arrivals: Rc<RefCell<BTreeMap<Time, Instant>>> = Rc::default();
+        let seen = Rc::clone(&arrivals);
+        let passed: Rc<RefCell<BTreeMap<Time, Instant>>> = Rc::default();
+        let marks = Rc::clone(&passed);
+        worker.dataflow::<Time, _, _>(|scope| {
+            let config = SourceConfig::new("paced");
+            let streams = source(scope, config, move |_| Paced {
+                rate,
+                keys,
+                start: None,
+                base,
+                sent: 0,
+                total: rate * seconds,
+                window_ms,
+                passed: marks,
+                next_end: (base / window_ms + 1) * window_ms,
+            });
+            streams
+                .data
+                .windows(WindowSpec::tumbling(Duration::from_millis(window_ms)).expect("valid"))
+                .aggregate(Count)
+                .inspect(move |(result, _, _)| {
+                    seen.borrow_mut().entry(result.window.end).or_insert_with(Instant::now);
+                })
+                .probe_with(&output_probe);
+        });
+        while !output_probe.done() {
+            worker.step_or_park(Some(Duration::from_micros(100)));
+        }
+        let arrivals = arrivals.borrow();
+        let mut out = l.lock().expect("lock");
+        for (end, at) in passed.borrow().iter() {
+            if let Some(arrived) = arrivals.get(&end) {
+                out.push(arrived.saturating_duration_since(*at).as_micros() as u64);
+            }
+        }
+    })
+    .expect("latency run");
+    let mut latencies = latencies.lock().expect("lock").clone();
+    latencies.sort_unstable();
+    latencies
+}
