@@ -432,7 +432,7 @@ pub fn window_latency(rate: u64, window_ms: u64, seconds: u64, keys: u64) -> Vec
         let arrivals = arrivals.borrow();
         let mut out = l.lock().expect("lock");
         for (end, at) in passed.borrow().iter() {
-            if let Some(arrived) = arrivals.get(&end) {
+            if let Some(arrived) = arrivals.get(end) {
                 out.push(arrived.saturating_duration_since(*at).as_micros() as u64);
             }
         }
