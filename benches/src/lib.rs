@@ -303,7 +303,8 @@ pub fn differential(workload: &Workload, input: &Arc<Vec<Vec<Bid>>>, workers: us
 /// watermark (minimum over partitions) passes its end.
 pub fn hand_written(workload: &Workload, input: &Arc<Vec<Vec<Bid>>>) -> Rows {
     let (size, slide) = workload.window;
-    let mut windows: BTreeMap<u64, HashMap<u64, i64>> = BTreeMap::new();
+    // A good hand-written loop: the same fast hasher the engine uses.
+    let mut windows: BTreeMap<u64, HashMap<u64, i64, foldhash::fast::FixedState>> = BTreeMap::new();
     let mut out = Vec::new();
     let mut positions = vec![0usize; input.len()];
     let mut max_seen = vec![0u64; input.len()];

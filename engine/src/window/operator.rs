@@ -1,7 +1,6 @@
 //! The window aggregation operators: a local pre-aggregation by pane, an exchange by key, and
 //! the keyed window operator that emits results as the frontier passes their times.
 
-use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 
 use differential_dataflow::hashable::Hashable;
@@ -144,27 +143,20 @@ where
                         let a = if last { acc.take().expect("acc") } else { acc.clone().expect("acc") };
                         let (slot, created) = state.slot(k);
                         live_entries += created as usize;
-                        let pending = &mut state.slots[slot].pending;
-                        match pending.binary_search_by_key(&at, |p| p.0) {
-                            Ok(found) => {
-                                aggregator.merge(&mut pending[found].1, a);
-                                pending[found].2 += count;
-                            }
-                            Err(position) => {
-                                pending.insert(position, (at, a, count));
-                                match state.dirty.entry(at) {
-                                    std::collections::btree_map::Entry::Occupied(mut dirty) => {
-                                        dirty.get_mut().push(slot)
-                                    }
-                                    std::collections::btree_map::Entry::Vacant(dirty) => {
-                                        // The first pending update of this window at `at`.
-                                        dirty.insert(vec![slot]);
-                                        times
-                                            .entry(at)
-                                            .or_insert_with(|| (cap.delayed(&at, 0), BTreeSet::new()))
-                                            .1
-                                            .insert(window.end);
-                                    }
+                        let merge = |into: &mut A::Acc, from: A::Acc| aggregator.merge(into, from);
+                        if state.slots[slot].pending.add(at, a, count, merge) {
+                            match state.dirty.entry(at) {
+                                std::collections::btree_map::Entry::Occupied(mut dirty) => {
+                                    dirty.get_mut().push(slot as u32)
+                                }
+                                std::collections::btree_map::Entry::Vacant(dirty) => {
+                                    // The first pending update of this window at `at`.
+                                    dirty.insert(vec![slot as u32]);
+                                    times
+                                        .entry(at)
+                                        .or_insert_with(|| (cap.delayed(&at, 0), BTreeSet::new()))
+                                        .1
+                                        .insert(window.end);
                                 }
                             }
                         }
@@ -183,15 +175,15 @@ where
                     let state = windows.get_mut(&end).expect("pending window is live");
                     let window = state.window;
                     for slot in state.dirty.remove(&at).unwrap_or_default() {
-                        let entry = &mut state.slots[slot];
-                        let (time, acc, count) = entry.pending.remove(0);
+                        let entry = &mut state.slots[slot as usize];
+                        let (time, acc, count) = entry.pending.pop_front().expect("a dirty slot has a pending update");
                         debug_assert_eq!(time, at, "pending updates are applied in time order");
                         let before = (entry.count != 0).then(|| aggregator.finish(&entry.acc, entry.count));
                         aggregator.merge(&mut entry.acc, acc);
                         entry.count += count;
                         let after = (entry.count != 0).then(|| aggregator.finish(&entry.acc, entry.count));
                         if before != after {
-                            let key = &state.keys_by_slot[slot];
+                            let key = &entry.key;
                             if let Some(value) = before {
                                 session.give((WindowResult { window, key: key.clone(), value }, at, -1));
                             }
@@ -226,42 +218,107 @@ fn is_default<T: Default + PartialEq>(value: &T) -> bool {
     *value == T::default()
 }
 
-struct Slot<A> {
+/// One key's state in one window: the accumulator of emitted updates and the updates pending
+/// emission, by output time.
+struct Slot<K, A> {
+    key: K,
     acc: A,
     count: i64,
-    pending: Vec<(Time, A, i64)>,
+    pending: Pending<A>,
 }
 
+/// Pending updates of a slot in time order; almost always none or one, kept inline.
+enum Pending<A> {
+    None,
+    One(Time, A, i64),
+    Many(std::collections::VecDeque<(Time, A, i64)>),
+}
+
+impl<A> Pending<A> {
+    /// Adds an update at `at`, merging with one at the same time. Returns whether `at` is new.
+    fn add(&mut self, at: Time, acc: A, count: i64, merge: impl Fn(&mut A, A)) -> bool {
+        match self {
+            Pending::None => {
+                *self = Pending::One(at, acc, count);
+                true
+            }
+            Pending::One(t, a, c) if *t == at => {
+                merge(a, acc);
+                *c += count;
+                false
+            }
+            Pending::One(..) => {
+                let Pending::One(t, a, c) = std::mem::replace(self, Pending::None) else { unreachable!() };
+                let mut many = std::collections::VecDeque::with_capacity(2);
+                many.push_back((t, a, c));
+                *self = Pending::Many(many);
+                self.add(at, acc, count, merge)
+            }
+            Pending::Many(items) => match items.binary_search_by_key(&at, |p| p.0) {
+                Ok(found) => {
+                    merge(&mut items[found].1, acc);
+                    items[found].2 += count;
+                    false
+                }
+                Err(position) => {
+                    items.insert(position, (at, acc, count));
+                    true
+                }
+            },
+        }
+    }
+
+    /// Removes the earliest pending update.
+    fn pop_front(&mut self) -> Option<(Time, A, i64)> {
+        match std::mem::replace(self, Pending::None) {
+            Pending::None => None,
+            Pending::One(t, a, c) => Some((t, a, c)),
+            Pending::Many(mut items) => {
+                let first = items.pop_front();
+                match items.len() {
+                    0 => {}
+                    1 => {
+                        let (t, a, c) = items.pop_front().expect("one left");
+                        *self = Pending::One(t, a, c);
+                    }
+                    _ => *self = Pending::Many(items),
+                }
+                first
+            }
+        }
+    }
+}
+
+/// The state of one window: a slot per key, an index from keys to slots, and which slots have
+/// updates pending at which time.
 struct WindowState<K, A> {
     window: Window,
-    index: FastMap<K, usize>,
-    keys_by_slot: Vec<K>,
-    slots: Vec<Slot<A>>,
-    dirty: BTreeMap<Time, Vec<usize>>,
+    index: hashbrown::HashTable<u32>,
+    slots: Vec<Slot<K, A>>,
+    dirty: BTreeMap<Time, Vec<u32>>,
+}
+
+fn hash_key<K: std::hash::Hash>(key: &K) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::with_seed(0x71de).hash_one(key)
 }
 
 impl<K: ExchangeData, A: Default> WindowState<K, A> {
     fn new(window: Window) -> Self {
-        WindowState {
-            window,
-            index: FastMap::default(),
-            keys_by_slot: Vec::new(),
-            slots: Vec::new(),
-            dirty: BTreeMap::new(),
-        }
+        WindowState { window, index: hashbrown::HashTable::new(), slots: Vec::new(), dirty: BTreeMap::new() }
     }
 
     /// The slot of `key`, and whether it was created.
     fn slot(&mut self, key: K) -> (usize, bool) {
-        match self.index.entry(key) {
-            Entry::Occupied(entry) => (*entry.get(), false),
-            Entry::Vacant(entry) => {
-                let slot = self.slots.len();
-                self.keys_by_slot.push(entry.key().clone());
-                entry.insert(slot);
-                self.slots.push(Slot { acc: A::default(), count: 0, pending: Vec::new() });
-                (slot, true)
-            }
+        let hash = hash_key(&key);
+        let slots = &self.slots;
+        if let Some(found) = self.index.find(hash, |s| slots[*s as usize].key == key) {
+            return (*found as usize, false);
         }
+        let slot = self.slots.len();
+        let slots = &self.slots;
+        self.index.insert_unique(hash, slot as u32, |s| hash_key(&slots[*s as usize].key));
+        self.slots.push(Slot { key, acc: A::default(), count: 0, pending: Pending::None });
+        (slot, true)
     }
 }
