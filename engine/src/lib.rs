@@ -14,6 +14,7 @@
 //! | [`late`] | the late policy and the late / dead-letter record types |
 //! | [`source`] | the generic watermarked source operator, and in-memory sources |
 //! | [`window`] | tumbling and sliding windows, aggregators |
+//! | [`join`] | equi, interval and window joins |
 //! | [`sink`] | sinks that write a time once it is complete; the collecting sink |
 //! | [`control`] | out-of-band control channels between the workers of all processes |
 //! | [`flow`] | flow control: sources wait for slow sinks instead of buffering |
@@ -45,6 +46,7 @@
 pub mod control;
 pub mod error;
 pub mod flow;
+pub mod join;
 pub mod late;
 pub mod metrics;
 pub mod run;
@@ -81,6 +83,7 @@ impl<T: differential_dataflow::ExchangeData + std::hash::Hash> ExchangeData for 
 
 /// The operator traits and core types, for `use tideline::prelude::*`.
 pub mod prelude {
+    pub use crate::join::{IntervalBounds, IntervalJoin, Joins, WindowJoin};
     pub use crate::late::{DeadLetter, LatePolicy, LateRecord};
     pub use crate::sink::Sink;
     pub use crate::time::watermark::WatermarkStrategy;

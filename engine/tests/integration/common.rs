@@ -1,6 +1,7 @@
 //! Shared helpers: random out-of-order event streams and a reference model of the source.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -103,4 +104,211 @@ pub(crate) fn changelog_from_states<G: Ord + Clone, O: Ord + Clone>(
     }
     out.sort_by(|a, b| (a.1, &a.0, a.2).cmp(&(b.1, &b.0, b.2)));
     out
+}
+
+/// Timestamped updates: `(data, dataflow time, diff)`.
+pub(crate) type Updates<D> = Vec<(D, Time, isize)>;
+
+/// Consolidates updates into a changelog ordered as [`Collected::changelog`] orders its own: by
+/// time, then data, without zero diffs.
+pub(crate) fn changelog<D: Ord + Clone>(updates: impl IntoIterator<Item = (D, Time, isize)>) -> Updates<D> {
+    let mut keyed: Vec<((Time, D), isize)> = updates.into_iter().map(|(d, t, r)| ((t, d), r)).collect();
+    tideline::differential_dataflow::consolidation::consolidate(&mut keyed);
+    keyed.into_iter().map(|((t, d), r)| (d, t, r)).collect()
+}
+
+/// Random updates of events for join and table tests. Event times mostly increase with jitter;
+/// most records are inserted at their event time, some later (late: up to twice `lateness`
+/// after it, so some beyond it); some are inserted twice; some are retracted later (sometimes
+/// beyond `lateness`, i.e. too late). Values are few, so equal records occur.
+pub(crate) fn random_event_updates(seed: u64, records: usize, keys: u32, lateness: u64) -> Updates<Ev> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut clock: u64 = rng.gen_range(0..100);
+    let mut updates = Vec::new();
+    for _ in 0..records {
+        clock += rng.gen_range(0..20);
+        let time = clock.saturating_sub(rng.gen_range(0..=30));
+        let event = Event::new(time, rng.gen_range(0..keys), rng.gen_range(0..4));
+        // Late arrivals land exactly on the lateness boundary often, to catch off-by-ones.
+        let late = |rng: &mut SmallRng, earliest: Time| {
+            if rng.gen_ratio(1, 3) { earliest.max(time + lateness) } else { earliest + rng.gen_range(0..=2 * lateness) }
+        };
+        let at = if rng.gen_ratio(1, 6) { late(&mut rng, time + 1) } else { time };
+        updates.push((event.clone(), at, 1));
+        if rng.gen_ratio(1, 15) {
+            updates.push((event.clone(), at + rng.gen_range(0..10), 1));
+        }
+        if rng.gen_ratio(1, 5) {
+            let retracted = late(&mut rng, at);
+            updates.push((event, retracted, -1));
+        }
+    }
+    updates
+}
+
+enum Feed {
+    A(usize),
+    B(usize),
+}
+
+/// Runs on `workers` threads a dataflow built by `build` from two input collections fed with
+/// `a` and `b`. Worker `w` feeds the updates whose index is `w` modulo `workers`. Each update
+/// is sent at its time or up to 300 ms (of dataflow time) before it, in random order, and the
+/// inputs advance (by at least 10 ms) to sending times, with the worker stepped in between:
+/// updates reach operators out of order, interleaved with frontier progress, and frontiers
+/// often sit exactly on the times of updates.
+pub(crate) fn run_two<A, B, F>(workers: usize, seed: u64, a: &Arc<Updates<A>>, b: &Arc<Updates<B>>, build: F)
+where
+    A: tideline::ExchangeData + Sync,
+    B: tideline::ExchangeData + Sync,
+    F: for<'scope> Fn(tideline::VecCollection<'scope, Time, A>, tideline::VecCollection<'scope, Time, B>)
+        + Send
+        + Sync
+        + 'static,
+{
+    run_two_with(workers, seed, 300, a, b, build)
+}
+
+/// [`run_two`], sending updates at most `early` ms before their time (0: each at its time, the
+/// inputs advancing to every update's time in turn).
+pub(crate) fn run_two_with<A, B, F>(
+    workers: usize,
+    seed: u64,
+    early: u64,
+    a: &Arc<Updates<A>>,
+    b: &Arc<Updates<B>>,
+    build: F,
+) where
+    A: tideline::ExchangeData + Sync,
+    B: tideline::ExchangeData + Sync,
+    F: for<'scope> Fn(tideline::VecCollection<'scope, Time, A>, tideline::VecCollection<'scope, Time, B>)
+        + Send
+        + Sync
+        + 'static,
+{
+    use tideline::differential_dataflow::input::Input;
+    let (a, b) = (Arc::clone(a), Arc::clone(b));
+    tideline::run::execute(&tideline::run::Cluster::threads(workers), move |worker| {
+        let (index, peers) = (worker.index(), worker.peers());
+        let (mut input_a, mut input_b) = worker.dataflow::<Time, _, _>(|scope| {
+            let (input_a, collection_a) = scope.new_collection::<A, isize>();
+            let (input_b, collection_b) = scope.new_collection::<B, isize>();
+            build(collection_a, collection_b);
+            (input_a, input_b)
+        });
+        let mut rng = SmallRng::seed_from_u64(seed ^ (index as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        // Half the updates are sent at their own time (the frontier then sits on it), the others
+        // up to 300 ms early.
+        let arrival = |rng: &mut SmallRng, time: Time| {
+            if early == 0 || rng.r#gen() { time } else { time.saturating_sub(rng.gen_range(0..early)) }
+        };
+        let mut order: Vec<(Time, u64, Feed)> = Vec::new();
+        for (i, (_, time, _)) in a.iter().enumerate().filter(|(i, _)| i % peers == index) {
+            order.push((arrival(&mut rng, *time), rng.r#gen(), Feed::A(i)));
+        }
+        for (i, (_, time, _)) in b.iter().enumerate().filter(|(i, _)| i % peers == index) {
+            order.push((arrival(&mut rng, *time), rng.r#gen(), Feed::B(i)));
+        }
+        order.sort_by_key(|(arrival, tie, _)| (*arrival, *tie));
+        let mut now: Time = 0;
+        for (arrival, _, feed) in order {
+            if arrival > now && (early == 0 || arrival >= now + 10) {
+                now = arrival;
+                input_a.advance_to(now);
+                input_b.advance_to(now);
+                input_a.flush();
+                input_b.flush();
+                worker.step();
+                worker.step();
+            }
+            match feed {
+                Feed::A(i) => input_a.update_at(a[i].0.clone(), a[i].1, a[i].2),
+                Feed::B(i) => input_b.update_at(b[i].0.clone(), b[i].1, b[i].2),
+            }
+        }
+        drop((input_a, input_b));
+        while worker.step_or_park(None) {}
+    })
+    .expect("dataflow failed");
+}
+
+/// One update of a record of a temporal join, as the documented semantics see it: the record's
+/// group, event time and value, the dataflow time from which it takes part, its diff, and the
+/// time from which it shows as unmatched.
+pub(crate) struct Part<G> {
+    pub(crate) group: G,
+    pub(crate) time: Time,
+    pub(crate) value: i64,
+    pub(crate) at: Time,
+    pub(crate) diff: isize,
+    pub(crate) close: Time,
+}
+
+/// A row of a temporal join: the group, the left record and the right record (event time and
+/// value), either of which is missing in an unmatched row.
+pub(crate) type JoinRow<G> = (G, Option<(Time, i64)>, Option<(Time, i64)>);
+
+/// The changelog of a temporal join, from scratch: every pair of matching updates yields the
+/// pair at the later of their times; an outer side's record shows as unmatched, as of each time
+/// `s`, with its multiplicity as of `s`, if `s` is at least its close time and the
+/// multiplicities of its partners as of `s` sum to zero (or less).
+pub(crate) fn temporal_join_reference<G: Ord + Clone>(
+    left: &[Part<G>],
+    right: &[Part<G>],
+    matches: impl Fn(Time, Time) -> bool,
+    outer_left: bool,
+    outer_right: bool,
+) -> Updates<JoinRow<G>> {
+    let mut groups: BTreeMap<G, (Vec<&Part<G>>, Vec<&Part<G>>)> = BTreeMap::new();
+    for part in left {
+        groups.entry(part.group.clone()).or_default().0.push(part);
+    }
+    for part in right {
+        groups.entry(part.group.clone()).or_default().1.push(part);
+    }
+    let mut out = Vec::new();
+    for (group, (lefts, rights)) in &groups {
+        for l in lefts {
+            for r in rights.iter().filter(|r| matches(l.time, r.time)) {
+                let row = (group.clone(), Some((l.time, l.value)), Some((r.time, r.value)));
+                out.push((row, l.at.max(r.at), l.diff * r.diff));
+            }
+        }
+        let mut unmatched = |own: &[&Part<G>],
+                             others: &[&Part<G>],
+                             is_match: &dyn Fn(Time, Time) -> bool,
+                             left_side: bool| {
+            let mut records: BTreeMap<(Time, i64), Vec<&Part<G>>> = BTreeMap::new();
+            for part in own {
+                records.entry((part.time, part.value)).or_default().push(part);
+            }
+            for ((time, value), updates) in records {
+                let close = updates[0].close;
+                let partners: Vec<&&Part<G>> = others.iter().filter(|o| is_match(time, o.time)).collect();
+                let mut times: Vec<Time> = updates.iter().map(|u| u.at).chain(partners.iter().map(|p| p.at)).collect();
+                times.push(close);
+                times.sort();
+                times.dedup();
+                let mut previous = 0;
+                for s in times {
+                    let count: isize = updates.iter().filter(|u| u.at <= s).map(|u| u.diff).sum();
+                    let matched: isize = partners.iter().filter(|p| p.at <= s).map(|p| p.diff).sum();
+                    let now = if s >= close && matched <= 0 { count } else { 0 };
+                    if now != previous {
+                        let record = Some((time, value));
+                        let row = if left_side { (group.clone(), record, None) } else { (group.clone(), None, record) };
+                        out.push((row, s, now - previous));
+                        previous = now;
+                    }
+                }
+            }
+        };
+        if outer_left {
+            unmatched(lefts, rights, &|l, r| matches(l, r), true);
+        }
+        if outer_right {
+            unmatched(rights, lefts, &|r, l| matches(l, r), false);
+        }
+    }
+    changelog(out)
 }

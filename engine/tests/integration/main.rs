@@ -1,6 +1,9 @@
 //! Engine integration tests, in one binary to keep link times down.
 
 mod common;
+mod join_equi_oracle;
+mod join_interval_oracle;
+mod join_window_oracle;
 mod source_watermarks;
 mod window_oracle;
 mod window_state_bounded;

@@ -1,0 +1,471 @@
+//! The keyed operator behind the interval and window joins.
+//!
+//! Both joins reduce to the same problem once each record is assigned to its *groups* (the key
+//! for interval joins, the key and a window for window joins): within a group, a left record at
+//! event time `a` and a right record at event time `b` match when `lower ≤ b − a ≤ upper`.
+//! A family-specific pre-stage ([`prepare`]) assigns groups, retimes records (`Final` window
+//! joins move them to the window's last instant), splits off too-late records, and computes for
+//! each record two times that only depend on its group and event time:
+//!
+//! - `close`: from this dataflow time on, the record is reported unmatched (outer joins) if it has
+//!   no partner;
+//! - `release`: the last dataflow time at which a partner of the record can arrive; its state
+//!   is dropped once the frontier has passed it. The family guarantees that no admitted update
+//!   of a partner arrives after it, and that `release` does not decrease with event time within
+//!   a group and side. An admitted update of the record itself may arrive later (a retraction):
+//!   it re-creates the record's entry with its own count, which, all partners being held still
+//!   and final, updates pairs and unmatched rows exactly (both are linear in the count), and
+//!   is released again at once.
+//!
+//! The keyed operator ([`temporal_join`]) buffers updates by dataflow time and, once the frontier
+//! has passed a time, applies that time's updates in order and emits the change of the join's
+//! output at that time: new pairs (`ΔL ⋈ R_old + L_new ⋈ ΔR`), and for outer sides the change of
+//! each affected record's unmatched row. The output is thereby a deterministic function of the
+//! timestamped inputs, identical for any number of workers.
+
+use std::collections::BTreeMap;
+use std::collections::btree_map::Entry as MapEntry;
+use std::sync::Arc;
+
+use differential_dataflow::consolidation::consolidate;
+use differential_dataflow::hashable::Hashable;
+use differential_dataflow::{AsCollection, VecCollection};
+use serde::{Deserialize, Serialize};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::StreamVec;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::{Operator, OutputBuilder};
+use timely::progress::frontier::MutableAntichain;
+
+use crate::ExchangeData;
+use crate::metrics::StateMetrics;
+use crate::time::Time;
+
+pub(crate) type Update<D> = (D, Time, isize);
+
+/// One record of one side of a temporal join, assigned to a group.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub(crate) struct Item<G, V> {
+    pub(crate) group: G,
+    /// The record's event time: what the match condition compares.
+    pub(crate) time: Time,
+    pub(crate) value: V,
+    /// From this dataflow time on, an unmatched record shows as an unmatched row.
+    pub(crate) close: Time,
+    /// The last dataflow time at which a partner of the record can arrive.
+    pub(crate) release: Time,
+}
+
+/// The match condition and which sides are outer.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Shape {
+    /// Partners satisfy `lower ≤ right.time − left.time ≤ upper`.
+    pub(crate) lower: i64,
+    pub(crate) upper: i64,
+    pub(crate) outer_left: bool,
+    pub(crate) outer_right: bool,
+}
+
+/// `time + by`, or `None` if that is negative; saturates at `Time::MAX`.
+pub(crate) fn shift(time: Time, by: i64) -> Option<Time> {
+    let shifted = i128::from(time) + i128::from(by);
+    if shifted < 0 { None } else { Some(Time::try_from(shifted).unwrap_or(Time::MAX)) }
+}
+
+/// Event times `[lo, hi]` of partners of a record at `time`, for partners at `time + [lower, upper]`.
+fn partner_range(time: Time, lower: i64, upper: i64) -> Option<(Time, Time)> {
+    let hi = shift(time, upper)?;
+    Some((shift(time, lower).unwrap_or(0), hi))
+}
+
+/// The family pre-stage: maps every record to the items it contributes (with their dataflow
+/// times, possibly delayed) and says how many of its groups admitted it and how many skipped it.
+/// A record no group admits goes, unchanged, to the returned late collection.
+pub(crate) fn prepare<'scope, D, G, V, L>(
+    input: VecCollection<'scope, Time, D>,
+    name: &str,
+    state: Option<Arc<StateMetrics>>,
+    mut logic: L,
+) -> (StreamVec<'scope, Time, Update<Item<G, V>>>, VecCollection<'scope, Time, D>)
+where
+    D: ExchangeData,
+    G: ExchangeData,
+    V: ExchangeData,
+    L: FnMut(&D, Time, &mut Vec<(Item<G, V>, Time)>) -> (usize, usize) + 'static,
+{
+    let scope = input.inner.scope();
+    let mut builder = OperatorBuilder::new(name.to_string(), scope);
+    let mut input = builder.new_input(input.inner, Pipeline);
+    let (items_output, items) = builder.new_output();
+    let (late_output, late) = builder.new_output();
+    let mut items_output = OutputBuilder::<_, CapacityContainerBuilder<Vec<Update<Item<G, V>>>>>::from(items_output);
+    let mut late_output = OutputBuilder::<_, CapacityContainerBuilder<Vec<Update<D>>>>::from(late_output);
+    builder.build(move |_capabilities| {
+        let mut assigned = Vec::new();
+        move |_frontiers| {
+            let mut items_handle = items_output.activate();
+            let mut late_handle = late_output.activate();
+            let mut skipped = 0;
+            input.for_each(|cap, data| {
+                let mut items_session = items_handle.session(&cap);
+                let mut too_late = Vec::new();
+                for (record, at, diff) in data.drain(..) {
+                    let (admitted, skips) = logic(&record, at, &mut assigned);
+                    skipped += skips as u64;
+                    items_session.give_iterator(assigned.drain(..).map(|(item, time)| (item, time, diff)));
+                    if admitted == 0 {
+                        too_late.push((record, at, diff));
+                    }
+                }
+                if !too_late.is_empty() {
+                    late_handle.session(&cap).give_container(&mut too_late);
+                }
+            });
+            if let Some(metrics) = &state
+                && skipped > 0
+            {
+                metrics.add_late_skipped(skipped);
+            }
+        }
+    });
+    (items, late.as_collection())
+}
+
+#[derive(Debug)]
+struct Entry {
+    /// The record's multiplicity.
+    count: isize,
+    /// The summed multiplicities of its partners on the other side.
+    partners: isize,
+    close: Time,
+    release: Time,
+}
+
+impl Entry {
+    /// The multiplicity of the record's unmatched row, if the record is closed.
+    fn unmatched(&self, closed: bool) -> isize {
+        if closed && self.partners <= 0 { self.count } else { 0 }
+    }
+}
+
+type SideState<V> = BTreeMap<Time, BTreeMap<V, Entry>>;
+
+struct Group<V1, V2> {
+    left: SideState<V1>,
+    right: SideState<V2>,
+}
+
+impl<V1, V2> Default for Group<V1, V2> {
+    fn default() -> Self {
+        Group { left: BTreeMap::new(), right: BTreeMap::new() }
+    }
+}
+
+/// The work of one dataflow time.
+struct Work<G, V1, V2> {
+    cap: Capability<Time>,
+    left: Vec<(Item<G, V1>, isize)>,
+    right: Vec<(Item<G, V2>, isize)>,
+    close_left: Vec<(G, Time, V1)>,
+    close_right: Vec<(G, Time, V2)>,
+}
+
+impl<G, V1, V2> Work<G, V1, V2> {
+    fn new(cap: Capability<Time>) -> Self {
+        Work { cap, left: Vec::new(), right: Vec::new(), close_left: Vec::new(), close_right: Vec::new() }
+    }
+}
+
+struct JoinState<G, V1, V2> {
+    shape: Shape,
+    groups: BTreeMap<G, Group<V1, V2>>,
+    times: BTreeMap<Time, Work<G, V1, V2>>,
+    /// Groups with entries to release at (after) each time; may hold stale duplicates.
+    expiry: BTreeMap<Time, Vec<G>>,
+    live: usize,
+}
+
+/// Whether both inputs' frontiers have passed `time`.
+fn passed(time: Time, frontiers: [&MutableAntichain<Time>; 2]) -> bool {
+    frontiers.iter().all(|f| !f.less_equal(&time))
+}
+
+/// Where the join emits a row: `(group, left, right, diff)`.
+type Emit<'a, G, V1, V2> = dyn FnMut(&G, Option<(Time, &V1)>, Option<(Time, &V2)>, isize) + 'a;
+
+impl<G: ExchangeData, V1: ExchangeData, V2: ExchangeData> JoinState<G, V1, V2> {
+    fn work_at(&mut self, at: Time, delay: impl FnOnce(&Time) -> Capability<Time>) -> &mut Work<G, V1, V2> {
+        self.times.entry(at).or_insert_with(|| Work::new(delay(&at)))
+    }
+
+    /// Applies the updates of time `at` and emits the output's change at `at`.
+    fn process(&mut self, at: Time, work: Work<G, V1, V2>, emit: &mut Emit<'_, G, V1, V2>) {
+        let Work { cap, mut left, mut right, close_left, close_right } = work;
+        let shape = self.shape;
+        consolidate(&mut left);
+        consolidate(&mut right);
+        // The unmatched-row contribution of each affected record of an outer side, before `at`.
+        let mut before_left: BTreeMap<(G, Time, V1), isize> = BTreeMap::new();
+        let mut before_right: BTreeMap<(G, Time, V2), isize> = BTreeMap::new();
+        let mut new_closings: Vec<(Time, Side<G, V1, V2>)> = Vec::new();
+
+        for (item, diff) in left {
+            let Item { group: g, time, value, close, release } = item;
+            let group = self.groups.entry(g.clone()).or_default();
+            let Group { left: lefts, right: rights } = group;
+            let existing = lefts.get(&time).and_then(|m| m.get(&value));
+            if shape.outer_left {
+                let before = existing.map_or(0, |e| e.unmatched(e.close < at));
+                before_left.entry((g.clone(), time, value.clone())).or_insert(before);
+            }
+            let exists = existing.is_some();
+            let mut partners = 0;
+            if let Some((lo, hi)) = partner_range(time, shape.lower, shape.upper) {
+                for (&right_time, entries) in rights.range_mut(lo..=hi) {
+                    for (right_value, partner) in entries.iter_mut() {
+                        if shape.outer_right {
+                            let before = partner.unmatched(partner.close < at);
+                            before_right.entry((g.clone(), right_time, right_value.clone())).or_insert(before);
+                        }
+                        if partner.count != 0 {
+                            emit(&g, Some((time, &value)), Some((right_time, right_value)), diff * partner.count);
+                        }
+                        partner.partners += diff;
+                        partners += partner.count;
+                    }
+                }
+            }
+            if !exists {
+                self.live += 1;
+                self.expiry.entry(release).or_default().push(g.clone());
+                if shape.outer_left && close > at {
+                    new_closings.push((close, Side::Left(g.clone(), time, value.clone())));
+                }
+            }
+            let slot = lefts.entry(time).or_default();
+            match slot.entry(value) {
+                MapEntry::Vacant(vacant) => {
+                    vacant.insert(Entry { count: diff, partners, close, release });
+                }
+                MapEntry::Occupied(mut occupied) => {
+                    occupied.get_mut().count += diff;
+                    if occupied.get().count == 0 {
+                        occupied.remove();
+                        self.live -= 1;
+                    }
+                }
+            }
+            if slot.is_empty() {
+                lefts.remove(&time);
+            }
+        }
+
+        for (item, diff) in right {
+            let Item { group: g, time, value, close, release } = item;
+            let group = self.groups.entry(g.clone()).or_default();
+            let Group { left: lefts, right: rights } = group;
+            let existing = rights.get(&time).and_then(|m| m.get(&value));
+            if shape.outer_right {
+                let before = existing.map_or(0, |e| e.unmatched(e.close < at));
+                before_right.entry((g.clone(), time, value.clone())).or_insert(before);
+            }
+            let exists = existing.is_some();
+            let mut partners = 0;
+            // Left partners at `time - [lower, upper]`, i.e. `time + [-upper, -lower]`.
+            if let Some((lo, hi)) = partner_range(time, -shape.upper, -shape.lower) {
+                for (&left_time, entries) in lefts.range_mut(lo..=hi) {
+                    for (left_value, partner) in entries.iter_mut() {
+                        if shape.outer_left {
+                            let before = partner.unmatched(partner.close < at);
+                            before_left.entry((g.clone(), left_time, left_value.clone())).or_insert(before);
+                        }
+                        if partner.count != 0 {
+                            emit(&g, Some((left_time, left_value)), Some((time, &value)), diff * partner.count);
+                        }
+                        partner.partners += diff;
+                        partners += partner.count;
+                    }
+                }
+            }
+            if !exists {
+                self.live += 1;
+                self.expiry.entry(release).or_default().push(g.clone());
+                if shape.outer_right && close > at {
+                    new_closings.push((close, Side::Right(g.clone(), time, value.clone())));
+                }
+            }
+            let slot = rights.entry(time).or_default();
+            match slot.entry(value) {
+                MapEntry::Vacant(vacant) => {
+                    vacant.insert(Entry { count: diff, partners, close, release });
+                }
+                MapEntry::Occupied(mut occupied) => {
+                    occupied.get_mut().count += diff;
+                    if occupied.get().count == 0 {
+                        occupied.remove();
+                        self.live -= 1;
+                    }
+                }
+            }
+            if slot.is_empty() {
+                rights.remove(&time);
+            }
+        }
+
+        // Records closing at `at`: their unmatched rows appear now if they have no partner.
+        for (g, time, value) in close_left {
+            if let Some(e) = self.groups.get(&g).and_then(|s| s.left.get(&time)).and_then(|m| m.get(&value)) {
+                let before = e.unmatched(e.close < at);
+                before_left.entry((g, time, value)).or_insert(before);
+            }
+        }
+        for (g, time, value) in close_right {
+            if let Some(e) = self.groups.get(&g).and_then(|s| s.right.get(&time)).and_then(|m| m.get(&value)) {
+                let before = e.unmatched(e.close < at);
+                before_right.entry((g, time, value)).or_insert(before);
+            }
+        }
+
+        for ((g, time, value), before) in before_left {
+            let group = self.groups.get(&g);
+            let after = group
+                .and_then(|s| s.left.get(&time))
+                .and_then(|m| m.get(&value))
+                .map_or(0, |e| e.unmatched(e.close <= at));
+            if after != before {
+                emit(&g, Some((time, &value)), None, after - before);
+            }
+        }
+        for ((g, time, value), before) in before_right {
+            let group = self.groups.get(&g);
+            let after = group
+                .and_then(|s| s.right.get(&time))
+                .and_then(|m| m.get(&value))
+                .map_or(0, |e| e.unmatched(e.close <= at));
+            if after != before {
+                emit(&g, None, Some((time, &value)), after - before);
+            }
+        }
+
+        for (close, side) in new_closings {
+            let work = self.times.entry(close).or_insert_with(|| Work::new(cap.delayed(&close)));
+            match side {
+                Side::Left(g, time, value) => work.close_left.push((g, time, value)),
+                Side::Right(g, time, value) => work.close_right.push((g, time, value)),
+            }
+        }
+    }
+
+    /// Drops the state of records whose release time both frontiers have passed.
+    fn release(&mut self, frontiers: [&MutableAntichain<Time>; 2]) {
+        while let Some(entry) = self.expiry.first_entry() {
+            if !passed(*entry.key(), frontiers) {
+                break;
+            }
+            for g in entry.remove() {
+                let MapEntry::Occupied(mut group) = self.groups.entry(g) else { continue };
+                let state = group.get_mut();
+                self.live -= release_side(&mut state.left, frontiers);
+                self.live -= release_side(&mut state.right, frontiers);
+                if state.left.is_empty() && state.right.is_empty() {
+                    group.remove();
+                }
+            }
+        }
+    }
+}
+
+enum Side<G, V1, V2> {
+    Left(G, Time, V1),
+    Right(G, Time, V2),
+}
+
+/// Releases the earliest entries of one side while their release time has passed; release times
+/// do not decrease with event time within a group and side. Returns how many were released.
+fn release_side<V>(side: &mut SideState<V>, frontiers: [&MutableAntichain<Time>; 2]) -> usize {
+    let mut released = 0;
+    while let Some(first) = side.first_entry() {
+        let release = first.get().values().next().map_or(0, |e| e.release);
+        if !passed(release, frontiers) {
+            break;
+        }
+        released += first.remove().len();
+    }
+    released
+}
+
+/// The keyed temporal join: exchanges both sides by group, and emits `result(group, left,
+/// right)` rows — pairs, and unmatched rows of outer sides — as the frontier passes their times.
+pub(crate) fn temporal_join<'scope, G, V1, V2, D, F>(
+    left: StreamVec<'scope, Time, Update<Item<G, V1>>>,
+    right: StreamVec<'scope, Time, Update<Item<G, V2>>>,
+    shape: Shape,
+    name: &str,
+    state: Option<Arc<StateMetrics>>,
+    mut result: F,
+) -> VecCollection<'scope, Time, D>
+where
+    G: ExchangeData,
+    V1: ExchangeData,
+    V2: ExchangeData,
+    D: ExchangeData,
+    F: FnMut(&G, Option<(Time, &V1)>, Option<(Time, &V2)>) -> D + 'static,
+{
+    let scope = left.scope();
+    let (worker, peers) = (scope.index(), scope.peers());
+    let left_pact = Exchange::new(|update: &Update<Item<G, V1>>| update.0.group.hashed());
+    let right_pact = Exchange::new(|update: &Update<Item<G, V2>>| update.0.group.hashed());
+    let stream = left.binary_frontier::<_, CapacityContainerBuilder<Vec<Update<D>>>, _, _, _, _>(
+        right,
+        left_pact,
+        right_pact,
+        name,
+        move |_capability, _info| {
+            let mut join =
+                JoinState { shape, groups: BTreeMap::new(), times: BTreeMap::new(), expiry: BTreeMap::new(), live: 0 };
+            move |(left_input, left_frontier), (right_input, right_frontier), output| {
+                left_input.for_each(|cap, data| {
+                    for (item, at, diff) in data.drain(..) {
+                        join.work_at(at, |t| cap.delayed(t, 0)).left.push((item, diff));
+                    }
+                });
+                right_input.for_each(|cap, data| {
+                    for (item, at, diff) in data.drain(..) {
+                        join.work_at(at, |t| cap.delayed(t, 0)).right.push((item, diff));
+                    }
+                });
+                let frontiers = [left_frontier, right_frontier];
+                while let Some(entry) = join.times.first_entry() {
+                    if !passed(*entry.key(), frontiers) {
+                        break;
+                    }
+                    let (at, work) = entry.remove_entry();
+                    let cap = work.cap.clone();
+                    let mut session = output.session(&cap);
+                    join.process(at, work, &mut |g, l, r, diff| session.give((result(g, l, r), at, diff)));
+                }
+                join.release(frontiers);
+                if let Some(metrics) = &state {
+                    metrics.set(worker, peers, join.live);
+                }
+            }
+        },
+    );
+    stream.as_collection()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shifted_times_clamp_and_saturate() {
+        assert_eq!(shift(10, -3), Some(7));
+        assert_eq!(shift(3, -10), None);
+        assert_eq!(shift(Time::MAX, 1), Some(Time::MAX));
+        assert_eq!(partner_range(10, -20, 5), Some((0, 15)));
+        assert_eq!(partner_range(10, -20, -11), None);
+    }
+}

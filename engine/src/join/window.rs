@@ -1,0 +1,243 @@
+//! Window joins: events of two streams with equal keys that fall in the same tumbling or
+//! sliding window (Nexmark q8's shape).
+//!
+//! Every window `w` of the [`WindowSpec`] that contains both `a.time` and `b.time` yields the
+//! row `(w, a, b)`; with sliding windows a pair appears once per window the two share. Inner,
+//! left, right and full outer variants; an outer row `(w, a, None)` says that `a` found no
+//! partner in `w`.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tideline::prelude::*;
+//! use tideline::source::{SourceConfig, memory};
+//!
+//! // Nexmark q8: people who opened an auction in the 10 s window in which they registered.
+//! let persons = vec![Event::new(1_000, 1u32, 'p'), Event::new(12_000, 2, 'q')];
+//! let auctions = vec![Event::new(4_000, 1u32, 'a'), Event::new(9_000, 2, 'b'), Event::new(15_000, 2, 'c')];
+//! let joined = tideline::run::collect(2, move |scope| {
+//!     let (persons, auctions) = (persons.clone(), auctions.clone());
+//!     let persons = memory::from_iter(scope, SourceConfig::new("persons"), move || persons.into_iter());
+//!     let auctions = memory::from_iter(scope, SourceConfig::new("auctions"), move || auctions.into_iter());
+//!     persons
+//!         .data
+//!         .window_join(auctions.data, WindowSpec::tumbling(Duration::from_secs(10)).unwrap())
+//!         .inner()
+//!         .map(|(window, person, auction)| (window.start, person.key, auction.value))
+//! });
+//! // Each window's pairs are emitted at the window's last instant.
+//! assert_eq!(joined, vec![((0, 1, 'a'), 9_999, 1), ((10_000, 2, 'c'), 19_999, 1)]);
+//! ```
+//!
+//! # Event time
+//!
+//! Records are assigned to windows by the event time in their data ([`Event::time`]). In
+//! [`Emit::Final`] mode (the default) a record takes part in window `w` from dataflow time
+//! `max(τ, w.end − 1)`, where `τ` is its own dataflow time: a window's pairs are emitted once,
+//! when the frontier passes the window's end, and afterwards only late corrections; the
+//! unmatched row of a record with no partner in `w` appears at the same time. In
+//! [`Emit::Updates`] mode a record takes part from `τ`: pairs appear as soon as both records
+//! are there, unmatched rows at once (retracted when a partner arrives).
+//!
+//! Formally, the output as of dataflow time `s` holds, for every window `w` and key, every pair
+//! of the left and right records of `w` that have taken part by `s`, and for outer sides each
+//! such record of `w` with no partner in `w` by `s`.
+//!
+//! # Late data
+//!
+//! An update arriving at dataflow time `τ ≥ w.end + allowed_lateness` is too late for window
+//! `w`: `w` skips it, and [`StateMetrics::late_skipped`] counts it. A record too late for every
+//! window it belongs to goes, unchanged, to the late output
+//! ([`WindowJoinBuilder::inner_with_late`] and siblings). Records accepted late by their source
+//! at the watermark `W` correct the windows they reach at `W`, within the allowed lateness.
+//!
+//! # State
+//!
+//! The records of live windows (one entry per window, key, event time and value). A window's
+//! records are released once the frontier passes `end + allowed_lateness − 1`, without any
+//! retraction downstream. Live entries are reported to [`StateMetrics`] if one is attached.
+//!
+//! # Checkpointing
+//!
+//! The state is a function of the input records of windows still live: a checkpoint records
+//! those inputs (DESIGN §8).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use differential_dataflow::VecCollection;
+
+use crate::ExchangeData;
+use crate::join::TooLate;
+use crate::join::core::{Item, Shape, prepare, temporal_join};
+use crate::metrics::StateMetrics;
+use crate::time::{Event, Time, millis};
+use crate::window::{Emit, Window, WindowSpec};
+
+/// Window joins on collections of [`Event`]s.
+pub trait WindowJoin<'scope, K: 'static, V1: 'static> {
+    /// Joins with `other` on equal keys within each window of `spec`; configure the result on
+    /// the returned builder and pick the join's kind (`inner`, `left`, `right`, `full`).
+    fn window_join<V2: ExchangeData>(
+        self,
+        other: VecCollection<'scope, Time, Event<K, V2>>,
+        spec: WindowSpec,
+    ) -> WindowJoinBuilder<'scope, K, V1, V2>;
+}
+
+impl<'scope, K: ExchangeData, V1: ExchangeData> WindowJoin<'scope, K, V1>
+    for VecCollection<'scope, Time, Event<K, V1>>
+{
+    fn window_join<V2: ExchangeData>(
+        self,
+        other: VecCollection<'scope, Time, Event<K, V2>>,
+        spec: WindowSpec,
+    ) -> WindowJoinBuilder<'scope, K, V1, V2> {
+        WindowJoinBuilder {
+            left: self,
+            right: other,
+            spec,
+            emit: Emit::Final,
+            allowed_lateness: 0,
+            name: None,
+            state: None,
+        }
+    }
+}
+
+/// A window join being configured: see [the module documentation](self) for its semantics.
+pub struct WindowJoinBuilder<'scope, K: 'static, V1: 'static, V2: 'static> {
+    left: VecCollection<'scope, Time, Event<K, V1>>,
+    right: VecCollection<'scope, Time, Event<K, V2>>,
+    spec: WindowSpec,
+    emit: Emit,
+    allowed_lateness: u64,
+    name: Option<String>,
+    state: Option<Arc<StateMetrics>>,
+}
+
+type WithLate<'scope, D, K, V1, V2> = (VecCollection<'scope, Time, D>, TooLate<'scope, Event<K, V1>, Event<K, V2>>);
+
+/// Assigns an event to the windows that admit it; returns (admitted, skipped).
+fn assign<K: ExchangeData, V: ExchangeData>(
+    spec: WindowSpec,
+    emit: Emit,
+    lateness: u64,
+    event: &Event<K, V>,
+    at: Time,
+    out: &mut Vec<(Item<(K, Window), V>, Time)>,
+) -> (usize, usize) {
+    let (mut admitted, mut skipped) = (0, 0);
+    for window in spec.windows_of(event.time) {
+        let release = window.end.saturating_add(lateness) - 1;
+        if at > release {
+            skipped += 1;
+            continue;
+        }
+        let (time, close) = match emit {
+            Emit::Final => (at.max(window.max_time()), window.max_time()),
+            Emit::Updates => (at, 0),
+        };
+        let group = (event.key.clone(), window);
+        out.push((Item { group, time: event.time, value: event.value.clone(), close, release }, time));
+        admitted += 1;
+    }
+    (admitted, skipped)
+}
+
+fn pair<K: Clone, V: Clone>(key: &(K, Window), record: (Time, &V)) -> Event<K, V> {
+    Event::new(record.0, key.0.clone(), record.1.clone())
+}
+
+impl<'scope, K: ExchangeData, V1: ExchangeData, V2: ExchangeData> WindowJoinBuilder<'scope, K, V1, V2> {
+    /// When results are emitted (default [`Emit::Final`]).
+    pub fn emit(mut self, emit: Emit) -> Self {
+        self.emit = emit;
+        self
+    }
+
+    /// Keeps each window's state for `lateness` after its end, to apply late corrections.
+    /// Match the sources' `LatePolicy::Accept { allowed_lateness }`.
+    pub fn allowed_lateness(mut self, lateness: Duration) -> Self {
+        self.allowed_lateness = millis(lateness);
+        self
+    }
+
+    /// Names the operators (for logs, diagnostics and metrics).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Reports live state entries (records held, both sides) and too-late records to `metrics`.
+    pub fn state_metrics(mut self, metrics: Arc<StateMetrics>) -> Self {
+        self.state = Some(metrics);
+        self
+    }
+
+    /// Pairs of each window.
+    pub fn inner(self) -> VecCollection<'scope, Time, (Window, Event<K, V1>, Event<K, V2>)> {
+        self.inner_with_late().0
+    }
+
+    /// Pairs of each window, and left records without a partner in it.
+    pub fn left(self) -> VecCollection<'scope, Time, (Window, Event<K, V1>, Option<Event<K, V2>>)> {
+        self.left_with_late().0
+    }
+
+    /// Pairs of each window, and right records without a partner in it.
+    pub fn right(self) -> VecCollection<'scope, Time, (Window, Option<Event<K, V1>>, Event<K, V2>)> {
+        self.right_with_late().0
+    }
+
+    /// Pairs of each window, and the records of either side without a partner in it.
+    pub fn full(self) -> VecCollection<'scope, Time, (Window, Option<Event<K, V1>>, Option<Event<K, V2>>)> {
+        self.full_with_late().0
+    }
+
+    /// [`inner`](Self::inner), and the records of each side too late for all their windows.
+    pub fn inner_with_late(self) -> WithLate<'scope, (Window, Event<K, V1>, Event<K, V2>), K, V1, V2> {
+        self.build(false, false, |g, l, r| {
+            (g.1, pair(g, l.expect("pairs have a left record")), pair(g, r.expect("inner joins emit only pairs")))
+        })
+    }
+
+    /// [`left`](Self::left), and the records of each side too late for all their windows.
+    pub fn left_with_late(self) -> WithLate<'scope, (Window, Event<K, V1>, Option<Event<K, V2>>), K, V1, V2> {
+        self.build(true, false, |g, l, r| {
+            (g.1, pair(g, l.expect("left rows have a left record")), r.map(|r| pair(g, r)))
+        })
+    }
+
+    /// [`right`](Self::right), and the records of each side too late for all their windows.
+    pub fn right_with_late(self) -> WithLate<'scope, (Window, Option<Event<K, V1>>, Event<K, V2>), K, V1, V2> {
+        self.build(false, true, |g, l, r| {
+            (g.1, l.map(|l| pair(g, l)), pair(g, r.expect("right rows have a right record")))
+        })
+    }
+
+    /// [`full`](Self::full), and the records of each side too late for all their windows.
+    pub fn full_with_late(self) -> WithLate<'scope, (Window, Option<Event<K, V1>>, Option<Event<K, V2>>), K, V1, V2> {
+        self.build(true, true, |g, l, r| (g.1, l.map(|l| pair(g, l)), r.map(|r| pair(g, r))))
+    }
+
+    fn build<D, F>(self, outer_left: bool, outer_right: bool, result: F) -> WithLate<'scope, D, K, V1, V2>
+    where
+        D: ExchangeData,
+        F: FnMut(&(K, Window), Option<(Time, &V1)>, Option<(Time, &V2)>) -> D + 'static,
+    {
+        let WindowJoinBuilder { left, right, spec, emit, allowed_lateness, name, state } = self;
+        let name = name.unwrap_or_else(|| format!("WindowJoin(size={}ms, slide={}ms)", spec.size(), spec.slide()));
+        let lateness = allowed_lateness;
+        let (left_items, left_late) = prepare(left, &format!("{name}: left"), state.clone(), move |e, at, out| {
+            assign(spec, emit, lateness, e, at, out)
+        });
+        let (right_items, right_late) = prepare(right, &format!("{name}: right"), state.clone(), move |e, at, out| {
+            assign(spec, emit, lateness, e, at, out)
+        });
+        // Within a window every pair matches: event times differ by less than the window size.
+        let size = i64::try_from(spec.size()).unwrap_or(i64::MAX);
+        let shape = Shape { lower: -size, upper: size, outer_left, outer_right };
+        let joined = temporal_join(left_items, right_items, shape, &name, state, result);
+        (joined, TooLate { left: left_late, right: right_late })
+    }
+}
