@@ -14,7 +14,9 @@
 //! | [`late`] | the late policy and the late / dead-letter record types |
 //! | [`source`] | the generic watermarked source operator, and in-memory sources |
 //! | [`window`] | tumbling and sliding windows, aggregators |
-//! | [`join`] | equi, interval and window joins |
+//! | [`join`] | equi, interval, window and as-of joins |
+//! | [`table`] | upsert tables and tables from aggregations: the stream–table duality |
+//! | [`read_model`] | tables and aggregates queryable from other threads while the dataflow runs |
 //! | [`sink`] | sinks that write a time once it is complete; the collecting sink |
 //! | [`control`] | out-of-band control channels between the workers of all processes |
 //! | [`flow`] | flow control: sources wait for slow sinks instead of buffering |
@@ -49,9 +51,11 @@ pub mod flow;
 pub mod join;
 pub mod late;
 pub mod metrics;
+pub mod read_model;
 pub mod run;
 pub mod sink;
 pub mod source;
+pub mod table;
 pub mod time;
 pub mod window;
 
@@ -83,9 +87,11 @@ impl<T: differential_dataflow::ExchangeData + std::hash::Hash> ExchangeData for 
 
 /// The operator traits and core types, for `use tideline::prelude::*`.
 pub mod prelude {
-    pub use crate::join::{IntervalBounds, IntervalJoin, Joins, WindowJoin};
+    pub use crate::join::{AsOfJoin, IntervalBounds, IntervalJoin, Joins, WindowJoin};
     pub use crate::late::{DeadLetter, LatePolicy, LateRecord};
+    pub use crate::read_model::{Publish, ReadModel};
     pub use crate::sink::Sink;
+    pub use crate::table::{Table, Tables, Upsert};
     pub use crate::time::watermark::WatermarkStrategy;
     pub use crate::time::{Event, EventTime, Time};
     pub use crate::window::{Emit, Window, WindowResult, WindowSpec, Windows};

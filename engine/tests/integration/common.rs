@@ -312,3 +312,41 @@ pub(crate) fn temporal_join_reference<G: Ord + Clone>(
     }
     changelog(out)
 }
+
+/// An upsert record: `Some` sets the key's value, `None` deletes it.
+pub(crate) type Upserted = Event<u32, Option<i64>>;
+
+/// Upsert records made from random event updates: value 0 is a tombstone.
+pub(crate) fn random_upserts(seed: u64, records: usize, keys: u32, lateness: u64) -> Updates<Upserted> {
+    random_event_updates(seed, records, keys, lateness)
+        .into_iter()
+        .map(|(e, at, d)| (Event::new(e.time, e.key, (e.value != 0).then_some(e.value)), at, d))
+        .collect()
+}
+
+/// The value of each key of an upsert table at every dataflow time it changes, from scratch:
+/// among the admitted records (`τ ≤ t + lateness`) present at that time, the one with the
+/// greatest (event time, value) — a tombstone or no record meaning no value.
+pub(crate) fn upsert_reference(
+    updates: &Updates<Upserted>,
+    lateness: u64,
+) -> BTreeMap<u32, BTreeMap<Time, Option<i64>>> {
+    let admitted: Vec<&(Upserted, Time, isize)> =
+        updates.iter().filter(|(e, at, _)| *at <= e.time + lateness).collect();
+    let mut states: BTreeMap<u32, BTreeMap<Time, Option<i64>>> = BTreeMap::new();
+    for (event, at, _) in &admitted {
+        let key = event.key;
+        let mut versions: BTreeMap<(Time, Option<i64>), isize> = BTreeMap::new();
+        for (e, _, d) in admitted.iter().filter(|(e, t, _)| e.key == key && t <= at) {
+            *versions.entry((e.time, e.value)).or_default() += d;
+        }
+        let value = versions.iter().rev().find(|(_, c)| **c > 0).and_then(|((_, v), _)| *v);
+        states.entry(key).or_default().insert(*at, value);
+    }
+    states
+}
+
+/// The value of `key` as of dataflow time `time` in states made by [`upsert_reference`].
+pub(crate) fn value_as_of(states: &BTreeMap<u32, BTreeMap<Time, Option<i64>>>, key: u32, time: Time) -> Option<i64> {
+    states.get(&key).and_then(|by_time| by_time.range(..=time).next_back()).and_then(|(_, v)| *v)
+}
