@@ -4,6 +4,7 @@ mod common;
 mod join_asof_oracle;
 mod join_equi_oracle;
 mod join_interval_oracle;
+mod join_state_bounded;
 mod join_window_oracle;
 mod read_model;
 mod source_watermarks;
