@@ -1,6 +1,7 @@
 //! Code shared by the example programs: the `window_agg` record types and its built-in,
-//! generated data set, and the Nexmark queries.
+//! generated data set, the Nexmark queries, and the `ledger` dataflow ([`ledger`]).
 
+pub mod ledger;
 pub mod nexmark;
 
 use rand::rngs::SmallRng;

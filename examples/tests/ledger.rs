@@ -1,0 +1,131 @@
+//! The ledger example: read-model answers during a live run are consistent with the frontier
+//! they report, the overdrafts and balances match the log, rebuilds at other worker counts give
+//! the same balances, the binary runs, and the guide quotes the compiled code.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tideline::read_model::{Read, ReadModel};
+use tideline_examples::ledger::{Pace, account, balances_before, event_log, overdrafts_of, run};
+
+enum Answer {
+    Snapshot(Read<Vec<(String, i64)>>),
+    Get(Read<Option<i64>>),
+    Prefix(Read<Vec<(String, i64)>>),
+}
+
+#[test]
+fn live_reads_match_the_log_and_rebuilds_give_the_same_balances() {
+    let log = Arc::new(event_log(6_000, 30));
+    let balances: ReadModel<String, i64> = ReadModel::new();
+    let reader = {
+        let balances = balances.clone();
+        std::thread::spawn(move || {
+            let mut answers = Vec::new();
+            loop {
+                answers.push(Answer::Get(balances.get(&account(3))));
+                answers.push(Answer::Prefix(balances.prefix("acct-01")));
+                let snapshot = balances.snapshot();
+                let done = snapshot.frontier.is_none();
+                answers.push(Answer::Snapshot(snapshot));
+                if done {
+                    return answers;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    let live = Pace::Live { events: 150, pause: Duration::from_millis(2) };
+    let overdrafts = run(Arc::clone(&log), 2, live, &balances).unwrap();
+    let answers = reader.join().unwrap();
+
+    let mut intermediate = std::collections::BTreeSet::new();
+    for answer in &answers {
+        let (frontier, matches) = match answer {
+            Answer::Snapshot(read) => (read.frontier, read.value == balances_before(&log, read.frontier)),
+            Answer::Get(read) => {
+                let want = balances_before(&log, read.frontier).into_iter().find(|(a, _)| *a == account(3));
+                (read.frontier, read.value == want.map(|(_, b)| b))
+            }
+            Answer::Prefix(read) => {
+                let want: Vec<_> = balances_before(&log, read.frontier)
+                    .into_iter()
+                    .filter(|(a, _)| a.starts_with("acct-01"))
+                    .collect();
+                (read.frontier, read.value == want)
+            }
+        };
+        assert!(matches, "an answer at frontier {frontier:?} disagrees with the log");
+        if frontier.is_some_and(|f| f > log[0].time) {
+            intermediate.insert(frontier);
+        }
+    }
+    assert!(intermediate.len() >= 3, "queries ran while the log streamed in ({} frontiers seen)", intermediate.len());
+
+    let expected = overdrafts_of(&log);
+    assert!(!expected.is_empty());
+    assert_eq!(overdrafts, expected, "overdrafts");
+    let final_balances = balances.snapshot();
+    assert_eq!(final_balances.frontier, None);
+    assert_eq!(final_balances.value, balances_before(&log, None));
+
+    for workers in [1, 3] {
+        let rebuilt: ReadModel<String, i64> = ReadModel::new();
+        let replayed = run(Arc::clone(&log), workers, Pace::Replay, &rebuilt).unwrap();
+        assert_eq!(rebuilt.snapshot().value, final_balances.value, "rebuild on {workers} workers");
+        assert_eq!(replayed, overdrafts, "overdrafts of the rebuild on {workers} workers");
+    }
+}
+
+#[test]
+fn the_ledger_program_runs_and_rebuilds_identical_balances() {
+    let output = Command::new(env!("CARGO_BIN_EXE_ledger"))
+        .args(["--events", "3000", "--accounts", "20", "-w", "2"])
+        .output()
+        .expect("the ledger binary runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "ledger failed: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("query: acct-007 = "), "{stdout}");
+    assert!(stdout.contains("(the whole log)"), "{stdout}");
+    assert!(stdout.contains("rebuilt from the start of the log on 3 workers: identical balances"), "{stdout}");
+}
+
+/// The lines between `// ANCHOR: name` and `// ANCHOR_END: name` in `source`, dedented.
+fn anchored(source: &str, name: &str) -> Option<String> {
+    let start = format!("// ANCHOR: {name}");
+    let end = format!("// ANCHOR_END: {name}");
+    let lines: Vec<&str> = source.lines().collect();
+    let from = lines.iter().position(|l| l.trim() == start)? + 1;
+    let to = from + lines[from..].iter().position(|l| l.trim() == end)?;
+    Some(dedent(&lines[from..to]))
+}
+
+fn dedent(lines: &[&str]) -> String {
+    let indent =
+        lines.iter().filter(|l| !l.trim().is_empty()).map(|l| l.len() - l.trim_start().len()).min().unwrap_or(0);
+    lines.iter().map(|l| l.get(indent..).unwrap_or("").trim_end()).collect::<Vec<_>>().join("\n")
+}
+
+#[test]
+fn the_duality_guide_quotes_the_compiled_example() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace root");
+    let guide = std::fs::read_to_string(root.join("docs/stream-table-duality.md")).unwrap();
+    let lines: Vec<&str> = guide.lines().collect();
+    let mut checked = 0;
+    for (i, line) in lines.iter().enumerate() {
+        let Some(reference) = line.trim().strip_prefix("<!-- snippet: ").and_then(|r| r.strip_suffix(" -->")) else {
+            continue;
+        };
+        let (path, name) = reference.split_once('#').expect("snippet references are path#anchor");
+        assert_eq!(lines[i + 1], "```rust", "a snippet marker is followed by a rust block");
+        let len = lines[i + 2..].iter().position(|l| *l == "```").expect("the block ends");
+        let quoted = dedent(&lines[i + 2..i + 2 + len]);
+        let source = std::fs::read_to_string(root.join(path)).unwrap();
+        let compiled = anchored(&source, name).unwrap_or_else(|| panic!("{path} has no anchor {name}"));
+        assert_eq!(quoted, compiled, "docs/stream-table-duality.md quotes {path}#{name} as it is");
+        checked += 1;
+    }
+    assert_eq!(checked, 4, "the guide's snippets");
+}
