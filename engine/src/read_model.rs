@@ -14,6 +14,8 @@
 //! `t` only once every worker has consumed its updates at `t` — and each stages what it
 //! consumes before its operator returns.
 //!
+//! # Examples
+//!
 //! ```
 //! use tideline::prelude::*;
 //! use tideline::read_model::ReadModel;
@@ -62,6 +64,12 @@
 //!
 //! The collection's current contents (one entry per key, holding its values), plus the updates
 //! of times not yet complete. Keys whose values are all retracted are removed.
+//!
+//! # Checkpointing
+//!
+//! Nothing of its own: a read model is rebuilt from the collection it publishes, which is a
+//! function of the dataflow's checkpointed state. After a restart it is refilled from that
+//! collection and its frontier starts again from `Some(0)`.
 
 use std::borrow::Borrow;
 use std::collections::BTreeMap;

@@ -12,7 +12,9 @@
 //!
 //! A table is consumed as its [`collection`](Table::collection) of `(key, value)` pairs (a
 //! changelog: a new value retracts the old one), by [as-of joins](crate::join::asof), or
-//! published to a [`ReadModel`](crate::read_model::ReadModel) for queries from other threads.
+//! published to a [`ReadModel`] for queries from other threads.
+//!
+//! # Examples
 //!
 //! ```
 //! use tideline::prelude::*;
@@ -90,6 +92,8 @@ impl<'scope, K: ExchangeData, V: ExchangeData> Table<'scope, K, V> {
     /// the record `Event { time: τ, key, value }` (`None` when the key is deleted), at `τ`.
     ///
     /// Upserting this stream gives the same table: the stream is the table's changelog.
+    ///
+    /// # Examples
     ///
     /// ```
     /// use tideline::prelude::*;
@@ -397,6 +401,12 @@ pub trait Tables<'scope, K: 'static, V: 'static> {
     ///
     /// The collection's current contents, arranged by key, and the table's (differential's
     /// `reduce`; history is compacted as the frontier advances).
+    ///
+    /// # Checkpointing
+    ///
+    /// The state is the collection's contents at the checkpoint's frontier.
+    ///
+    /// # Examples
     ///
     /// ```
     /// use tideline::differential_dataflow::input::Input;

@@ -5,6 +5,8 @@
 //! does not rewrite the past: it only affects events that happen after it (Kafka Streams'
 //! KStream–KTable join, with Flink's `FOR SYSTEM_TIME AS OF` semantics).
 //!
+//! # Examples
+//!
 //! ```
 //! use tideline::prelude::*;
 //! use tideline::source::{SourceConfig, memory};

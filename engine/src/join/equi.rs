@@ -6,6 +6,8 @@
 //! becomes a matched row when a partner with key `k` arrives, and becomes an outer row again
 //! when the last partner is retracted.
 //!
+//! # Examples
+//!
 //! ```
 //! use tideline::differential_dataflow::input::Input;
 //! use tideline::prelude::*;

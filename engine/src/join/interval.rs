@@ -5,6 +5,8 @@
 //! Inner, left, right and full outer variants; outer variants report a record that found no
 //! partner once the frontier proves none can come.
 //!
+//! # Examples
+//!
 //! ```
 //! use std::time::Duration;
 //! use tideline::prelude::*;

@@ -6,6 +6,8 @@
 //! left, right and full outer variants; an outer row `(w, a, None)` says that `a` found no
 //! partner in `w`.
 //!
+//! # Examples
+//!
 //! ```
 //! use std::time::Duration;
 //! use tideline::prelude::*;
