@@ -43,7 +43,7 @@
 //! ]);
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,10 +56,10 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::core::OkErr;
 use timely::dataflow::operators::generic::Operator;
 
-use crate::ExchangeData;
 use crate::metrics::StateMetrics;
 use crate::read_model::{Publish, ReadModel};
 use crate::time::{Event, Time, millis};
+use crate::{ExchangeData, FastMap};
 
 type Update<D> = (D, Time, isize);
 
@@ -277,7 +277,7 @@ impl<'scope, K: ExchangeData, V: ExchangeData> UpsertBuilder<'scope, K, V> {
             exchange,
             &name,
             move |_capability, _info| {
-                let mut keys: HashMap<K, KeyVersions<V>> = HashMap::new();
+                let mut keys: FastMap<K, KeyVersions<V>> = FastMap::default();
                 let mut pending: BTreeMap<Time, (Capability<Time>, Vec<(Event<K, Option<V>>, isize)>)> =
                     BTreeMap::new();
                 // Keys with records that settle (can no longer be updated) after each time.

@@ -65,7 +65,7 @@
 //! The state is the table's contents and recent history at the checkpoint's frontier, and the
 //! waiting events: a checkpoint records those inputs (DESIGN §8).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -78,10 +78,10 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::core::OkErr;
 use timely::dataflow::operators::generic::Operator;
 
-use crate::ExchangeData;
 use crate::metrics::StateMetrics;
 use crate::table::Table;
 use crate::time::{Event, Time, millis};
+use crate::{ExchangeData, FastMap};
 
 type Update<D> = (D, Time, isize);
 
@@ -194,7 +194,7 @@ impl<'scope, K: ExchangeData, V1: ExchangeData, V2: ExchangeData> AsOfJoinBuilde
                 table_pact,
                 &name,
                 move |_capability, _info| {
-                    let mut keys: HashMap<K, KeyHistory<V2>> = HashMap::new();
+                    let mut keys: FastMap<K, KeyHistory<V2>> = FastMap::default();
                     let mut table_pending: BTreeMap<Time, Vec<((K, V2), isize)>> = BTreeMap::new();
                     // Admitted event updates by event time, waiting for the table to be complete.
                     let mut waiting: BTreeMap<Time, Vec<(Event<K, V1>, Time, isize)>> = BTreeMap::new();

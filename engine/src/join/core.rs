@@ -25,6 +25,7 @@
 
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry as MapEntry;
+use std::collections::hash_map::Entry as HashEntry;
 use std::sync::Arc;
 
 use differential_dataflow::consolidation::consolidate;
@@ -39,9 +40,9 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::{Operator, OutputBuilder};
 use timely::progress::frontier::MutableAntichain;
 
-use crate::ExchangeData;
 use crate::metrics::StateMetrics;
 use crate::time::Time;
+use crate::{ExchangeData, FastMap};
 
 pub(crate) type Update<D> = (D, Time, isize);
 
@@ -180,7 +181,7 @@ impl<G, V1, V2> Work<G, V1, V2> {
 
 struct JoinState<G, V1, V2> {
     shape: Shape,
-    groups: BTreeMap<G, Group<V1, V2>>,
+    groups: FastMap<G, Group<V1, V2>>,
     times: BTreeMap<Time, Work<G, V1, V2>>,
     /// Groups with entries to release at (after) each time; may hold stale duplicates.
     expiry: BTreeMap<Time, Vec<G>>,
@@ -365,7 +366,7 @@ impl<G: ExchangeData, V1: ExchangeData, V2: ExchangeData> JoinState<G, V1, V2> {
                 break;
             }
             for g in entry.remove() {
-                let MapEntry::Occupied(mut group) = self.groups.entry(g) else { continue };
+                let HashEntry::Occupied(mut group) = self.groups.entry(g) else { continue };
                 let state = group.get_mut();
                 self.live -= release_side(&mut state.left, frontiers);
                 self.live -= release_side(&mut state.right, frontiers);
@@ -423,8 +424,13 @@ where
         right_pact,
         name,
         move |_capability, _info| {
-            let mut join =
-                JoinState { shape, groups: BTreeMap::new(), times: BTreeMap::new(), expiry: BTreeMap::new(), live: 0 };
+            let mut join = JoinState {
+                shape,
+                groups: FastMap::default(),
+                times: BTreeMap::new(),
+                expiry: BTreeMap::new(),
+                live: 0,
+            };
             move |(left_input, left_frontier), (right_input, right_frontier), output| {
                 left_input.for_each(|cap, data| {
                     for (item, at, diff) in data.drain(..) {
