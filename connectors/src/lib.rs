@@ -2,7 +2,7 @@
 //!
 //! | module | what it holds |
 //! |---|---|
-//! | [`file`] | CSV and JSON Lines files: a splittable, watermarked source with dead letters, and a sink |
+//! | [`file`](mod@file) | CSV and JSON Lines files: a splittable, watermarked source with dead letters, and a sink |
 //! | `nexmark` | the Nexmark benchmark's generator as a deterministic, partitioned source (feature `nexmark`) |
 //! | [`error`] | the connectors' error type |
 //!

@@ -172,7 +172,7 @@ impl SourceMetrics {
 
 /// Live-state gauges of a stateful operator: how many entries each worker holds.
 ///
-/// Pass one to an operator (e.g. [`Windowed::state_metrics`](crate::window::Windowed::state_metrics))
+/// Pass one to an operator (e.g. [`WindowedCollection::state_metrics`](crate::window::WindowedCollection::state_metrics))
 /// and read it from any thread while the dataflow runs.
 #[derive(Debug, Default)]
 pub struct StateMetrics {
