@@ -1,23 +1,26 @@
 //! Nexmark queries as Tideline dataflows, shared by the `nexmark` example, its tests and the
 //! benchmarks.
 //!
-//! | query | what it computes |
-//! |---|---|
-//! | q0 | pass-through: every bid |
-//! | q1 | currency conversion: bid prices in euros (× 0.908) |
-//! | q2 | selection: bids on auctions whose id is a multiple of 123 |
-//! | q5 | hot items: per sliding window (10 s, every 2 s), the auctions with the most bids |
-//! | q7 | highest bid: per tumbling 10 s window, the highest bid (ties: largest auction, bidder) |
+//! | query | what it computes | operators |
+//! |---|---|---|
+//! | q0 | pass-through: every bid | map |
+//! | q1 | currency conversion: bid prices in euros (× 0.908) | map |
+//! | q2 | selection: bids on auctions whose id is a multiple of 123 | filter |
+//! | q3 | local item suggestion: sellers in OR, ID or CA of auctions in category 10 | incremental inner join |
+//! | q5 | hot items: per sliding window (10 s, every 2 s), the auctions with the most bids | sliding windows, reduce |
+//! | q7 | highest bid: per tumbling 10 s window, the highest bid (ties: largest auction, bidder) | tumbling windows |
+//! | q8 | new users: people who opened an auction in the 10 s window in which they registered | window join |
+//! | q20 | bids expanded with their auction's item, for auctions in category 10 | incremental inner join |
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tideline::prelude::*;
 use tideline::window::aggregate::{Count, Max};
-use tideline_connectors::nexmark::{Bid, NexmarkEvent};
+use tideline_connectors::nexmark::{Auction, Bid, NexmarkEvent, Person};
 
 /// The queries implemented here.
-pub const QUERIES: &[&str] = &["q0", "q1", "q2", "q5", "q7"];
+pub const QUERIES: &[&str] = &["q0", "q1", "q2", "q3", "q5", "q7", "q8", "q20"];
 
 /// The bids of a Nexmark event stream.
 pub fn bids<'scope>(events: VecCollection<'scope, Time, NexmarkEvent>) -> VecCollection<'scope, Time, Bid> {
@@ -27,52 +30,128 @@ pub fn bids<'scope>(events: VecCollection<'scope, Time, NexmarkEvent>) -> VecCol
     })
 }
 
-/// A row of a query's output, for sinks and comparisons.
+/// The auctions of a Nexmark event stream.
+pub fn auctions<'scope>(events: VecCollection<'scope, Time, NexmarkEvent>) -> VecCollection<'scope, Time, Auction> {
+    events.flat_map(|event| match event {
+        NexmarkEvent::Auction(auction) => Some(auction),
+        _ => None,
+    })
+}
+
+/// The people of a Nexmark event stream.
+pub fn persons<'scope>(events: VecCollection<'scope, Time, NexmarkEvent>) -> VecCollection<'scope, Time, Person> {
+    events.flat_map(|event| match event {
+        NexmarkEvent::Person(person) => Some(person),
+        _ => None,
+    })
+}
+
+/// A row of a query's output.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Row {
-    /// The window start (ms), for windowed queries.
-    pub window_start: Option<Time>,
-    /// The auction.
-    pub auction: u64,
-    /// The bidder, where the query has one.
-    pub bidder: Option<u64>,
-    /// A price (q0–q2, q7) or a count (q5).
-    pub value: u64,
-    /// The bid's time, for per-bid queries.
-    pub date_time: Option<Time>,
+pub enum Row {
+    /// q0, q1: a bid.
+    Bid {
+        /// The auction.
+        auction: u64,
+        /// The bidder.
+        bidder: u64,
+        /// The price (q1: in euros).
+        price: u64,
+        /// When the bid was made.
+        date_time: Time,
+    },
+    /// q2: a bid's auction and price.
+    AuctionPrice {
+        /// The auction.
+        auction: u64,
+        /// The price.
+        price: u64,
+    },
+    /// q3: a local seller's auction.
+    LocalItem {
+        /// The seller's name.
+        name: String,
+        /// The seller's city.
+        city: String,
+        /// The seller's state.
+        state: String,
+        /// The auction.
+        auction: u64,
+    },
+    /// q5: a hot auction of a window.
+    HotItem {
+        /// The window's start.
+        window_start: Time,
+        /// The auction.
+        auction: u64,
+        /// Its bids in the window.
+        bids: u64,
+    },
+    /// q7: a window's highest bid.
+    HighestBid {
+        /// The window's start.
+        window_start: Time,
+        /// The auction.
+        auction: u64,
+        /// The bidder.
+        bidder: u64,
+        /// The price.
+        price: u64,
+    },
+    /// q8: a person who registered and opened an auction in the same window.
+    NewSeller {
+        /// The window's start.
+        window_start: Time,
+        /// The person.
+        person: u64,
+        /// Their name.
+        name: String,
+    },
+    /// q20: a bid with its auction's item.
+    BidWithAuction {
+        /// The auction.
+        auction: u64,
+        /// The bidder.
+        bidder: u64,
+        /// The price.
+        price: u64,
+        /// The auction's item.
+        item_name: String,
+        /// The auction's category.
+        category: u64,
+    },
 }
 
 /// q0: every bid.
 pub fn q0<'scope>(events: VecCollection<'scope, Time, NexmarkEvent>) -> VecCollection<'scope, Time, Row> {
-    bids(events).map(|b| Row {
-        window_start: None,
-        auction: b.auction,
-        bidder: Some(b.bidder),
-        value: b.price,
-        date_time: Some(b.date_time),
-    })
+    bids(events).map(|b| Row::Bid { auction: b.auction, bidder: b.bidder, price: b.price, date_time: b.date_time })
 }
 
 /// q1: bid prices converted to euros.
 pub fn q1<'scope>(events: VecCollection<'scope, Time, NexmarkEvent>) -> VecCollection<'scope, Time, Row> {
-    bids(events).map(|b| Row {
-        window_start: None,
+    bids(events).map(|b| Row::Bid {
         auction: b.auction,
-        bidder: Some(b.bidder),
-        value: b.price * 908 / 1000,
-        date_time: Some(b.date_time),
+        bidder: b.bidder,
+        price: b.price * 908 / 1000,
+        date_time: b.date_time,
     })
 }
 
 /// q2: bids on auctions whose id is a multiple of 123.
 pub fn q2<'scope>(events: VecCollection<'scope, Time, NexmarkEvent>) -> VecCollection<'scope, Time, Row> {
-    bids(events).filter(|b| b.auction % 123 == 0).map(|b| Row {
-        window_start: None,
-        auction: b.auction,
-        bidder: None,
-        value: b.price,
-        date_time: None,
-    })
+    bids(events).filter(|b| b.auction % 123 == 0).map(|b| Row::AuctionPrice { auction: b.auction, price: b.price })
+}
+
+/// q3: people in Oregon, Idaho or California selling in category 10, with their auctions.
+pub fn q3<'scope>(events: VecCollection<'scope, Time, NexmarkEvent>) -> VecCollection<'scope, Time, Row> {
+    let sellers = persons(events.clone())
+        .filter(|p| ["OR", "ID", "CA"].iter().any(|s| p.state.eq_ignore_ascii_case(s)))
+        .map(|p| (p.id, (p.name, p.city, p.state)));
+    auctions(events)
+        .filter(|a| a.category == 10)
+        .map(|a| (a.seller, a.id))
+        .inner_join(sellers)
+        .map(|(_, (auction, (name, city, state)))| Row::LocalItem { name, city, state, auction })
 }
 
 /// q5: per sliding window of 10 s every 2 s, the auctions with the most bids.
@@ -89,13 +168,7 @@ pub fn q5<'scope>(events: VecCollection<'scope, Time, NexmarkEvent>) -> VecColle
                 output.push(((*count, *auction), 1));
             }
         })
-        .map(|(start, (count, auction))| Row {
-            window_start: Some(start),
-            auction,
-            bidder: None,
-            value: count as u64,
-            date_time: None,
-        })
+        .map(|(window_start, (count, auction))| Row::HotItem { window_start, auction, bids: count as u64 })
 }
 
 /// q7: per tumbling 10 s window, the highest bid.
@@ -107,8 +180,38 @@ pub fn q7<'scope>(events: VecCollection<'scope, Time, NexmarkEvent>) -> VecColle
         .aggregate(Max)
         .map(|r| {
             let (price, auction, bidder) = r.value;
-            Row { window_start: Some(r.window.start), auction, bidder: Some(bidder), value: price, date_time: None }
+            Row::HighestBid { window_start: r.window.start, auction, bidder, price }
         })
+}
+
+/// q8: people who opened an auction in the tumbling 10 s window in which they registered.
+pub fn q8<'scope>(events: VecCollection<'scope, Time, NexmarkEvent>) -> VecCollection<'scope, Time, Row> {
+    let people = persons(events.clone()).map(|p| Event::new(p.date_time, p.id, p.name));
+    let sellers = auctions(events).map(|a| Event::new(a.date_time, a.seller, ()));
+    people
+        .window_join(sellers, WindowSpec::tumbling(Duration::from_secs(10)).expect("valid window"))
+        .name("q8 new sellers")
+        .inner()
+        .map(|(window, person, _)| Row::NewSeller {
+            window_start: window.start,
+            person: person.key,
+            name: person.value,
+        })
+        .distinct()
+}
+
+/// q20: bids on auctions of category 10, with the auction's item.
+pub fn q20<'scope>(events: VecCollection<'scope, Time, NexmarkEvent>) -> VecCollection<'scope, Time, Row> {
+    let items = auctions(events.clone()).filter(|a| a.category == 10).map(|a| (a.id, (a.item_name, a.category)));
+    bids(events).map(|b| (b.auction, (b.bidder, b.price))).inner_join(items).map(
+        |(auction, ((bidder, price), (item_name, category)))| Row::BidWithAuction {
+            auction,
+            bidder,
+            price,
+            item_name,
+            category,
+        },
+    )
 }
 
 /// Runs query `name` over `events`; `None` for an unknown query.
@@ -120,8 +223,11 @@ pub fn query<'scope>(
         "q0" => q0(events),
         "q1" => q1(events),
         "q2" => q2(events),
+        "q3" => q3(events),
         "q5" => q5(events),
         "q7" => q7(events),
+        "q8" => q8(events),
+        "q20" => q20(events),
         _ => return None,
     })
 }

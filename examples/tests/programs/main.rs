@@ -1,0 +1,5 @@
+//! The example programs, end to end: one test binary (each costs a long link).
+
+mod ledger;
+mod nexmark;
+mod window_agg;

@@ -1,0 +1,198 @@
+//! The Nexmark queries against from-scratch computations over the same generated events, at
+//! 1 and 2 workers; and the `nexmark` binary end to end.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+
+use tideline::Time;
+use tideline::source::SourceConfig;
+use tideline_connectors::nexmark::{Auction, Bid, NexmarkEvent, NexmarkSource, Person};
+use tideline_examples::nexmark::{QUERIES, Row, query};
+
+fn source() -> NexmarkSource {
+    let mut source = NexmarkSource::new(60_000);
+    source.rate = 1_000; // 60 s of event time: several windows
+    source
+}
+
+fn run(name: &str, workers: usize) -> Vec<Row> {
+    let source = source();
+    let name = name.to_string();
+    let changelog = tideline::run::collect(workers, move |scope| {
+        query(&name, source.read(scope, SourceConfig::new("nexmark").watermarks(source.watermarks())).data)
+            .expect("known query")
+    });
+    // The final contents of the output collection.
+    let mut contents: BTreeMap<Row, isize> = BTreeMap::new();
+    for (row, _, diff) in changelog {
+        *contents.entry(row).or_default() += diff;
+    }
+    let mut rows = Vec::new();
+    for (row, count) in contents {
+        assert!(count >= 0, "negative multiplicity for {row:?}");
+        rows.extend(std::iter::repeat_n(row, count as usize));
+    }
+    rows
+}
+
+fn events() -> (Vec<Person>, Vec<Auction>, Vec<Bid>) {
+    let (mut people, mut auctions, mut bids) = (Vec::new(), Vec::new(), Vec::new());
+    for event in source().all().into_iter().flatten() {
+        match event {
+            NexmarkEvent::Person(p) => people.push(p),
+            NexmarkEvent::Auction(a) => auctions.push(a),
+            NexmarkEvent::Bid(b) => bids.push(b),
+        }
+    }
+    (people, auctions, bids)
+}
+
+fn window_of(time: Time, size: u64) -> Time {
+    time - time % size
+}
+
+/// Each query from scratch.
+fn expected(name: &str) -> Vec<Row> {
+    let (people, auctions, bids) = events();
+    let mut rows: Vec<Row> = match name {
+        "q0" => bids
+            .iter()
+            .map(|b| Row::Bid { auction: b.auction, bidder: b.bidder, price: b.price, date_time: b.date_time })
+            .collect(),
+        "q1" => bids
+            .iter()
+            .map(|b| Row::Bid {
+                auction: b.auction,
+                bidder: b.bidder,
+                price: b.price * 908 / 1000,
+                date_time: b.date_time,
+            })
+            .collect(),
+        "q2" => bids
+            .iter()
+            .filter(|b| b.auction % 123 == 0)
+            .map(|b| Row::AuctionPrice { auction: b.auction, price: b.price })
+            .collect(),
+        "q3" => {
+            let mut rows = Vec::new();
+            for a in auctions.iter().filter(|a| a.category == 10) {
+                for p in people.iter().filter(|p| p.id == a.seller) {
+                    if ["or", "id", "ca"].contains(&p.state.to_lowercase().as_str()) {
+                        rows.push(Row::LocalItem {
+                            name: p.name.clone(),
+                            city: p.city.clone(),
+                            state: p.state.clone(),
+                            auction: a.id,
+                        });
+                    }
+                }
+            }
+            rows
+        }
+        "q5" => {
+            let mut counts: BTreeMap<Time, BTreeMap<u64, u64>> = BTreeMap::new();
+            for b in &bids {
+                let mut start = window_of(b.date_time, 2_000);
+                while start + 10_000 > b.date_time {
+                    *counts.entry(start).or_default().entry(b.auction).or_default() += 1;
+                    if start < 2_000 {
+                        break;
+                    }
+                    start -= 2_000;
+                }
+            }
+            let mut rows = Vec::new();
+            for (window_start, per_auction) in counts {
+                let max = per_auction.values().copied().max().unwrap();
+                for (auction, bids) in per_auction.into_iter().filter(|(_, c)| *c == max) {
+                    rows.push(Row::HotItem { window_start, auction, bids });
+                }
+            }
+            rows
+        }
+        "q7" => {
+            let mut best: BTreeMap<Time, (u64, u64, u64)> = BTreeMap::new();
+            for b in &bids {
+                let entry = best.entry(window_of(b.date_time, 10_000)).or_default();
+                *entry = (*entry).max((b.price, b.auction, b.bidder));
+            }
+            best.into_iter()
+                .map(|(window_start, (price, auction, bidder))| Row::HighestBid {
+                    window_start,
+                    auction,
+                    bidder,
+                    price,
+                })
+                .collect()
+        }
+        "q8" => {
+            let mut rows = BTreeSet::new();
+            for p in &people {
+                let window = window_of(p.date_time, 10_000);
+                if auctions.iter().any(|a| a.seller == p.id && window_of(a.date_time, 10_000) == window) {
+                    rows.insert(Row::NewSeller { window_start: window, person: p.id, name: p.name.clone() });
+                }
+            }
+            rows.into_iter().collect()
+        }
+        "q20" => {
+            let mut rows = Vec::new();
+            for b in &bids {
+                for a in auctions.iter().filter(|a| a.id == b.auction && a.category == 10) {
+                    rows.push(Row::BidWithAuction {
+                        auction: b.auction,
+                        bidder: b.bidder,
+                        price: b.price,
+                        item_name: a.item_name.clone(),
+                        category: a.category,
+                    });
+                }
+            }
+            rows
+        }
+        other => panic!("no reference for {other}"),
+    };
+    rows.sort();
+    rows
+}
+
+#[test]
+fn every_query_matches_a_from_scratch_computation() {
+    for name in QUERIES {
+        let want = expected(name);
+        assert!(!want.is_empty(), "{name}: the generated data should give results");
+        for workers in [1, 2] {
+            assert_eq!(run(name, workers), want, "{name} at {workers} workers");
+        }
+    }
+}
+
+#[test]
+fn the_nexmark_binary_runs_queries_and_rejects_bad_flags() {
+    let bin = env!("CARGO_BIN_EXE_nexmark");
+    let dir = std::env::temp_dir().join(format!("tideline-nexmark-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("q7.jsonl");
+    let output = Command::new(bin)
+        .args(["--query", "q7", "--events", "20000", "--rate", "1000", "-w", "2", "--quiet", "--output"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("q7: 20000 events") && stdout.contains("events/s"), "{stdout}");
+    let lines = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(lines.lines().count(), 2, "20 s of event time: two 10 s windows\n{lines}");
+    assert!(lines.lines().all(|l| l.contains("\"HighestBid\"") && l.contains("\"diff\":1")), "{lines}");
+
+    for (args, message) in [
+        (vec!["--events", "10"], "choose a query"),
+        (vec!["--query", "q99"], "choose a query"),
+        (vec!["--query", "q0", "--events", "many"], "whole number"),
+        (vec!["--query", "q0", "--frobnicate"], "unknown flag"),
+    ] {
+        let output = Command::new(bin).args(&args).output().unwrap();
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        assert!(String::from_utf8_lossy(&output.stderr).contains(message), "{args:?}");
+    }
+}
