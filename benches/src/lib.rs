@@ -2,8 +2,8 @@
 //! generator and each workload written three ways — Tideline (E), plain differential (D) and a
 //! hand-written loop (H).
 
+use std::collections::BTreeMap;
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,16 +11,14 @@ use std::time::{Duration, Instant};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
-use tideline::differential_dataflow::input::Input;
-use tideline::differential_dataflow::operators::count::CountTotal;
-use tideline::late::LatePolicy;
-use tideline::metrics::StateMetrics;
 use tideline::prelude::*;
 use tideline::run::{Cluster, execute};
-use tideline::sink::Collected;
-use tideline::source::{SourceConfig, memory};
+use tideline::source::SourceConfig;
 use tideline::timely::dataflow::operators::probe::Handle;
 use tideline::window::aggregate::Count;
+
+pub mod joins;
+pub mod windows;
 
 /// Partitions of the generated input (fixed: results do not depend on workers).
 pub const PARTITIONS: usize = 16;
@@ -74,6 +72,17 @@ pub fn generate(shape: InputShape) -> Vec<Vec<Bid>> {
         .collect()
 }
 
+/// What a workload computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Count per key in windows of (size, slide) ms.
+    Windows(u64, u64),
+    /// Pairs of left and right records with equal keys in the same tumbling window (ms).
+    WindowJoin(u64),
+    /// Pairs of left and right records with equal keys, whenever they arrive.
+    Join,
+}
+
 /// A workload of the harness.
 #[derive(Clone, Copy, Debug)]
 pub struct Workload {
@@ -81,18 +90,32 @@ pub struct Workload {
     pub name: &'static str,
     /// What it computes.
     pub description: &'static str,
-    /// Window size and slide (ms).
-    pub window: (u64, u64),
+    /// How.
+    pub kind: Kind,
 }
 
 /// Every workload the harness knows.
 pub fn workloads() -> Vec<Workload> {
     vec![
-        Workload { name: "tumbling", description: "count per key, tumbling 10 s windows", window: (10_000, 10_000) },
+        Workload {
+            name: "tumbling",
+            description: "count per key, tumbling 10 s windows",
+            kind: Kind::Windows(10_000, 10_000),
+        },
         Workload {
             name: "sliding",
             description: "count per key, sliding 10 s windows every 2 s (q5 shape)",
-            window: (10_000, 2_000),
+            kind: Kind::Windows(10_000, 2_000),
+        },
+        Workload {
+            name: "window-join",
+            description: "new keys joined with their references in the same tumbling 10 s window (q8 shape)",
+            kind: Kind::WindowJoin(10_000),
+        },
+        Workload {
+            name: "join",
+            description: "references joined with their keys, unbounded (q20 shape)",
+            kind: Kind::Join,
         },
     ]
 }
@@ -151,8 +174,8 @@ fn memory_kb(field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Output rows: (window start, key, count), sorted.
-type Rows = Vec<(u64, u64, i64)>;
+/// Output rows, four numbers each (what they mean depends on the workload), in any order.
+pub type Rows = Vec<[u64; 4]>;
 
 fn digest(mut rows: Rows) -> (u64, u64) {
     rows.sort_unstable();
@@ -163,17 +186,28 @@ fn digest(mut rows: Rows) -> (u64, u64) {
 
 /// Runs one variant of `workload` on freshly generated input and measures it.
 pub fn run_variant(workload: &Workload, variant: &str, events: u64, workers: usize) -> Measurement {
-    let input = Arc::new(generate(InputShape::bids(events)));
+    let bids = matches!(workload.kind, Kind::Windows(..)).then(|| Arc::new(generate(InputShape::bids(events))));
+    let refs = (!matches!(workload.kind, Kind::Windows(..))).then(|| Arc::new(joins::generate(events)));
     let baseline_kb = memory_kb("VmRSS:");
     let started = Instant::now();
-    let (rows, entries, workers) = match variant {
-        "E" => {
-            let (rows, entries) = engine(workload, &input, workers);
+    let (rows, entries, workers) = match (workload.kind, variant) {
+        (Kind::Windows(size, slide), "E") => {
+            let (rows, entries) = windows::engine(size, slide, bids.as_ref().expect("input"), workers);
             (rows, Some(entries), workers)
         }
-        "D" => (differential(workload, &input, workers), None, workers),
-        "H" => (hand_written(workload, &input), None, 1),
-        other => panic!("unknown variant {other}"),
+        (Kind::Windows(size, slide), "D") => {
+            (windows::differential(size, slide, bids.as_ref().expect("input"), workers), None, workers)
+        }
+        (Kind::Windows(size, slide), "H") => {
+            (windows::hand_written(size, slide, bids.as_ref().expect("input")), None, 1)
+        }
+        (kind, "E") => {
+            let (rows, entries) = joins::engine(kind, refs.as_ref().expect("input"), workers);
+            (rows, entries, workers)
+        }
+        (kind, "D") => (joins::differential(kind, refs.as_ref().expect("input"), workers), None, workers),
+        (kind, "H") => (joins::hand_written(kind, refs.as_ref().expect("input")), None, 1),
+        (_, other) => panic!("unknown variant {other}"),
     };
     let seconds = started.elapsed().as_secs_f64();
     let (outputs, hash) = digest(rows);
@@ -188,164 +222,6 @@ pub fn run_variant(workload: &Workload, variant: &str, events: u64, workers: usi
         peak_kb: memory_kb("VmHWM:"),
         entries,
     }
-}
-
-fn spec(workload: &Workload) -> WindowSpec {
-    WindowSpec::sliding(Duration::from_millis(workload.window.0), Duration::from_millis(workload.window.1))
-        .expect("valid window")
-}
-
-/// E: the Tideline pipeline.
-pub fn engine(workload: &Workload, input: &Arc<Vec<Vec<Bid>>>, workers: usize) -> (Rows, u64) {
-    let spec = spec(workload);
-    let results = Collected::new();
-    let state = StateMetrics::new();
-    let (r, s, input) = (results.clone(), Arc::clone(&state), Arc::clone(input));
-    execute(&Cluster::threads(workers), move |worker| {
-        let (r, s, input) = (r.clone(), Arc::clone(&s), Arc::clone(&input));
-        worker.dataflow::<Time, _, _>(move |scope| {
-            let config = SourceConfig::new("bids")
-                .watermarks(WatermarkStrategy::bounded_out_of_orderness(Duration::from_millis(BOUND_MS)))
-                .late(LatePolicy::Drop);
-            memory::from_partitions(scope, config, input)
-                .data
-                .windows(spec)
-                .state_metrics(s)
-                .aggregate(Count)
-                .map(|r| (r.window.start, r.key, r.value))
-                .collect_into(&r);
-        });
-        while worker.step_or_park(None) {}
-    })
-    .expect("engine run");
-    let rows = results.contents().into_iter().map(|(row, _)| row).collect();
-    (rows, state.peak_per_worker() * workers as u64)
-}
-
-/// D: the same computation written directly against differential: each worker feeds its
-/// partitions into an input session, each record at its window's last instant, and counts
-/// with `count_total`.
-pub fn differential(workload: &Workload, input: &Arc<Vec<Vec<Bid>>>, workers: usize) -> Rows {
-    let (size, slide) = workload.window;
-    let results = Collected::new();
-    let (r, input) = (results.clone(), Arc::clone(input));
-    execute(&Cluster::threads(workers), move |worker| {
-        let (index, peers) = (worker.index(), worker.peers());
-        let r = r.clone();
-        let probe = Handle::new();
-        let mut session = worker.dataflow::<Time, _, _>(|scope| {
-            let (session, windows) = scope.new_collection::<(u64, u64), isize>();
-            windows
-                .count_total()
-                .map(|((start, key), count)| (start, key, count as i64))
-                .probe_with(&probe)
-                .collect_into(&r);
-            session
-        });
-        let mine: Vec<&Vec<Bid>> =
-            input.iter().enumerate().filter(|(p, _)| p % peers == index).map(|(_, v)| v).collect();
-        let mut positions = vec![0usize; mine.len()];
-        let mut max_seen = vec![0u64; mine.len()];
-        loop {
-            let mut any = false;
-            for (i, partition) in mine.iter().enumerate() {
-                let end = (positions[i] + 4_096).min(partition.len());
-                for event in &partition[positions[i]..end] {
-                    let watermark = max_seen[i].saturating_sub(BOUND_MS);
-                    if event.time < watermark {
-                        continue; // late: dropped, as E's LatePolicy::Drop does
-                    }
-                    max_seen[i] = max_seen[i].max(event.time);
-                    let mut start = event.time - event.time % slide;
-                    while start + size > event.time {
-                        session.update_at((start, event.key), start + size - 1, 1);
-                        if start < slide {
-                            break;
-                        }
-                        start -= slide;
-                    }
-                }
-                any |= end > positions[i];
-                positions[i] = end;
-            }
-            let done: Vec<bool> = mine.iter().enumerate().map(|(i, p)| positions[i] >= p.len()).collect();
-            let watermark = max_seen
-                .iter()
-                .zip(&done)
-                .filter(|(_, d)| !**d)
-                .map(|(m, _)| m.saturating_sub(BOUND_MS))
-                .min()
-                .unwrap_or(u64::MAX - 1);
-            if watermark > *session.time() {
-                session.advance_to(watermark);
-            }
-            session.flush();
-            worker.step();
-            // Do not run unboundedly ahead of the output (as E's flow control does not).
-            while probe.less_than(&session.time().saturating_sub(size * 4)) {
-                worker.step();
-            }
-            if !any {
-                break;
-            }
-        }
-        drop(session);
-        while !probe.done() {
-            worker.step();
-        }
-    })
-    .expect("differential run");
-    results.contents().into_iter().map(|(row, _)| row).collect()
-}
-
-/// H: a hand-written single-threaded loop: partitions read round-robin, per-partition
-/// watermarks, counts in hash maps per window, each window emitted and dropped when the
-/// watermark (minimum over partitions) passes its end.
-pub fn hand_written(workload: &Workload, input: &Arc<Vec<Vec<Bid>>>) -> Rows {
-    let (size, slide) = workload.window;
-    // A good hand-written loop: the same fast hasher the engine uses.
-    let mut windows: BTreeMap<u64, HashMap<u64, i64, foldhash::fast::FixedState>> = BTreeMap::new();
-    let mut out = Vec::new();
-    let mut positions = vec![0usize; input.len()];
-    let mut max_seen = vec![0u64; input.len()];
-    loop {
-        let mut any = false;
-        for (i, partition) in input.iter().enumerate() {
-            let end = (positions[i] + 4_096).min(partition.len());
-            for event in &partition[positions[i]..end] {
-                if event.time < max_seen[i].saturating_sub(BOUND_MS) {
-                    continue;
-                }
-                max_seen[i] = max_seen[i].max(event.time);
-                let mut start = event.time - event.time % slide;
-                while start + size > event.time {
-                    *windows.entry(start).or_default().entry(event.key).or_insert(0) += 1;
-                    if start < slide {
-                        break;
-                    }
-                    start -= slide;
-                }
-            }
-            any |= end > positions[i];
-            positions[i] = end;
-        }
-        let watermark = (0..input.len())
-            .filter(|i| positions[*i] < input[*i].len())
-            .map(|i| max_seen[i].saturating_sub(BOUND_MS))
-            .min()
-            .unwrap_or(u64::MAX);
-        while let Some(entry) = windows.first_entry() {
-            if entry.key() + size > watermark {
-                break;
-            }
-            let (start, counts) = entry.remove_entry();
-            out.extend(counts.into_iter().map(|(key, count)| (start, key, count)));
-        }
-        if !any {
-            break;
-        }
-    }
-    out
 }
 
 /// Latency of window results: a tumbling count fed in real time at `rate` events per second,

@@ -1,0 +1,173 @@
+//! Windowed counts per key (tumbling, sliding) three ways.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tideline::differential_dataflow::input::Input;
+use tideline::differential_dataflow::operators::count::CountTotal;
+use tideline::late::LatePolicy;
+use tideline::metrics::StateMetrics;
+use tideline::prelude::*;
+use tideline::run::{Cluster, execute};
+use tideline::sink::Collected;
+use tideline::source::{SourceConfig, memory};
+use tideline::timely::dataflow::operators::probe::Handle;
+use tideline::window::aggregate::Count;
+
+use crate::{BOUND_MS, Bid, Rows};
+
+fn spec(size: u64, slide: u64) -> WindowSpec {
+    WindowSpec::sliding(Duration::from_millis(size), Duration::from_millis(slide)).expect("valid window")
+}
+
+/// E: the Tideline pipeline.
+pub fn engine(size: u64, slide: u64, input: &Arc<Vec<Vec<Bid>>>, workers: usize) -> (Rows, u64) {
+    let spec = spec(size, slide);
+    let results = Collected::new();
+    let state = StateMetrics::new();
+    let (r, s, input) = (results.clone(), Arc::clone(&state), Arc::clone(input));
+    execute(&Cluster::threads(workers), move |worker| {
+        let (r, s, input) = (r.clone(), Arc::clone(&s), Arc::clone(&input));
+        worker.dataflow::<Time, _, _>(move |scope| {
+            let config = SourceConfig::new("bids")
+                .watermarks(WatermarkStrategy::bounded_out_of_orderness(Duration::from_millis(BOUND_MS)))
+                .late(LatePolicy::Drop);
+            memory::from_partitions(scope, config, input)
+                .data
+                .windows(spec)
+                .state_metrics(s)
+                .aggregate(Count)
+                .map(|r| [r.window.start, r.key, r.value as u64, 0])
+                .collect_into(&r);
+        });
+        while worker.step_or_park(None) {}
+    })
+    .expect("engine run");
+    let rows = results.contents().into_iter().map(|(row, _)| row).collect();
+    (rows, state.peak_per_worker() * workers as u64)
+}
+
+/// D: the same computation written directly against differential: each worker feeds its
+/// partitions into an input session, each record at its window's last instant, and counts
+/// with `count_total`.
+pub fn differential(size: u64, slide: u64, input: &Arc<Vec<Vec<Bid>>>, workers: usize) -> Rows {
+    let results = Collected::new();
+    let (r, input) = (results.clone(), Arc::clone(input));
+    execute(&Cluster::threads(workers), move |worker| {
+        let (index, peers) = (worker.index(), worker.peers());
+        let r = r.clone();
+        let probe = Handle::new();
+        let mut session = worker.dataflow::<Time, _, _>(|scope| {
+            let (session, windows) = scope.new_collection::<(u64, u64), isize>();
+            windows
+                .count_total()
+                .map(|((start, key), count)| [start, key, count as u64, 0])
+                .probe_with(&probe)
+                .collect_into(&r);
+            session
+        });
+        let mine: Vec<&Vec<Bid>> =
+            input.iter().enumerate().filter(|(p, _)| p % peers == index).map(|(_, v)| v).collect();
+        let mut positions = vec![0usize; mine.len()];
+        let mut max_seen = vec![0u64; mine.len()];
+        loop {
+            let mut any = false;
+            for (i, partition) in mine.iter().enumerate() {
+                let end = (positions[i] + 4_096).min(partition.len());
+                for event in &partition[positions[i]..end] {
+                    let watermark = max_seen[i].saturating_sub(BOUND_MS);
+                    if event.time < watermark {
+                        continue; // late: dropped, as E's LatePolicy::Drop does
+                    }
+                    max_seen[i] = max_seen[i].max(event.time);
+                    let mut start = event.time - event.time % slide;
+                    while start + size > event.time {
+                        session.update_at((start, event.key), start + size - 1, 1);
+                        if start < slide {
+                            break;
+                        }
+                        start -= slide;
+                    }
+                }
+                any |= end > positions[i];
+                positions[i] = end;
+            }
+            let done: Vec<bool> = mine.iter().enumerate().map(|(i, p)| positions[i] >= p.len()).collect();
+            let watermark = max_seen
+                .iter()
+                .zip(&done)
+                .filter(|(_, d)| !**d)
+                .map(|(m, _)| m.saturating_sub(BOUND_MS))
+                .min()
+                .unwrap_or(u64::MAX - 1);
+            if watermark > *session.time() {
+                session.advance_to(watermark);
+            }
+            session.flush();
+            worker.step();
+            // Do not run unboundedly ahead of the output (as E's flow control does not).
+            while probe.less_than(&session.time().saturating_sub(size * 4)) {
+                worker.step();
+            }
+            if !any {
+                break;
+            }
+        }
+        drop(session);
+        while !probe.done() {
+            worker.step();
+        }
+    })
+    .expect("differential run");
+    results.contents().into_iter().map(|(row, _)| row).collect()
+}
+
+/// H: a hand-written single-threaded loop: partitions read round-robin, per-partition
+/// watermarks, counts in hash maps per window, each window emitted and dropped when the
+/// watermark (minimum over partitions) passes its end.
+pub fn hand_written(size: u64, slide: u64, input: &Arc<Vec<Vec<Bid>>>) -> Rows {
+    // A good hand-written loop: the same fast hasher the engine uses.
+    let mut windows: BTreeMap<u64, HashMap<u64, i64, foldhash::fast::FixedState>> = BTreeMap::new();
+    let mut out = Vec::new();
+    let mut positions = vec![0usize; input.len()];
+    let mut max_seen = vec![0u64; input.len()];
+    loop {
+        let mut any = false;
+        for (i, partition) in input.iter().enumerate() {
+            let end = (positions[i] + 4_096).min(partition.len());
+            for event in &partition[positions[i]..end] {
+                if event.time < max_seen[i].saturating_sub(BOUND_MS) {
+                    continue;
+                }
+                max_seen[i] = max_seen[i].max(event.time);
+                let mut start = event.time - event.time % slide;
+                while start + size > event.time {
+                    *windows.entry(start).or_default().entry(event.key).or_insert(0) += 1;
+                    if start < slide {
+                        break;
+                    }
+                    start -= slide;
+                }
+            }
+            any |= end > positions[i];
+            positions[i] = end;
+        }
+        let watermark = (0..input.len())
+            .filter(|i| positions[*i] < input[*i].len())
+            .map(|i| max_seen[i].saturating_sub(BOUND_MS))
+            .min()
+            .unwrap_or(u64::MAX);
+        while let Some(entry) = windows.first_entry() {
+            if entry.key() + size > watermark {
+                break;
+            }
+            let (start, counts) = entry.remove_entry();
+            out.extend(counts.into_iter().map(|(key, count)| [start, key, count as u64, 0]));
+        }
+        if !any {
+            break;
+        }
+    }
+    out
+}
