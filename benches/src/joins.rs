@@ -30,7 +30,7 @@ fn mix(mut x: u64) -> u64 {
 }
 
 fn is_left(global: u64) -> bool {
-    mix(global) % 10 == 0
+    mix(global).is_multiple_of(10)
 }
 
 /// `events` records over [`PARTITIONS`] partitions, 100 000 per second of event time: one in
