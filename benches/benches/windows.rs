@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use tideline_benches::{InputShape, engine, generate, workloads};
+use tideline_benches::windows::engine;
+use tideline_benches::{InputShape, Kind, generate, workloads};
 
 fn windows(c: &mut Criterion) {
     let events = 200_000;
@@ -14,8 +15,9 @@ fn windows(c: &mut Criterion) {
     group.throughput(Throughput::Elements(events));
     group.sample_size(10);
     for workload in workloads() {
+        let Kind::Windows(size, slide) = workload.kind else { continue };
         group.bench_function(workload.name, |b| {
-            b.iter_batched(|| Arc::clone(&input), |input| engine(&workload, &input, 1), BatchSize::SmallInput)
+            b.iter_batched(|| Arc::clone(&input), |input| engine(size, slide, &input, 1), BatchSize::SmallInput)
         });
     }
     group.finish();
