@@ -23,9 +23,8 @@
 //! each affected record's unmatched row. The output is thereby a deterministic function of the
 //! timestamped inputs, identical for any number of workers.
 
-use std::collections::BTreeMap;
-use std::collections::btree_map::Entry as MapEntry;
 use std::collections::hash_map::Entry as HashEntry;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use differential_dataflow::consolidation::consolidate;
@@ -151,7 +150,59 @@ impl Entry {
     }
 }
 
-type SideState<V> = BTreeMap<Time, BTreeMap<V, Entry>>;
+/// One side's records of a group, sorted by (event time, value). Most groups hold a handful of
+/// records arriving roughly in time order, so a sorted deque beats nested maps (whose nodes
+/// allocate room for eleven entries each) in both time and memory.
+struct SideState<V> {
+    entries: VecDeque<(Time, V, Entry)>,
+}
+
+impl<V> Default for SideState<V> {
+    fn default() -> Self {
+        SideState { entries: VecDeque::new() }
+    }
+}
+
+impl<V: Ord> SideState<V> {
+    fn search(&self, time: Time, value: &V) -> Result<usize, usize> {
+        self.entries.binary_search_by(|(t, v, _)| (*t, v).cmp(&(time, value)))
+    }
+
+    fn get(&self, time: Time, value: &V) -> Option<&Entry> {
+        self.search(time, value).ok().map(|i| &self.entries[i].2)
+    }
+
+    /// Entries with event times in `[lo, hi]`.
+    fn range_mut(&mut self, lo: Time, hi: Time) -> impl Iterator<Item = &mut (Time, V, Entry)> {
+        let start = self.entries.partition_point(|(t, _, _)| *t < lo);
+        let end = self.entries.partition_point(|(t, _, _)| *t <= hi);
+        self.entries.range_mut(start..end.max(start))
+    }
+
+    /// Adds `diff` to the record's count, creating it with `entry` if absent. Returns the
+    /// change in the number of live entries (+1 created, -1 removed, 0).
+    fn update(&mut self, time: Time, value: V, diff: isize, entry: impl FnOnce() -> Entry) -> isize {
+        match self.search(time, &value) {
+            Err(position) => {
+                self.entries.insert(position, (time, value, entry()));
+                1
+            }
+            Ok(found) => {
+                self.entries[found].2.count += diff;
+                if self.entries[found].2.count == 0 {
+                    self.entries.remove(found);
+                    -1
+                } else {
+                    0
+                }
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
 
 struct Group<V1, V2> {
     left: SideState<V1>,
@@ -160,7 +211,7 @@ struct Group<V1, V2> {
 
 impl<V1, V2> Default for Group<V1, V2> {
     fn default() -> Self {
-        Group { left: BTreeMap::new(), right: BTreeMap::new() }
+        Group { left: SideState::default(), right: SideState::default() }
     }
 }
 
@@ -186,6 +237,9 @@ struct JoinState<G, V1, V2> {
     /// Groups with entries to release at (after) each time; may hold stale duplicates.
     expiry: BTreeMap<Time, Vec<G>>,
     live: usize,
+    /// Updates buffered until the frontier passes their time (state too: in `Final` window
+    /// joins, a window's records wait here until its end).
+    pending: usize,
 }
 
 /// Whether both inputs' frontiers have passed `time`.
@@ -205,8 +259,14 @@ impl<G: ExchangeData, V1: ExchangeData, V2: ExchangeData> JoinState<G, V1, V2> {
     fn process(&mut self, at: Time, work: Work<G, V1, V2>, emit: &mut Emit<'_, G, V1, V2>) {
         let Work { cap, mut left, mut right, close_left, close_right } = work;
         let shape = self.shape;
-        consolidate(&mut left);
-        consolidate(&mut right);
+        // Consolidation only matters when updates may cancel; insert-only batches (the common
+        // case) are applied as they come, which gives the same output.
+        if left.iter().any(|(_, diff)| *diff < 0) {
+            consolidate(&mut left);
+        }
+        if right.iter().any(|(_, diff)| *diff < 0) {
+            consolidate(&mut right);
+        }
         // The unmatched-row contribution of each affected record of an outer side, before `at`.
         let mut before_left: BTreeMap<(G, Time, V1), isize> = BTreeMap::new();
         let mut before_right: BTreeMap<(G, Time, V2), isize> = BTreeMap::new();
@@ -216,7 +276,7 @@ impl<G: ExchangeData, V1: ExchangeData, V2: ExchangeData> JoinState<G, V1, V2> {
             let Item { group: g, time, value, close, release } = item;
             let group = self.groups.entry(g.clone()).or_default();
             let Group { left: lefts, right: rights } = group;
-            let existing = lefts.get(&time).and_then(|m| m.get(&value));
+            let existing = lefts.get(time, &value);
             if shape.outer_left {
                 let before = existing.map_or(0, |e| e.unmatched(e.close < at));
                 before_left.entry((g.clone(), time, value.clone())).or_insert(before);
@@ -224,18 +284,16 @@ impl<G: ExchangeData, V1: ExchangeData, V2: ExchangeData> JoinState<G, V1, V2> {
             let exists = existing.is_some();
             let mut partners = 0;
             if let Some((lo, hi)) = partner_range(time, shape.lower, shape.upper) {
-                for (&right_time, entries) in rights.range_mut(lo..=hi) {
-                    for (right_value, partner) in entries.iter_mut() {
-                        if shape.outer_right {
-                            let before = partner.unmatched(partner.close < at);
-                            before_right.entry((g.clone(), right_time, right_value.clone())).or_insert(before);
-                        }
-                        if partner.count != 0 {
-                            emit(&g, Some((time, &value)), Some((right_time, right_value)), diff * partner.count);
-                        }
-                        partner.partners += diff;
-                        partners += partner.count;
+                for (right_time, right_value, partner) in rights.range_mut(lo, hi) {
+                    if shape.outer_right {
+                        let before = partner.unmatched(partner.close < at);
+                        before_right.entry((g.clone(), *right_time, right_value.clone())).or_insert(before);
                     }
+                    if partner.count != 0 {
+                        emit(&g, Some((time, &value)), Some((*right_time, right_value)), diff * partner.count);
+                    }
+                    partner.partners += diff;
+                    partners += partner.count;
                 }
             }
             if !exists {
@@ -245,21 +303,8 @@ impl<G: ExchangeData, V1: ExchangeData, V2: ExchangeData> JoinState<G, V1, V2> {
                     new_closings.push((close, Side::Left(g.clone(), time, value.clone())));
                 }
             }
-            let slot = lefts.entry(time).or_default();
-            match slot.entry(value) {
-                MapEntry::Vacant(vacant) => {
-                    vacant.insert(Entry { count: diff, partners, close, release });
-                }
-                MapEntry::Occupied(mut occupied) => {
-                    occupied.get_mut().count += diff;
-                    if occupied.get().count == 0 {
-                        occupied.remove();
-                        self.live -= 1;
-                    }
-                }
-            }
-            if slot.is_empty() {
-                lefts.remove(&time);
+            if lefts.update(time, value, diff, || Entry { count: diff, partners, close, release }) < 0 {
+                self.live -= 1;
             }
         }
 
@@ -267,7 +312,7 @@ impl<G: ExchangeData, V1: ExchangeData, V2: ExchangeData> JoinState<G, V1, V2> {
             let Item { group: g, time, value, close, release } = item;
             let group = self.groups.entry(g.clone()).or_default();
             let Group { left: lefts, right: rights } = group;
-            let existing = rights.get(&time).and_then(|m| m.get(&value));
+            let existing = rights.get(time, &value);
             if shape.outer_right {
                 let before = existing.map_or(0, |e| e.unmatched(e.close < at));
                 before_right.entry((g.clone(), time, value.clone())).or_insert(before);
@@ -276,18 +321,16 @@ impl<G: ExchangeData, V1: ExchangeData, V2: ExchangeData> JoinState<G, V1, V2> {
             let mut partners = 0;
             // Left partners at `time - [lower, upper]`, i.e. `time + [-upper, -lower]`.
             if let Some((lo, hi)) = partner_range(time, -shape.upper, -shape.lower) {
-                for (&left_time, entries) in lefts.range_mut(lo..=hi) {
-                    for (left_value, partner) in entries.iter_mut() {
-                        if shape.outer_left {
-                            let before = partner.unmatched(partner.close < at);
-                            before_left.entry((g.clone(), left_time, left_value.clone())).or_insert(before);
-                        }
-                        if partner.count != 0 {
-                            emit(&g, Some((left_time, left_value)), Some((time, &value)), diff * partner.count);
-                        }
-                        partner.partners += diff;
-                        partners += partner.count;
+                for (left_time, left_value, partner) in lefts.range_mut(lo, hi) {
+                    if shape.outer_left {
+                        let before = partner.unmatched(partner.close < at);
+                        before_left.entry((g.clone(), *left_time, left_value.clone())).or_insert(before);
                     }
+                    if partner.count != 0 {
+                        emit(&g, Some((*left_time, left_value)), Some((time, &value)), diff * partner.count);
+                    }
+                    partner.partners += diff;
+                    partners += partner.count;
                 }
             }
             if !exists {
@@ -297,33 +340,20 @@ impl<G: ExchangeData, V1: ExchangeData, V2: ExchangeData> JoinState<G, V1, V2> {
                     new_closings.push((close, Side::Right(g.clone(), time, value.clone())));
                 }
             }
-            let slot = rights.entry(time).or_default();
-            match slot.entry(value) {
-                MapEntry::Vacant(vacant) => {
-                    vacant.insert(Entry { count: diff, partners, close, release });
-                }
-                MapEntry::Occupied(mut occupied) => {
-                    occupied.get_mut().count += diff;
-                    if occupied.get().count == 0 {
-                        occupied.remove();
-                        self.live -= 1;
-                    }
-                }
-            }
-            if slot.is_empty() {
-                rights.remove(&time);
+            if rights.update(time, value, diff, || Entry { count: diff, partners, close, release }) < 0 {
+                self.live -= 1;
             }
         }
 
         // Records closing at `at`: their unmatched rows appear now if they have no partner.
         for (g, time, value) in close_left {
-            if let Some(e) = self.groups.get(&g).and_then(|s| s.left.get(&time)).and_then(|m| m.get(&value)) {
+            if let Some(e) = self.groups.get(&g).and_then(|s| s.left.get(time, &value)) {
                 let before = e.unmatched(e.close < at);
                 before_left.entry((g, time, value)).or_insert(before);
             }
         }
         for (g, time, value) in close_right {
-            if let Some(e) = self.groups.get(&g).and_then(|s| s.right.get(&time)).and_then(|m| m.get(&value)) {
+            if let Some(e) = self.groups.get(&g).and_then(|s| s.right.get(time, &value)) {
                 let before = e.unmatched(e.close < at);
                 before_right.entry((g, time, value)).or_insert(before);
             }
@@ -331,20 +361,14 @@ impl<G: ExchangeData, V1: ExchangeData, V2: ExchangeData> JoinState<G, V1, V2> {
 
         for ((g, time, value), before) in before_left {
             let group = self.groups.get(&g);
-            let after = group
-                .and_then(|s| s.left.get(&time))
-                .and_then(|m| m.get(&value))
-                .map_or(0, |e| e.unmatched(e.close <= at));
+            let after = group.and_then(|s| s.left.get(time, &value)).map_or(0, |e| e.unmatched(e.close <= at));
             if after != before {
                 emit(&g, Some((time, &value)), None, after - before);
             }
         }
         for ((g, time, value), before) in before_right {
             let group = self.groups.get(&g);
-            let after = group
-                .and_then(|s| s.right.get(&time))
-                .and_then(|m| m.get(&value))
-                .map_or(0, |e| e.unmatched(e.close <= at));
+            let after = group.and_then(|s| s.right.get(time, &value)).map_or(0, |e| e.unmatched(e.close <= at));
             if after != before {
                 emit(&g, None, Some((time, &value)), after - before);
             }
@@ -387,12 +411,16 @@ enum Side<G, V1, V2> {
 /// do not decrease with event time within a group and side. Returns how many were released.
 fn release_side<V>(side: &mut SideState<V>, frontiers: [&MutableAntichain<Time>; 2]) -> usize {
     let mut released = 0;
-    while let Some(first) = side.first_entry() {
-        let release = first.get().values().next().map_or(0, |e| e.release);
-        if !passed(release, frontiers) {
+    while let Some((_, _, first)) = side.entries.front() {
+        if !passed(first.release, frontiers) {
             break;
         }
-        released += first.remove().len();
+        side.entries.pop_front();
+        released += 1;
+    }
+    if side.entries.is_empty() {
+        // Give the memory back: a group's deque may have grown for a burst.
+        side.entries = VecDeque::new();
     }
     released
 }
@@ -430,14 +458,17 @@ where
                 times: BTreeMap::new(),
                 expiry: BTreeMap::new(),
                 live: 0,
+                pending: 0,
             };
             move |(left_input, left_frontier), (right_input, right_frontier), output| {
                 left_input.for_each(|cap, data| {
+                    join.pending += data.len();
                     for (item, at, diff) in data.drain(..) {
                         join.work_at(at, |t| cap.delayed(t, 0)).left.push((item, diff));
                     }
                 });
                 right_input.for_each(|cap, data| {
+                    join.pending += data.len();
                     for (item, at, diff) in data.drain(..) {
                         join.work_at(at, |t| cap.delayed(t, 0)).right.push((item, diff));
                     }
@@ -448,13 +479,14 @@ where
                         break;
                     }
                     let (at, work) = entry.remove_entry();
+                    join.pending -= work.left.len() + work.right.len();
                     let cap = work.cap.clone();
                     let mut session = output.session(&cap);
                     join.process(at, work, &mut |g, l, r, diff| session.give((result(g, l, r), at, diff)));
                 }
                 join.release(frontiers);
                 if let Some(metrics) = &state {
-                    metrics.set(worker, peers, join.live);
+                    metrics.set(worker, peers, join.live + join.pending);
                 }
             }
         },
