@@ -93,8 +93,8 @@ impl FlowGroup {
     }
 
     /// The minimum frontier over registered consumers: `None` without consumers,
-    /// `Some(None)` when all are complete.
-    pub(crate) fn frontier(&self) -> Option<Option<Time>> {
+    /// `Some(None)` when all are complete. Programs that feed inputs themselves can wait on it.
+    pub fn frontier(&self) -> Option<Option<Time>> {
         let probes = self.probes.borrow();
         if probes.is_empty() {
             return None;

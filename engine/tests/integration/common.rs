@@ -190,11 +190,11 @@ pub(crate) fn run_two_with<A, B, F>(
     let (a, b) = (Arc::clone(a), Arc::clone(b));
     tideline::run::execute(&tideline::run::Cluster::threads(workers), move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
-        let (mut input_a, mut input_b) = worker.dataflow::<Time, _, _>(|scope| {
+        let (mut input_a, mut input_b, flow) = worker.dataflow::<Time, _, _>(|scope| {
             let (input_a, collection_a) = scope.new_collection::<A, isize>();
             let (input_b, collection_b) = scope.new_collection::<B, isize>();
             build(collection_a, collection_b);
-            (input_a, input_b)
+            (input_a, input_b, tideline::flow::group(scope))
         });
         let mut rng = SmallRng::seed_from_u64(seed ^ (index as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
         // Half the updates are sent at their own time (the frontier then sits on it), the others
@@ -220,6 +220,12 @@ pub(crate) fn run_two_with<A, B, F>(
                 input_b.flush();
                 worker.step();
                 worker.step();
+                // Like a source's flow control: do not run far ahead of the outputs (sinks).
+                while let Some(Some(frontier)) = flow.frontier()
+                    && frontier + early + 100 < now
+                {
+                    worker.step();
+                }
             }
             match feed {
                 Feed::A(i) => input_a.update_at(a[i].0.clone(), a[i].1, a[i].2),

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tideline::metrics::StateMetrics;
 use tideline::prelude::*;
+use tideline::sink::Collected;
 
 use crate::common::*;
 
@@ -30,7 +31,8 @@ fn run(records: usize) -> Peaks {
             .interval_join(others.clone(), IntervalBounds::new(-30, 50).unwrap())
             .allowed_lateness(lateness)
             .state_metrics(Arc::clone(&m[0]))
-            .full();
+            .full()
+            .collect_into(&Collected::new());
         events
             .clone()
             .window_join(
@@ -39,14 +41,20 @@ fn run(records: usize) -> Peaks {
             )
             .allowed_lateness(lateness)
             .state_metrics(Arc::clone(&m[1]))
-            .full();
+            .full()
+            .collect_into(&Collected::new());
         let table = others
             .map(|e| Event::new(e.time, e.key, (e.value != 0).then_some(e.value)))
             .upsert()
             .allowed_lateness(lateness)
             .state_metrics(Arc::clone(&m[3]))
             .table();
-        events.asof_join(table).allowed_lateness(lateness).state_metrics(Arc::clone(&m[2])).left();
+        events
+            .asof_join(table)
+            .allowed_lateness(lateness)
+            .state_metrics(Arc::clone(&m[2]))
+            .left()
+            .collect_into(&Collected::new());
     });
     let (interval, window, asof, upsert) = (&metrics[0], &metrics[1], &metrics[2], &metrics[3]);
     assert_eq!(interval.total(), 0, "interval join state released at the end");
