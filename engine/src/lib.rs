@@ -28,7 +28,7 @@
 //! use tideline::source::{SourceConfig, memory};
 //! use tideline::window::aggregate::Sum;
 //!
-//! let events = vec![Event::new(1_000, "k", 5i64), Event::new(2_000, "k", 7), Event::new(11_000, "k", 1)];
+//! let events = vec![Event::new(1_000, 'k', 5i64), Event::new(2_000, 'k', 7), Event::new(11_000, 'k', 1)];
 //! let sums = tideline::run::collect(1, move |scope| {
 //!     let events = events.clone();
 //!     memory::from_iter(scope, SourceConfig::new("events"), move || events.into_iter())

@@ -259,9 +259,9 @@ impl<V: Copy + Into<i64>> Aggregator<V> for AllStats {
 /// // The number of distinct values.
 /// let distinct = Reduce::new(|values| values.distinct() as u64);
 /// let mut acc = Default::default();
-/// distinct.add(&mut acc, &"a", 1);
-/// distinct.add(&mut acc, &"a", 1);
-/// distinct.add(&mut acc, &"b", 1);
+/// distinct.add(&mut acc, &'a', 1);
+/// distinct.add(&mut acc, &'a', 1);
+/// distinct.add(&mut acc, &'b', 1);
 /// assert_eq!(distinct.finish(&acc, 3), 2);
 /// ```
 pub struct Reduce<V: Ord, O> {

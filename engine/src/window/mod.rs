@@ -7,10 +7,10 @@
 //! use tideline::window::aggregate::Count;
 //!
 //! let events = vec![
-//!     Event::new(1_000, "a", 1i64),
-//!     Event::new(4_000, "a", 1),
-//!     Event::new(12_000, "a", 1),
-//!     Event::new(11_000, "b", 1),
+//!     Event::new(1_000, 'a', 1i64),
+//!     Event::new(4_000, 'a', 1),
+//!     Event::new(11_000, 'b', 1),
+//!     Event::new(12_000, 'a', 1),
 //! ];
 //! let results = tideline::run::collect(2, move |scope| {
 //!     let events = events.clone();
@@ -20,7 +20,7 @@
 //!         .aggregate(Count)
 //! });
 //! let rows: Vec<_> = results.iter().map(|(r, _time, diff)| (r.window.start, r.key, r.value, *diff)).collect();
-//! assert_eq!(rows, vec![(0, "a", 2, 1), (10_000, "a", 1, 1), (10_000, "b", 1, 1)]);
+//! assert_eq!(rows, vec![(0, 'a', 2, 1), (10_000, 'a', 1, 1), (10_000, 'b', 1, 1)]);
 //! ```
 //!
 //! # Event time
