@@ -13,7 +13,7 @@
 //! | [`time`] | event time ([`Time`]), [`Event`], durations; [`time::watermark`]: strategies and per-partition tracking |
 //! | [`late`] | the late policy and the late / dead-letter record types |
 //! | [`source`] | the generic watermarked source operator, and in-memory sources |
-//! | [`window`] | tumbling and sliding windows, aggregators |
+//! | [`window`] | tumbling, sliding and session windows, aggregators |
 //! | [`sink`] | sinks that write a time once it is complete; the collecting sink |
 //! | [`metrics`] | source counters and operator state gauges, readable while running |
 //! | [`run`] | worker / cluster configuration and helpers that run dataflows |
@@ -41,6 +41,7 @@
 //! ```
 
 pub mod error;
+mod keyed;
 pub mod late;
 pub mod metrics;
 pub mod run;
@@ -66,6 +67,7 @@ pub mod prelude {
     pub use crate::sink::Sink;
     pub use crate::time::watermark::WatermarkStrategy;
     pub use crate::time::{Event, EventTime, Time};
+    pub use crate::window::session::Sessions;
     pub use crate::window::{Emit, Window, WindowResult, WindowSpec, Windows};
     pub use differential_dataflow::VecCollection;
 }

@@ -1,12 +1,19 @@
 //! Shared helpers: random out-of-order event streams and a reference model of the source.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tideline::late::{LateDecision, LatePolicy, LateRecord};
+use tideline::metrics::{SourceMetrics, StateMetrics};
+use tideline::prelude::*;
+use tideline::run::{Cluster, execute};
+use tideline::sink::Collected;
+use tideline::source::{SourceConfig, memory};
 use tideline::time::watermark::WatermarkStrategy;
-use tideline::{Event, Time};
+use tideline::window::aggregate::Stats;
+use tideline::{Event, ExchangeData, Time};
 
 pub(crate) type Ev = Event<u32, i64>;
 
@@ -103,4 +110,120 @@ pub(crate) fn changelog_from_states<G: Ord + Clone, O: Ord + Clone>(
     }
     out.sort_by(|a, b| (a.1, &a.0, a.2).cmp(&(b.1, &b.0, b.2)));
     out
+}
+
+/// What one run of an operator over a watermarked source produced.
+pub(crate) struct OperatorRun<R> {
+    /// The operator's output changelog.
+    pub(crate) results: Vec<(R, Time, isize)>,
+    /// The source's late side output.
+    pub(crate) late: Vec<(LateRecord<Ev>, Time, isize)>,
+    /// The operator's own late output.
+    pub(crate) operator_late: Vec<(Ev, Time, isize)>,
+    /// Late records the source counted.
+    pub(crate) late_counted: u64,
+    /// The operator's state gauges.
+    pub(crate) state: Arc<StateMetrics>,
+}
+
+/// Runs `build` (the operator under test, given its state gauges) on a source over
+/// `partitions`, with `workers` threads, to completion.
+pub(crate) fn run_operator<R, F>(
+    workers: usize,
+    partitions: &Arc<Vec<Vec<Ev>>>,
+    strategy: &WatermarkStrategy,
+    policy: LatePolicy,
+    batch_size: usize,
+    build: F,
+) -> OperatorRun<R>
+where
+    R: ExchangeData,
+    F: for<'s> Fn(
+            VecCollection<'s, Time, Ev>,
+            Arc<StateMetrics>,
+        ) -> (VecCollection<'s, Time, R>, VecCollection<'s, Time, Ev>)
+        + Send
+        + Sync
+        + 'static,
+{
+    let results = Collected::new();
+    let late = Collected::new();
+    let operator_late = Collected::new();
+    let metrics = SourceMetrics::new("events");
+    let state = StateMetrics::new();
+    let (r, l, o, m, s) = (results.clone(), late.clone(), operator_late.clone(), metrics.clone(), state.clone());
+    let (partitions, strategy) = (Arc::clone(partitions), strategy.clone());
+    let build = Arc::new(build);
+    execute(&Cluster::threads(workers), move |worker| {
+        let (r, l, o, s) = (r.clone(), l.clone(), o.clone(), s.clone());
+        let config = SourceConfig::new("events")
+            .watermarks(strategy.clone())
+            .late(policy)
+            .metrics(m.clone())
+            .batch_size(batch_size);
+        let partitions = Arc::clone(&partitions);
+        let build = Arc::clone(&build);
+        worker.dataflow::<Time, _, _>(move |scope| {
+            let source = memory::from_partitions(scope, config, partitions);
+            let (output, too_late) = build(source.data, s);
+            output.collect_into(&r);
+            source.late.collect_into(&l);
+            too_late.collect_into(&o);
+        });
+        while worker.step_or_park(None) {}
+    })
+    .unwrap();
+    OperatorRun {
+        results: results.changelog(),
+        late: late.changelog(),
+        operator_late: operator_late.changelog(),
+        late_counted: metrics.totals().late(),
+        state,
+    }
+}
+
+/// Splits the records a source accepted into those an operator with allowed lateness
+/// `lateness` applies and those it returns as too late (`at > time + lateness`), the latter
+/// as a consolidated changelog.
+pub(crate) fn split_too_late(accepted: &[(Ev, Time)], lateness: u64) -> (Vec<(Ev, Time)>, Vec<(Ev, Time, isize)>) {
+    let mut applied = Vec::new();
+    let mut too_late: BTreeMap<(Time, Ev), isize> = BTreeMap::new();
+    for (event, at) in accepted {
+        if *at > event.time + lateness {
+            *too_late.entry((*at, event.clone())).or_default() += 1;
+        } else {
+            applied.push((event.clone(), *at));
+        }
+    }
+    (applied, too_late.into_iter().map(|((at, event), diff)| (event, at, diff)).collect())
+}
+
+/// Turns the contents of a collection at a series of times into a changelog: at each time,
+/// a retraction of every row that left and an insertion of every row that arrived.
+pub(crate) fn changelog_from_snapshots<R: Ord + Clone>(
+    snapshots: &BTreeMap<Time, BTreeSet<R>>,
+) -> Vec<(R, Time, isize)> {
+    let mut out = Vec::new();
+    let mut previous = BTreeSet::new();
+    for (time, rows) in snapshots {
+        out.extend(previous.difference(rows).map(|row: &R| (row.clone(), *time, -1)));
+        out.extend(rows.difference(&previous).map(|row| (row.clone(), *time, 1)));
+        previous = rows.clone();
+    }
+    out
+}
+
+/// Sorts a changelog as `Collected::changelog` does: by time, then data.
+pub(crate) fn sort_changelog<R: Ord>(changelog: &mut [(R, Time, isize)]) {
+    changelog.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+}
+
+/// Count, sum, min and max of values, from scratch.
+pub(crate) fn stats_of(values: &[i64]) -> Stats {
+    Stats {
+        count: values.len() as i64,
+        sum: values.iter().sum(),
+        min: *values.iter().min().expect("non-empty"),
+        max: *values.iter().max().expect("non-empty"),
+    }
 }

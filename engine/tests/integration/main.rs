@@ -1,4 +1,5 @@
 //! Engine integration tests, in one binary to keep link times down.
 
 mod common;
+mod session_oracle;
 mod window_oracle;
