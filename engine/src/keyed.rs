@@ -12,14 +12,16 @@ use std::sync::Arc;
 
 use differential_dataflow::consolidation::consolidate;
 use differential_dataflow::{AsCollection, VecCollection};
+use timely::container::CapacityContainerBuilder;
 use timely::dataflow::Stream;
-use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::Capability;
-use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::{Operator, OutputBuilder};
 
 use crate::ExchangeData;
 use crate::metrics::StateMetrics;
-use crate::time::Time;
+use crate::time::{Event, Time};
 
 /// A stream of differential updates.
 pub(crate) type Updates<'scope, D> = Stream<'scope, Time, Vec<(D, Time, isize)>>;
@@ -141,6 +143,61 @@ where
         }
     });
     output.as_collection()
+}
+
+/// Splits the records a keyed operator can apply from those it cannot, which it returns
+/// unchanged: records at a dataflow time after `event time + allowed_lateness` (too late:
+/// counted in `metrics`) and retractions (the operators are defined over insertions).
+pub(crate) fn split_applicable<'scope, K, V>(
+    events: VecCollection<'scope, Time, Event<K, V>>,
+    name: &str,
+    allowed_lateness: u64,
+    metrics: Option<Arc<StateMetrics>>,
+) -> (Updates<'scope, Event<K, V>>, VecCollection<'scope, Time, Event<K, V>>)
+where
+    K: ExchangeData,
+    V: ExchangeData,
+{
+    let scope = events.inner.scope();
+    let mut builder = OperatorBuilder::new(format!("{name}: split late"), scope);
+    let mut input = builder.new_input(events.inner, Pipeline);
+    let (applicable_output, applicable) = builder.new_output();
+    let (late_output, late) = builder.new_output();
+    let mut applicable_output =
+        OutputBuilder::<_, CapacityContainerBuilder<Vec<(Event<K, V>, Time, isize)>>>::from(applicable_output);
+    let mut late_output =
+        OutputBuilder::<_, CapacityContainerBuilder<Vec<(Event<K, V>, Time, isize)>>>::from(late_output);
+    builder.build(move |_capabilities| {
+        let mut kept = Vec::new();
+        let mut rejected = Vec::new();
+        move |_frontiers| {
+            let mut applicable_handle = applicable_output.activate();
+            let mut late_handle = late_output.activate();
+            input.for_each(|cap, data| {
+                let mut too_late = 0;
+                for (event, at, diff) in data.drain(..) {
+                    if is_applicable(event.time, at, diff, allowed_lateness) {
+                        kept.push((event, at, diff));
+                    } else if diff != 0 {
+                        too_late += u64::from(diff > 0);
+                        rejected.push((event, at, diff));
+                    }
+                }
+                if !kept.is_empty() {
+                    applicable_handle.session(&cap).give_container(&mut kept);
+                    kept.clear();
+                }
+                if !rejected.is_empty() {
+                    late_handle.session(&cap).give_container(&mut rejected);
+                    rejected.clear();
+                }
+                if let Some(metrics) = &metrics {
+                    metrics.add_late_skipped(too_late);
+                }
+            });
+        }
+    });
+    (applicable, late.as_collection())
 }
 
 /// Whether a keyed operator applies a record with event time `time` at dataflow time `at`:

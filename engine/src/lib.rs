@@ -14,6 +14,7 @@
 //! | [`late`] | the late policy and the late / dead-letter record types |
 //! | [`source`] | the generic watermarked source operator, and in-memory sources |
 //! | [`window`] | tumbling, sliding and session windows, aggregators |
+//! | [`dedup`] | deduplication by key within a horizon |
 //! | [`sink`] | sinks that write a time once it is complete; the collecting sink |
 //! | [`metrics`] | source counters and operator state gauges, readable while running |
 //! | [`run`] | worker / cluster configuration and helpers that run dataflows |
@@ -40,6 +41,7 @@
 //! assert_eq!(values, vec![12, 1]);
 //! ```
 
+pub mod dedup;
 pub mod error;
 mod keyed;
 pub mod late;
@@ -63,6 +65,7 @@ impl<T: differential_dataflow::ExchangeData + std::hash::Hash> ExchangeData for 
 
 /// The operator traits and core types, for `use tideline::prelude::*`.
 pub mod prelude {
+    pub use crate::dedup::{Dedup, Keep};
     pub use crate::late::{DeadLetter, LatePolicy, LateRecord};
     pub use crate::sink::Sink;
     pub use crate::time::watermark::WatermarkStrategy;

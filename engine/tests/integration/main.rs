@@ -1,5 +1,6 @@
 //! Engine integration tests, in one binary to keep link times down.
 
 mod common;
+mod dedup_oracle;
 mod session_oracle;
 mod window_oracle;
