@@ -15,6 +15,7 @@
 //! | [`source`] | the generic watermarked source operator, and in-memory sources |
 //! | [`window`] | tumbling, sliding and session windows, aggregators |
 //! | [`dedup`] | deduplication by key within a horizon |
+//! | [`topn`] | top-N per group of a changelog, ranked |
 //! | [`sink`] | sinks that write a time once it is complete; the collecting sink |
 //! | [`metrics`] | source counters and operator state gauges, readable while running |
 //! | [`run`] | worker / cluster configuration and helpers that run dataflows |
@@ -50,6 +51,7 @@ pub mod run;
 pub mod sink;
 pub mod source;
 pub mod time;
+pub mod topn;
 pub mod window;
 
 pub use differential_dataflow;
@@ -70,6 +72,7 @@ pub mod prelude {
     pub use crate::sink::Sink;
     pub use crate::time::watermark::WatermarkStrategy;
     pub use crate::time::{Event, EventTime, Time};
+    pub use crate::topn::{Ranked, TopN};
     pub use crate::window::session::Sessions;
     pub use crate::window::{Emit, Window, WindowResult, WindowSpec, Windows};
     pub use differential_dataflow::VecCollection;

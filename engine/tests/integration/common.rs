@@ -227,3 +227,39 @@ pub(crate) fn stats_of(values: &[i64]) -> Stats {
         max: *values.iter().max().expect("non-empty"),
     }
 }
+
+/// Tumbling or sliding window results computed from scratch with `finish` over each window's
+/// values: for every window and key, its value at every time anything in it changes.
+pub(crate) fn windows_from_scratch<O: Ord + Clone>(
+    accepted: &[(Ev, Time)],
+    spec: WindowSpec,
+    emit: Emit,
+    lateness: u64,
+    finish: impl Fn(&[i64]) -> O,
+) -> Vec<(WindowResult<u32, O>, Time, isize)> {
+    let mut groups: BTreeMap<(Window, u32), Vec<(Time, i64)>> = BTreeMap::new();
+    for (event, at) in accepted {
+        for window in spec.windows_of(event.time) {
+            let time = match emit {
+                Emit::Final => (*at).max(window.end - 1),
+                Emit::Updates => *at,
+            };
+            if time < window.end + lateness {
+                groups.entry((window, event.key)).or_default().push((time, event.value));
+            }
+        }
+    }
+    let mut states = BTreeMap::new();
+    for (group, records) in groups {
+        let mut by_time = BTreeMap::new();
+        for (time, _) in &records {
+            let values: Vec<i64> = records.iter().filter(|(t, _)| t <= time).map(|(_, v)| *v).collect();
+            by_time.insert(*time, Some(finish(&values)));
+        }
+        states.insert(group, by_time);
+    }
+    changelog_from_states(states, |g, o| (*g, o))
+        .into_iter()
+        .map(|(((window, key), value), time, diff)| (WindowResult { window, key, value }, time, diff))
+        .collect()
+}

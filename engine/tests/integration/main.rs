@@ -3,4 +3,5 @@
 mod common;
 mod dedup_oracle;
 mod session_oracle;
+mod topn_oracle;
 mod window_oracle;
