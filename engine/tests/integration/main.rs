@@ -3,5 +3,6 @@
 mod common;
 mod dedup_oracle;
 mod session_oracle;
+mod state_bounded;
 mod topn_oracle;
 mod window_oracle;
