@@ -93,6 +93,9 @@ pub enum Keep {
 }
 
 /// Deduplication on collections of [`Event`]s.
+///
+/// The exact definition, emission, late data and state: see the
+/// [module documentation](self).
 pub trait Dedup<'scope, K, V> {
     /// Deduplicates each key's events within horizon `within`. Panics if `within` is zero;
     /// use [`Dedup::try_dedup`] for horizons that come from user input.

@@ -91,6 +91,8 @@ pub struct Ranked<G, D> {
 }
 
 /// Top-N on collections.
+///
+/// Ranking, late data and state: see the [module documentation](self).
 pub trait TopN<'scope, D> {
     /// Ranks the records of each `group` by `score`, highest first (ties: smallest record
     /// first), and keeps the first `n` of each group. Wrap the score in

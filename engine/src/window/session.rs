@@ -95,6 +95,8 @@ use crate::window::{Emit, Window, WindowResult};
 use crate::{Error, ExchangeData, Result};
 
 /// Session windows on collections of [`Event`]s.
+///
+/// Event time, emission, late data and state: see the [module documentation](self).
 pub trait Sessions<'scope, K, V> {
     /// Session windows with inactivity `gap`, to aggregate with
     /// [`SessionCollection::aggregate`]. Panics if `gap` is zero; use
