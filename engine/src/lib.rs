@@ -13,7 +13,9 @@
 //! | [`time`] | event time ([`Time`]), [`Event`], durations; [`time::watermark`]: strategies and per-partition tracking |
 //! | [`late`] | the late policy and the late / dead-letter record types |
 //! | [`source`] | the generic watermarked source operator, and in-memory sources |
-//! | [`window`] | tumbling and sliding windows, aggregators |
+//! | [`window`] | tumbling, sliding and session windows, aggregators |
+//! | [`dedup`] | deduplication by key within a horizon |
+//! | [`topn`] | top-N per group of a changelog, ranked |
 //! | [`join`] | equi, interval, window and as-of joins |
 //! | [`table`] | upsert tables and tables from aggregations: the stream–table duality |
 //! | [`read_model`] | tables and aggregates queryable from other threads while the dataflow runs |
@@ -46,9 +48,11 @@
 //! ```
 
 pub mod control;
+pub mod dedup;
 pub mod error;
 pub mod flow;
 pub mod join;
+mod keyed;
 pub mod late;
 pub mod metrics;
 pub mod read_model;
@@ -57,6 +61,7 @@ pub mod sink;
 pub mod source;
 pub mod table;
 pub mod time;
+pub mod topn;
 pub mod window;
 
 pub use differential_dataflow;
@@ -87,6 +92,7 @@ impl<T: differential_dataflow::ExchangeData + std::hash::Hash> ExchangeData for 
 
 /// The operator traits and core types, for `use tideline::prelude::*`.
 pub mod prelude {
+    pub use crate::dedup::{Dedup, Keep};
     pub use crate::join::{AsOfJoin, IntervalBounds, IntervalJoin, Joins, WindowJoin};
     pub use crate::late::{DeadLetter, LatePolicy, LateRecord};
     pub use crate::read_model::{Publish, ReadModel};
@@ -94,6 +100,8 @@ pub mod prelude {
     pub use crate::table::{Table, Tables, Upsert};
     pub use crate::time::watermark::WatermarkStrategy;
     pub use crate::time::{Event, EventTime, Time};
+    pub use crate::topn::{Ranked, TopN};
+    pub use crate::window::session::Sessions;
     pub use crate::window::{Emit, Window, WindowResult, WindowSpec, Windows};
     pub use differential_dataflow::VecCollection;
 }

@@ -172,8 +172,9 @@ impl SourceMetrics {
 
 /// Live-state gauges of a stateful operator: how many entries each worker holds.
 ///
-/// Pass one to an operator (e.g. [`WindowedCollection::state_metrics`](crate::window::WindowedCollection::state_metrics))
-/// and read it from any thread while the dataflow runs.
+/// Pass one to an operator (e.g.
+/// [`WindowedCollection::state_metrics`](crate::window::WindowedCollection::state_metrics); sessions,
+/// dedup and top-N have the same method) and read it from any thread while the dataflow runs.
 #[derive(Debug, Default)]
 pub struct StateMetrics {
     workers: OnceLock<Vec<AtomicI64>>,
@@ -203,7 +204,8 @@ impl StateMetrics {
     }
 
     /// Counts updates an operator skipped because the state they belonged to had already been
-    /// released (they arrived at or after `end + allowed_lateness`).
+    /// released (they arrived at or after `end + allowed_lateness`; for sessions and dedup,
+    /// after `event time + allowed_lateness`; for top-N, at or after the group's release).
     pub fn add_late_skipped(&self, n: u64) {
         self.late_skipped.fetch_add(n, Ordering::Relaxed);
     }

@@ -1,5 +1,5 @@
 //! Aggregations over the records of a window: count, sum, min, max, avg, all four at once,
-//! and custom reducers.
+//! distinct count, top-N and custom reducers.
 //!
 //! An [`Aggregator`] keeps an accumulator per window and key. Accumulators are *mergeable*
 //! (so records are pre-aggregated on the worker that reads them, before the exchange, and a
@@ -298,6 +298,91 @@ impl<V: ExchangeData, O: ExchangeData> Aggregator<V> for Reduce<V, O> {
     }
     fn finish(&self, acc: &Multiset<V>, _: i64) -> O {
         (self.logic)(acc)
+    }
+}
+
+/// The number of distinct values (exact under retractions).
+///
+/// Works with tumbling, sliding and session windows alike.
+///
+/// ```
+/// use tideline::window::aggregate::{Aggregator, DistinctCount};
+///
+/// let mut acc = Default::default();
+/// for value in [3u32, 5, 3, 7] {
+///     DistinctCount.add(&mut acc, &value, 1);
+/// }
+/// assert_eq!(DistinctCount.finish(&acc, 4), 3);
+/// DistinctCount.add(&mut acc, &5u32, -1);
+/// assert_eq!(DistinctCount.finish(&acc, 3), 2);
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DistinctCount;
+
+impl<V: ExchangeData> Aggregator<V> for DistinctCount {
+    type Acc = Multiset<V>;
+    type Output = i64;
+    fn add(&self, acc: &mut Multiset<V>, value: &V, diff: isize) {
+        acc.add(value, diff);
+    }
+    fn merge(&self, acc: &mut Multiset<V>, other: Multiset<V>) {
+        acc.merge(other);
+    }
+    fn finish(&self, acc: &Multiset<V>, _: i64) -> i64 {
+        acc.iter().filter(|(_, count)| *count > 0).count() as i64
+    }
+}
+
+/// The `n` largest values, largest first, each as often as it occurs (exact under
+/// retractions): top-N per key and window.
+///
+/// Equal values are indistinguishable, so ties need no further order. To rank records by a
+/// field, make the value a tuple that starts with it: `(price, bidder)` ranks by price, then
+/// by bidder; wrap it in [`std::cmp::Reverse`] for the `n` smallest. For top-N across keys,
+/// see [`TopN`](crate::topn::TopN).
+///
+/// ```
+/// use tideline::window::aggregate::{Aggregator, Top};
+///
+/// let top = Top::new(3);
+/// let mut acc = Default::default();
+/// for value in [5i64, 9, 1, 9, 7] {
+///     top.add(&mut acc, &value, 1);
+/// }
+/// assert_eq!(top.finish(&acc, 5), vec![9, 9, 7]);
+/// top.add(&mut acc, &9i64, -1);
+/// assert_eq!(top.finish(&acc, 4), vec![9, 7, 5]);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Top {
+    n: usize,
+}
+
+impl Top {
+    /// The `n` largest values.
+    pub fn new(n: usize) -> Self {
+        Top { n }
+    }
+}
+
+impl<V: ExchangeData> Aggregator<V> for Top {
+    type Acc = Multiset<V>;
+    type Output = Vec<V>;
+    fn add(&self, acc: &mut Multiset<V>, value: &V, diff: isize) {
+        acc.add(value, diff);
+    }
+    fn merge(&self, acc: &mut Multiset<V>, other: Multiset<V>) {
+        acc.merge(other);
+    }
+    fn finish(&self, acc: &Multiset<V>, _: i64) -> Vec<V> {
+        acc.0
+            .iter()
+            .rev()
+            .filter(|(_, count)| **count > 0)
+            .flat_map(|(value, count)| std::iter::repeat_n(value, *count as usize))
+            .take(self.n)
+            .cloned()
+            .collect()
     }
 }
 

@@ -1,4 +1,5 @@
-//! Tumbling and sliding (hopping) windows by key (DESIGN §4–5).
+//! Tumbling and sliding (hopping) windows by key (DESIGN §4–5); session windows are in
+//! [`session`].
 //!
 //! ```
 //! use std::time::Duration;
@@ -62,6 +63,7 @@
 
 pub mod aggregate;
 mod operator;
+pub mod session;
 
 use std::sync::Arc;
 use std::time::Duration;

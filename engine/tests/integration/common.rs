@@ -1,13 +1,18 @@
 //! Shared helpers: random out-of-order event streams and a reference model of the source.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use tideline::late::{LateDecision, LatePolicy, LateRecord};
+use tideline::metrics::{SourceMetrics, StateMetrics};
+use tideline::prelude::*;
+use tideline::run::{Cluster, execute};
+use tideline::sink::Collected;
+use tideline::source::{SourceConfig, memory};
 use tideline::time::watermark::WatermarkStrategy;
-use tideline::{Event, Time};
+use tideline::window::aggregate::Stats;
+use tideline::{Event, ExchangeData, Time};
 
 pub(crate) type Ev = Event<u32, i64>;
 
@@ -355,4 +360,156 @@ pub(crate) fn upsert_reference(
 /// The value of `key` as of dataflow time `time` in states made by [`upsert_reference`].
 pub(crate) fn value_as_of(states: &BTreeMap<u32, BTreeMap<Time, Option<i64>>>, key: u32, time: Time) -> Option<i64> {
     states.get(&key).and_then(|by_time| by_time.range(..=time).next_back()).and_then(|(_, v)| *v)
+}
+
+/// What one run of an operator over a watermarked source produced.
+pub(crate) struct OperatorRun<R> {
+    /// The operator's output changelog.
+    pub(crate) results: Vec<(R, Time, isize)>,
+    /// The source's late side output.
+    pub(crate) late: Vec<(LateRecord<Ev>, Time, isize)>,
+    /// The operator's own late output.
+    pub(crate) operator_late: Vec<(Ev, Time, isize)>,
+    /// Late records the source counted.
+    pub(crate) late_counted: u64,
+    /// The operator's state gauges.
+    pub(crate) state: Arc<StateMetrics>,
+}
+
+/// Runs `build` (the operator under test, given its state gauges) on a source over
+/// `partitions`, with `workers` threads, to completion.
+pub(crate) fn run_operator<R, F>(
+    workers: usize,
+    partitions: &Arc<Vec<Vec<Ev>>>,
+    strategy: &WatermarkStrategy,
+    policy: LatePolicy,
+    batch_size: usize,
+    build: F,
+) -> OperatorRun<R>
+where
+    R: ExchangeData,
+    F: for<'s> Fn(
+            VecCollection<'s, Time, Ev>,
+            Arc<StateMetrics>,
+        ) -> (VecCollection<'s, Time, R>, VecCollection<'s, Time, Ev>)
+        + Send
+        + Sync
+        + 'static,
+{
+    let results = Collected::new();
+    let late = Collected::new();
+    let operator_late = Collected::new();
+    let metrics = SourceMetrics::new("events");
+    let state = StateMetrics::new();
+    let (r, l, o, m, s) = (results.clone(), late.clone(), operator_late.clone(), metrics.clone(), state.clone());
+    let (partitions, strategy) = (Arc::clone(partitions), strategy.clone());
+    let build = Arc::new(build);
+    execute(&Cluster::threads(workers), move |worker| {
+        let (r, l, o, s) = (r.clone(), l.clone(), o.clone(), s.clone());
+        let config = SourceConfig::new("events")
+            .watermarks(strategy.clone())
+            .late(policy)
+            .metrics(m.clone())
+            .batch_size(batch_size);
+        let partitions = Arc::clone(&partitions);
+        let build = Arc::clone(&build);
+        worker.dataflow::<Time, _, _>(move |scope| {
+            let source = memory::from_partitions(scope, config, partitions);
+            let (output, too_late) = build(source.data, s);
+            output.collect_into(&r);
+            source.late.collect_into(&l);
+            too_late.collect_into(&o);
+        });
+        while worker.step_or_park(None) {}
+    })
+    .unwrap();
+    OperatorRun {
+        results: results.changelog(),
+        late: late.changelog(),
+        operator_late: operator_late.changelog(),
+        late_counted: metrics.totals().late(),
+        state,
+    }
+}
+
+/// Splits the records a source accepted into those an operator with allowed lateness
+/// `lateness` applies and those it returns as too late (`at > time + lateness`), the latter
+/// as a consolidated changelog.
+pub(crate) fn split_too_late(accepted: &[(Ev, Time)], lateness: u64) -> (Vec<(Ev, Time)>, Vec<(Ev, Time, isize)>) {
+    let mut applied = Vec::new();
+    let mut too_late: BTreeMap<(Time, Ev), isize> = BTreeMap::new();
+    for (event, at) in accepted {
+        if *at > event.time + lateness {
+            *too_late.entry((*at, event.clone())).or_default() += 1;
+        } else {
+            applied.push((event.clone(), *at));
+        }
+    }
+    (applied, too_late.into_iter().map(|((at, event), diff)| (event, at, diff)).collect())
+}
+
+/// Turns the contents of a collection at a series of times into a changelog: at each time,
+/// a retraction of every row that left and an insertion of every row that arrived.
+pub(crate) fn changelog_from_snapshots<R: Ord + Clone>(
+    snapshots: &BTreeMap<Time, BTreeSet<R>>,
+) -> Vec<(R, Time, isize)> {
+    let mut out = Vec::new();
+    let mut previous = BTreeSet::new();
+    for (time, rows) in snapshots {
+        out.extend(previous.difference(rows).map(|row: &R| (row.clone(), *time, -1)));
+        out.extend(rows.difference(&previous).map(|row| (row.clone(), *time, 1)));
+        previous = rows.clone();
+    }
+    out
+}
+
+/// Sorts a changelog as `Collected::changelog` does: by time, then data.
+pub(crate) fn sort_changelog<R: Ord>(changelog: &mut [(R, Time, isize)]) {
+    changelog.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+}
+
+/// Count, sum, min and max of values, from scratch.
+pub(crate) fn stats_of(values: &[i64]) -> Stats {
+    Stats {
+        count: values.len() as i64,
+        sum: values.iter().sum(),
+        min: *values.iter().min().expect("non-empty"),
+        max: *values.iter().max().expect("non-empty"),
+    }
+}
+
+/// Tumbling or sliding window results computed from scratch with `finish` over each window's
+/// values: for every window and key, its value at every time anything in it changes.
+pub(crate) fn windows_from_scratch<O: Ord + Clone>(
+    accepted: &[(Ev, Time)],
+    spec: WindowSpec,
+    emit: Emit,
+    lateness: u64,
+    finish: impl Fn(&[i64]) -> O,
+) -> Vec<(WindowResult<u32, O>, Time, isize)> {
+    let mut groups: BTreeMap<(Window, u32), Vec<(Time, i64)>> = BTreeMap::new();
+    for (event, at) in accepted {
+        for window in spec.windows_of(event.time) {
+            let time = match emit {
+                Emit::Final => (*at).max(window.end - 1),
+                Emit::Updates => *at,
+            };
+            if time < window.end + lateness {
+                groups.entry((window, event.key)).or_default().push((time, event.value));
+            }
+        }
+    }
+    let mut states = BTreeMap::new();
+    for (group, records) in groups {
+        let mut by_time = BTreeMap::new();
+        for (time, _) in &records {
+            let values: Vec<i64> = records.iter().filter(|(t, _)| t <= time).map(|(_, v)| *v).collect();
+            by_time.insert(*time, Some(finish(&values)));
+        }
+        states.insert(group, by_time);
+    }
+    changelog_from_states(states, |g, o| (*g, o))
+        .into_iter()
+        .map(|(((window, key), value), time, diff)| (WindowResult { window, key, value }, time, diff))
+        .collect()
 }

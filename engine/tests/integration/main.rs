@@ -1,13 +1,17 @@
 //! Engine integration tests, in one binary to keep link times down.
 
 mod common;
+mod dedup_oracle;
 mod join_asof_oracle;
 mod join_equi_oracle;
 mod join_interval_oracle;
 mod join_state_bounded;
 mod join_window_oracle;
 mod read_model;
+mod session_oracle;
 mod source_watermarks;
+mod state_bounded;
 mod table_upsert;
+mod topn_oracle;
 mod window_oracle;
 mod window_state_bounded;
