@@ -43,7 +43,8 @@ INPUT:
 WINDOWS (exactly one):
   --tumbling SIZE           tumbling windows of SIZE
   --sliding SIZE,SLIDE      sliding windows of SIZE, one starting every SLIDE
-  --session GAP             session windows closed by GAP of inactivity (not yet supported)
+  --session GAP             session windows per key, closed by GAP of inactivity: rows carry
+                            window_start_ms = first event, window_end_ms = last event + GAP
 
 TIME AND LATE DATA:
   --out-of-orderness D      watermark = largest event time seen - D (default 5s)
@@ -74,6 +75,7 @@ CLUSTER (timely):
 enum WindowKind {
     Tumbling(Duration),
     Sliding(Duration, Duration),
+    Session(Duration),
 }
 
 #[derive(Clone, Debug)]
@@ -163,13 +165,7 @@ fn parse(args: Vec<String>) -> Result<Option<Options>, Usage> {
                     .ok_or_else(|| Usage(format!("--sliding expects SIZE,SLIDE (e.g. 10s,2s), got {text:?}")))?;
                 WindowKind::Sliding(duration_arg(flag, size)?, duration_arg(flag, slide)?)
             }
-            _ => {
-                return Err(Usage(
-                    "--session is not yet supported: session windows are a separate operator that has not \
-                     landed in window_agg yet; use --tumbling or --sliding"
-                        .into(),
-                ));
-            }
+            _ => WindowKind::Session(duration_arg(flag, text)?),
         },
         [_, _, ..] if write_input.is_none() => {
             return Err(Usage("choose only one of --tumbling, --sliding and --session".into()));
@@ -208,7 +204,8 @@ fn parse(args: Vec<String>) -> Result<Option<Options>, Usage> {
 fn duration_arg(flag: &str, text: &str) -> Result<Duration, Usage> {
     let d = parse_duration(text).map_err(|e| Usage(format!("{flag}: {e}")))?;
     if d.is_zero() {
-        return Err(Usage(format!("{flag}: a window must be at least 1ms long")));
+        let what = if flag == "--session" { "a session gap" } else { "a window" };
+        return Err(Usage(format!("{flag}: {what} must be at least 1ms long")));
     }
     Ok(d)
 }
@@ -298,10 +295,16 @@ fn run(cluster: Cluster, options: Options) -> Result<(), String> {
         return Ok(());
     }
     let spec = match options.window {
-        WindowKind::Tumbling(size) => WindowSpec::tumbling(size),
-        WindowKind::Sliding(size, slide) => WindowSpec::sliding(size, slide),
+        WindowKind::Tumbling(size) => Some(WindowSpec::tumbling(size)),
+        WindowKind::Sliding(size, slide) => Some(WindowSpec::sliding(size, slide)),
+        WindowKind::Session(_) => None,
     }
+    .transpose()
     .map_err(|e| e.to_string())?;
+    let session_gap = match options.window {
+        WindowKind::Session(gap) => Some(gap),
+        _ => None,
+    };
 
     let files = match &options.input {
         Some(path) => Some(
@@ -379,23 +382,31 @@ fn run(cluster: Cluster, options: Options) -> Result<(), String> {
                         })
                     }
                 };
-                let results = source
-                    .data
-                    .map(InputRow::into_event)
-                    .windows(spec)
-                    .emit(opts.emit)
-                    .allowed_lateness(opts.allowed_lateness)
-                    .name("window_agg")
-                    .aggregate(AllStats)
-                    .map(|r| OutputRow {
-                        window_start_ms: r.window.start,
-                        window_end_ms: r.window.end,
-                        key: r.key,
-                        count: r.value.count,
-                        sum: r.value.sum,
-                        min: r.value.min,
-                        max: r.value.max,
-                    });
+                let events = source.data.map(InputRow::into_event);
+                let results = match (spec, session_gap) {
+                    (Some(spec), _) => events
+                        .windows(spec)
+                        .emit(opts.emit)
+                        .allowed_lateness(opts.allowed_lateness)
+                        .name("window_agg")
+                        .aggregate(AllStats),
+                    (None, Some(gap)) => events
+                        .sessions(gap)
+                        .emit(opts.emit)
+                        .allowed_lateness(opts.allowed_lateness)
+                        .name("window_agg sessions")
+                        .aggregate(AllStats),
+                    (None, None) => unreachable!("a window kind was parsed"),
+                };
+                let results = results.map(|r| OutputRow {
+                    window_start_ms: r.window.start,
+                    window_end_ms: r.window.end,
+                    key: r.key,
+                    count: r.value.count,
+                    sum: r.value.sum,
+                    min: r.value.min,
+                    max: r.value.max,
+                });
                 output.write(results, &sinks[0]);
                 if let Some(late_output) = &late_output {
                     let late =
