@@ -23,7 +23,7 @@ nexmark: runs a Nexmark query over the generator and reports its throughput.
 USAGE:
   nexmark --query QUERY [--events N] [-w N] [--output FILE.jsonl] [generator options]
 
-  --query QUERY              one of: q0 q1 q2 q3 q5 q7 q8 q20
+  --query QUERY              one of: q0 q1 q2 q3 q5 q7 q8 q11 q18 q19 q20
   --events N                 events to generate (default 1000000)
   --output FILE.jsonl        write the query's output as a JSON Lines changelog
   --partitions P             generator partitions (default 16; results do not depend on -w)

@@ -10,6 +10,9 @@
 //! | q5 | hot items: per sliding window (10 s, every 2 s), the auctions with the most bids | sliding windows, reduce |
 //! | q7 | highest bid: per tumbling 10 s window, the highest bid (ties: largest auction, bidder) | tumbling windows |
 //! | q8 | new users: people who opened an auction in the 10 s window in which they registered | window join |
+//! | q11 | user sessions: each bidder's bids per session (10 s of inactivity closes a session) | session windows |
+//! | q18 | last bid: each bidder's last bid on each auction, per 10 s horizon | dedup (keep last) |
+//! | q19 | auction top 10: each auction's ten highest bids, ranked | top-N |
 //! | q20 | bids expanded with their auction's item, for auctions in category 10 | incremental inner join |
 
 use std::time::Duration;
@@ -20,7 +23,7 @@ use tideline::window::aggregate::{Count, Max};
 use tideline_connectors::nexmark::{Auction, Bid, NexmarkEvent, Person};
 
 /// The queries implemented here.
-pub const QUERIES: &[&str] = &["q0", "q1", "q2", "q3", "q5", "q7", "q8", "q20"];
+pub const QUERIES: &[&str] = &["q0", "q1", "q2", "q3", "q5", "q7", "q8", "q11", "q18", "q19", "q20"];
 
 /// The bids of a Nexmark event stream.
 pub fn bids<'scope>(events: VecCollection<'scope, Time, NexmarkEvent>) -> VecCollection<'scope, Time, Bid> {
@@ -106,6 +109,41 @@ pub enum Row {
         person: u64,
         /// Their name.
         name: String,
+    },
+    /// q11: a bidder's session.
+    BidderSession {
+        /// The bidder.
+        bidder: u64,
+        /// The session's first bid.
+        start: Time,
+        /// Its last bid plus the gap.
+        end: Time,
+        /// Bids in the session.
+        bids: u64,
+    },
+    /// q18: a bidder's last bid on an auction (per horizon).
+    LastBid {
+        /// The auction.
+        auction: u64,
+        /// The bidder.
+        bidder: u64,
+        /// The price.
+        price: u64,
+        /// When the bid was made.
+        date_time: Time,
+    },
+    /// q19: one of an auction's ten highest bids.
+    TopBid {
+        /// The auction.
+        auction: u64,
+        /// The rank, from 1.
+        rank: u64,
+        /// The price.
+        price: u64,
+        /// The bidder.
+        bidder: u64,
+        /// When the bid was made.
+        date_time: Time,
     },
     /// q20: a bid with its auction's item.
     BidWithAuction {
@@ -200,6 +238,40 @@ pub fn q8<'scope>(events: VecCollection<'scope, Time, NexmarkEvent>) -> VecColle
         .distinct()
 }
 
+/// q11: each bidder's sessions of bids (a session ends after 10 s without a bid), counted.
+pub fn q11<'scope>(events: VecCollection<'scope, Time, NexmarkEvent>) -> VecCollection<'scope, Time, Row> {
+    bids(events)
+        .map(|b| Event::new(b.date_time, b.bidder, ()))
+        .sessions(Duration::from_secs(10))
+        .name("q11 bidder sessions")
+        .aggregate(Count)
+        .map(|r| Row::BidderSession { bidder: r.key, start: r.window.start, end: r.window.end, bids: r.value as u64 })
+}
+
+/// q18: each bidder's last bid on each auction, per 10 s horizon (dedup keeping the last).
+pub fn q18<'scope>(events: VecCollection<'scope, Time, NexmarkEvent>) -> VecCollection<'scope, Time, Row> {
+    bids(events)
+        .map(|b| Event::new(b.date_time, (b.bidder, b.auction), b.price))
+        .dedup(Duration::from_secs(10))
+        .keep(Keep::Last)
+        .name("q18 last bid")
+        .build()
+        .map(|e| Row::LastBid { auction: e.key.1, bidder: e.key.0, price: e.value, date_time: e.time })
+}
+
+/// q19: each auction's ten highest bids (ties: the smaller bid), ranked.
+pub fn q19<'scope>(events: VecCollection<'scope, Time, NexmarkEvent>) -> VecCollection<'scope, Time, Row> {
+    bids(events)
+        .map(|b| (b.auction, b.price, b.bidder, b.date_time))
+        .top_n(10, |b| b.0, |b| b.1)
+        .name("q19 top bids")
+        .build()
+        .map(|ranked: Ranked<u64, (u64, u64, u64, Time)>| {
+            let (auction, price, bidder, date_time) = ranked.record;
+            Row::TopBid { auction, rank: ranked.rank as u64, price, bidder, date_time }
+        })
+}
+
 /// q20: bids on auctions of category 10, with the auction's item.
 pub fn q20<'scope>(events: VecCollection<'scope, Time, NexmarkEvent>) -> VecCollection<'scope, Time, Row> {
     let items = auctions(events.clone()).filter(|a| a.category == 10).map(|a| (a.id, (a.item_name, a.category)));
@@ -227,6 +299,9 @@ pub fn query<'scope>(
         "q5" => q5(events),
         "q7" => q7(events),
         "q8" => q8(events),
+        "q11" => q11(events),
+        "q18" => q18(events),
+        "q19" => q19(events),
         "q20" => q20(events),
         _ => return None,
     })

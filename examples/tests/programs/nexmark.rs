@@ -135,6 +135,66 @@ fn expected(name: &str) -> Vec<Row> {
             }
             rows.into_iter().collect()
         }
+        "q11" => {
+            let mut per_bidder: BTreeMap<u64, Vec<Time>> = BTreeMap::new();
+            for b in &bids {
+                per_bidder.entry(b.bidder).or_default().push(b.date_time);
+            }
+            let mut rows = Vec::new();
+            for (bidder, mut times) in per_bidder {
+                times.sort();
+                let mut start = 0;
+                for i in 0..times.len() {
+                    let last = i + 1 == times.len() || times[i + 1] - times[i] >= 10_000;
+                    if last {
+                        rows.push(Row::BidderSession {
+                            bidder,
+                            start: times[start],
+                            end: times[i] + 10_000,
+                            bids: (i + 1 - start) as u64,
+                        });
+                        start = i + 1;
+                    }
+                }
+            }
+            rows
+        }
+        "q18" => {
+            let mut per_key: BTreeMap<(u64, u64), BTreeSet<(Time, u64)>> = BTreeMap::new();
+            for b in &bids {
+                per_key.entry((b.bidder, b.auction)).or_default().insert((b.date_time, b.price));
+            }
+            let mut rows = Vec::new();
+            for ((bidder, auction), events) in per_key {
+                let events: Vec<(Time, u64)> = events.into_iter().collect();
+                let mut i = 0;
+                while i < events.len() {
+                    let start = events[i].0;
+                    let mut j = i;
+                    while j + 1 < events.len() && events[j + 1].0 < start + 10_000 {
+                        j += 1;
+                    }
+                    let (date_time, price) = events[j];
+                    rows.push(Row::LastBid { auction, bidder, price, date_time });
+                    i = j + 1;
+                }
+            }
+            rows
+        }
+        "q19" => {
+            let mut per_auction: BTreeMap<u64, Vec<(u64, u64, u64, Time)>> = BTreeMap::new();
+            for b in &bids {
+                per_auction.entry(b.auction).or_default().push((b.auction, b.price, b.bidder, b.date_time));
+            }
+            let mut rows = Vec::new();
+            for (_, mut records) in per_auction {
+                records.sort_by(|a, b| b.1.cmp(&a.1).then(a.cmp(b)));
+                for (rank, (auction, price, bidder, date_time)) in records.into_iter().take(10).enumerate() {
+                    rows.push(Row::TopBid { auction, rank: rank as u64 + 1, price, bidder, date_time });
+                }
+            }
+            rows
+        }
         "q20" => {
             let mut rows = Vec::new();
             for b in &bids {
