@@ -90,7 +90,7 @@ pub fn engine(kind: Kind, input: &Arc<Vec<Vec<Ref>>>, workers: usize) -> (Rows, 
                     .inner_join(right.map(|e| (e.key, e.value)))
                     .map(|(key, (l, r))| [key, l, r, 0])
                     .collect_into(&r),
-                Kind::Windows(..) => unreachable!("not a join"),
+                _ => unreachable!("not a join"),
             }
         });
         while worker.step_or_park(None) {}

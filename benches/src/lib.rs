@@ -18,6 +18,7 @@ use tideline::timely::dataflow::operators::probe::Handle;
 use tideline::window::aggregate::Count;
 
 pub mod joins;
+pub mod keyed;
 pub mod windows;
 
 /// Partitions of the generated input (fixed: results do not depend on workers).
@@ -81,6 +82,10 @@ pub enum Kind {
     WindowJoin(u64),
     /// Pairs of left and right records with equal keys, whenever they arrive.
     Join,
+    /// Sessions per key, counted.
+    Sessions,
+    /// The last event per key and horizon.
+    Dedup,
 }
 
 /// A workload of the harness.
@@ -106,6 +111,16 @@ pub fn workloads() -> Vec<Workload> {
             name: "sliding",
             description: "count per key, sliding 10 s windows every 2 s (q5 shape)",
             kind: Kind::Windows(10_000, 2_000),
+        },
+        Workload {
+            name: "sessions",
+            description: "bids counted per user session, 10 s gap (q11 shape)",
+            kind: Kind::Sessions,
+        },
+        Workload {
+            name: "dedup",
+            description: "last bid per (user, item) per 10 s horizon (q18 shape)",
+            kind: Kind::Dedup,
         },
         Workload {
             name: "window-join",
@@ -186,8 +201,13 @@ fn digest(mut rows: Rows) -> (u64, u64) {
 
 /// Runs one variant of `workload` on freshly generated input and measures it.
 pub fn run_variant(workload: &Workload, variant: &str, events: u64, workers: usize) -> Measurement {
-    let bids = matches!(workload.kind, Kind::Windows(..)).then(|| Arc::new(generate(InputShape::bids(events))));
-    let refs = (!matches!(workload.kind, Kind::Windows(..))).then(|| Arc::new(joins::generate(events)));
+    let bids = match workload.kind {
+        Kind::Windows(..) => Some(Arc::new(generate(InputShape::bids(events)))),
+        Kind::Sessions | Kind::Dedup => Some(Arc::new(keyed::generate(events))),
+        _ => None,
+    };
+    let refs = matches!(workload.kind, Kind::WindowJoin(_) | Kind::Join).then(|| Arc::new(joins::generate(events)));
+    let op = if workload.kind == Kind::Sessions { keyed::Op::Sessions } else { keyed::Op::Dedup };
     let baseline_kb = memory_kb("VmRSS:");
     let started = Instant::now();
     let (rows, entries, workers) = match (workload.kind, variant) {
@@ -201,6 +221,14 @@ pub fn run_variant(workload: &Workload, variant: &str, events: u64, workers: usi
         (Kind::Windows(size, slide), "H") => {
             (windows::hand_written(size, slide, bids.as_ref().expect("input")), None, 1)
         }
+        (Kind::Sessions | Kind::Dedup, "E") => {
+            let (rows, entries) = keyed::engine(op, bids.as_ref().expect("input"), workers);
+            (rows, Some(entries), workers)
+        }
+        (Kind::Sessions | Kind::Dedup, "D") => {
+            (keyed::differential(op, bids.as_ref().expect("input"), workers), None, workers)
+        }
+        (Kind::Sessions | Kind::Dedup, "H") => (keyed::hand_written(op, bids.as_ref().expect("input")), None, 1),
         (kind, "E") => {
             let (rows, entries) = joins::engine(kind, refs.as_ref().expect("input"), workers);
             (rows, entries, workers)

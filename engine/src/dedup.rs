@@ -68,7 +68,7 @@
 //! Dedup state is a function of the input records of live groups; a checkpoint records those
 //! inputs (DESIGN §8).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeMap;
 use std::ops::Bound::Excluded;
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,7 +80,7 @@ use crate::keyed::{KeyedLogic, StepOutput, keyed_operator, split_applicable};
 use crate::metrics::StateMetrics;
 use crate::time::{Event, Time, millis};
 use crate::window::Emit;
-use crate::{Error, ExchangeData, Result};
+use crate::{Error, ExchangeData, FastMap, Result};
 
 /// Which occurrence of a key [`Dedup`] keeps in each horizon group.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -196,7 +196,7 @@ where
             allowed_lateness,
             keep,
             emit,
-            keys: HashMap::new(),
+            keys: FastMap::default(),
             expiries: BTreeMap::new(),
             prunes: BTreeMap::new(),
             dirty: Vec::new(),
@@ -222,14 +222,16 @@ struct KeyState<V> {
     /// Groups by start.
     groups: BTreeMap<Time, Group<V>>,
     /// Retained events: every event a late record could still make the start of a group.
-    events: BTreeMap<Time, BTreeSet<V>>,
+    events: BTreeMap<Time, Values<V>>,
     /// The latest event no longer retained.
     latest_pruned: Option<(Time, V)>,
+    /// The prune bucket the key was last filed under.
+    prune_bucket: Option<Time>,
 }
 
 impl<V> Default for KeyState<V> {
     fn default() -> Self {
-        KeyState { groups: BTreeMap::new(), events: BTreeMap::new(), latest_pruned: None }
+        KeyState { groups: BTreeMap::new(), events: BTreeMap::new(), latest_pruned: None, prune_bucket: None }
     }
 }
 
@@ -238,7 +240,7 @@ struct DedupLogic<K, V> {
     allowed_lateness: u64,
     keep: Keep,
     emit: Emit,
-    keys: HashMap<K, KeyState<V>>,
+    keys: FastMap<K, KeyState<V>>,
     /// When groups may be released: `(key, start)` by `start + within + allowed_lateness - 1`.
     expiries: BTreeMap<Time, Vec<(K, Time)>>,
     /// Keys with retained events, by event time.
@@ -261,7 +263,13 @@ impl<K: ExchangeData, V: ExchangeData> DedupLogic<K, V> {
             return; // an identical event is retained: nothing changes
         }
         self.live += 1;
-        self.prunes.entry(t).or_default().push(key.clone());
+        // Keys to prune are filed by buckets of event time (by the bucket's last instant, so a
+        // bucket is pruned only once all of it may be), once per key and bucket.
+        let bucket = t | (PRUNE_BUCKET_MS - 1);
+        if state.prune_bucket != Some(bucket) {
+            state.prune_bucket = Some(bucket);
+            self.prunes.entry(bucket).or_default().push(key.clone());
+        }
 
         // Inside an existing group: only its first or last event can change.
         if let Some((start, group)) = state.groups.range_mut(..=t).next_back()
@@ -330,6 +338,47 @@ impl<K: ExchangeData, V: ExchangeData> DedupLogic<K, V> {
             start = *next;
             first = values.first().expect("retained times have events").clone();
         }
+    }
+}
+
+/// Width of the time buckets retained events are pruned by (a power of two).
+const PRUNE_BUCKET_MS: Time = 64;
+
+/// The distinct values of a key's events at one time, sorted: almost always one.
+struct Values<V>(Vec<V>);
+
+impl<V> Default for Values<V> {
+    fn default() -> Self {
+        Values(Vec::new())
+    }
+}
+
+impl<V: Ord> Values<V> {
+    /// Adds `value`; false if it was present.
+    fn insert(&mut self, value: V) -> bool {
+        match self.0.binary_search(&value) {
+            Ok(_) => false,
+            Err(position) => {
+                self.0.insert(position, value);
+                true
+            }
+        }
+    }
+
+    fn first(&self) -> Option<&V> {
+        self.0.first()
+    }
+
+    fn last(&self) -> Option<&V> {
+        self.0.last()
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn into_iter(self) -> std::vec::IntoIter<V> {
+        self.0.into_iter()
     }
 }
 
@@ -422,7 +471,10 @@ impl<K: ExchangeData, V: ExchangeData> KeyedLogic for DedupLogic<K, V> {
                     self.live -= 1;
                 }
                 if state.groups.is_empty() {
-                    debug_assert!(state.events.is_empty(), "events outlive their groups");
+                    // Every event belongs to a group, so once all of a key's groups are
+                    // released its retained events can no longer matter either (pruning, done
+                    // in buckets of event time, may not have reached them yet).
+                    self.live -= state.events.values().map(Values::len).sum::<usize>();
                     self.keys.remove(&key);
                 }
             }
