@@ -2,7 +2,8 @@
 //!
 //! | module | what it holds |
 //! |---|---|
-//! | [`file`] | CSV and JSON Lines files: a splittable, watermarked source with dead letters, and a sink |
+//! | [`file`](mod@file) | CSV and JSON Lines files: a splittable, watermarked source with dead letters, and a sink |
+//! | `kafka` | Kafka (feature `kafka`, on by default): a partitioned, at-least-once source and a changelog / upsert / append-only sink |
 //! | [`error`] | the connectors' error type |
 //!
 //! Every source here is a `tideline::source::SourceReader` driven by the engine's generic
@@ -10,6 +11,8 @@
 
 pub mod error;
 pub mod file;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 
 pub use error::ConnectorError;
 
