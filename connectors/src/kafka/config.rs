@@ -118,6 +118,20 @@ impl KafkaConfig {
         self.client_config().create_native_config().map(|_| ()).map_err(|e| self.redact(e.into()))
     }
 
+    /// Creates (and drops) a consumer or producer with this configuration: librdkafka checks
+    /// some properties only then (e.g. `fetch.max.bytes` against `message.max.bytes`). Nothing
+    /// waits for a broker.
+    pub(crate) fn check_client(&self, producer: bool) -> Result<(), ConnectorError> {
+        self.validate()?;
+        let config = self.client_config();
+        let created = if producer {
+            config.create::<rdkafka::producer::BaseProducer>().map(drop)
+        } else {
+            config.create::<rdkafka::consumer::BaseConsumer>().map(drop)
+        };
+        created.map_err(|e| self.redact(ConnectorError::kafka("checking the client configuration", e)))
+    }
+
     /// Removes secret values this configuration holds from an error's text.
     pub(crate) fn redact(&self, error: ConnectorError) -> ConnectorError {
         let secrets: Vec<&str> = self

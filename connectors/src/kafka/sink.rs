@@ -182,7 +182,7 @@ impl<D: Serialize + 'static> KafkaSinkBuilder<D> {
             .config
             .set_default("enable.idempotence", "true")
             .set_default("client.id", format!("tideline-sink-{name}"));
-        config.validate()?;
+        config.check_client(true)?;
         let value = self.value.unwrap_or_else(|| {
             Arc::new(|row: &D| serde_json::to_value(row).map_err(|e| format!("cannot encode the row: {e}")))
         });

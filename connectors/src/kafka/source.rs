@@ -385,7 +385,10 @@ impl<D> KafkaSourceBuilder<D> {
         // librdkafka assigns partitions through its group handle, so its consumers need a group
         // id even when nothing is committed: one of their own then.
         config = config.set("group.id", group_id.clone().unwrap_or_else(|| format!("tideline-{name}-uncommitted")));
-        config.validate()?;
+        config.check_client(false)?;
+        if self.dead_letter_topic.is_some() {
+            config.check_client(true)?;
+        }
         let plan = Plan {
             name,
             config,

@@ -15,6 +15,13 @@ use serde::{Deserialize, Serialize};
 use tideline::{EventTime, Time};
 use tideline_connectors::kafka::{KafkaConfig, create_topic};
 
+/// Runs the tests of this binary one at a time: several of them measure timing (idle
+/// timeouts, backpressure) and all of them share two cores with the broker.
+pub(crate) fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// The real broker's address from `TIDELINE_KAFKA_BROKERS`, or `None` after saying that the
 /// test is skipped and how to run it.
 pub(crate) fn brokers(test: &str) -> Option<String> {
@@ -159,7 +166,17 @@ pub(crate) fn read_all(brokers: &str, topic: &str, partitions: i32) -> Vec<Store
     while next.iter().zip(&ends).any(|(n, e)| n < e) {
         assert!(Instant::now() < deadline, "reading {topic} back timed out at {next:?} of {ends:?}");
         let Some(message) = consumer.poll(Duration::from_millis(100)) else { continue };
-        let message = message.expect("reading back");
+        let message = match message {
+            Ok(message) => message,
+            Err(e) => {
+                eprintln!("reading {topic} back: {e} (retried)");
+                continue;
+            }
+        };
+        // The client may fetch a range again after an error: each offset counts once.
+        if message.offset() < next[message.partition() as usize] {
+            continue;
+        }
         next[message.partition() as usize] = message.offset() + 1;
         let headers = message
             .headers()

@@ -67,6 +67,7 @@ pub(crate) fn changelog(messages: &[crate::common::Stored]) -> Vec<(Row, Time, i
 
 #[test]
 fn windowed_counts_from_kafka_to_kafka_equal_the_in_memory_run() {
+    let _serial = crate::common::serial();
     let Some(brokers) = brokers("windowed_counts_from_kafka_to_kafka_equal_the_in_memory_run") else { return };
     let (input, output, group) = (unique("e2e-in"), unique("e2e-out"), unique("e2e-group"));
     create(&brokers, &input, 3);

@@ -4,5 +4,10 @@
 //! they skipped without it (`scripts/test.sh` starts a broker and sets it); fault-injection
 //! tests run against librdkafka's mock cluster and always run.
 
+mod at_least_once;
+mod backpressure;
 mod common;
+mod dead_letters;
 mod end_to_end;
+mod faults;
+mod idle_partitions;
