@@ -136,7 +136,8 @@ pub struct KafkaSourceBuilder<D> {
 /// # Delivery: at-least-once
 ///
 /// With a [group id](KafkaSourceBuilder::group_id), offsets are committed to the group — every
-/// [`commit_interval`](KafkaSourceBuilder::commit_interval), asynchronously — only once
+/// [`commit_interval`](KafkaSourceBuilder::commit_interval), by a thread per worker that waits
+/// for the coordinator's answer (the worker never does) — only once
 /// everything derived from the records before them is durably written by the dataflow's
 /// sinks: the engine's safe time (`ReadContext::safe_time`) must be above the time assigned
 /// to every one of those records, and their dead letters must be delivered to the
@@ -163,7 +164,12 @@ pub struct KafkaSourceBuilder<D> {
 ///
 /// The [`KafkaConfig`] passes through to librdkafka. The source sets, unless configured:
 /// `enable.auto.commit=false`, `enable.auto.offset.store=false`,
-/// `auto.offset.reset=earliest`, `queued.max.messages.kbytes=16384`, and a `client.id`.
+/// `auto.offset.reset=earliest`, `queued.max.messages.kbytes=16384`, and a `client.id`. It
+/// always sets `group.id`: the [group id](KafkaSourceBuilder::group_id), or one of its own
+/// that nothing is committed to (librdkafka assigns partitions through a group handle).
+///
+/// While a worker discovers its partitions, the source's metrics show a placeholder partition
+/// with id `u64::MAX` holding its watermark.
 pub struct KafkaSource<D> {
     inner: Arc<Inner<D>>,
 }
