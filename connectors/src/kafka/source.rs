@@ -994,20 +994,31 @@ impl<D: 'static> KafkaReader<D> {
     /// Commits the offsets that are safe, given the engine's safe time: every `commit_interval`,
     /// or at once when `urgent` and there is something new to commit.
     fn commit(&mut self, safe_time: Option<Time>, urgent: bool) {
-        let (Some(safe_time), Some(_)) = (safe_time, self.inner.plan.group_id.as_ref()) else { return };
         let due = self.last_commit.elapsed() >= self.inner.plan.commit_interval;
+        if due {
+            let positions = self
+                .partitions
+                .values()
+                .map(|state| (self.inner.plan.topics[state.topic].clone(), state.partition, state.next))
+                .collect();
+            self.inner.stats.record_positions(positions);
+        }
+        let (Some(safe_time), Some(_)) = (safe_time, self.inner.plan.group_id.as_ref()) else {
+            if due {
+                self.last_commit = Instant::now();
+            }
+            return;
+        };
         if !due && !urgent {
             return;
         }
         let mut offsets = Vec::new();
-        let mut positions = Vec::new();
         for (id, state) in &mut self.partitions {
             let mut safe = state.ledger.advance(safe_time);
             if let Some(pending) = self.dead_letters.as_ref().and_then(|d| d.first_pending(*id)) {
                 safe = safe.min(pending);
             }
             let topic = &self.inner.plan.topics[state.topic];
-            positions.push((topic.clone(), state.partition, state.next));
             let new = state.sent.is_none_or(|s| safe > s);
             let unconfirmed = state.committed.is_none_or(|c| safe > c);
             if (new && (due || urgent)) || (unconfirmed && due) {
@@ -1015,7 +1026,6 @@ impl<D: 'static> KafkaReader<D> {
                 state.sent = Some(safe);
             }
         }
-        self.inner.stats.record_positions(positions);
         if due {
             self.last_commit = Instant::now();
         }

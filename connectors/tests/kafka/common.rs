@@ -260,3 +260,35 @@ pub(crate) fn produce_readings(brokers: &str, topic: &str, partitions: &[Vec<Rea
     }
     flush(&producer);
 }
+
+/// Grows `topic` to `partitions` partitions.
+pub(crate) fn add_partitions(brokers: &str, topic: &str, partitions: usize) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers).create().expect("admin client");
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = block_on(admin.create_partitions([&NewPartitions::new(topic, partitions)], &options)).unwrap();
+    for result in results {
+        result.expect("partitions added");
+    }
+}
+
+/// Runs a future on this thread (the admin client completes its futures from its own thread).
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
+    let mut context = std::task::Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let std::task::Poll::Ready(output) = future.as_mut().poll(&mut context) {
+            return output;
+        }
+        std::thread::park();
+    }
+}

@@ -11,3 +11,4 @@ mod dead_letters;
 mod end_to_end;
 mod faults;
 mod idle_partitions;
+mod partitions;
