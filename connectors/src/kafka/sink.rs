@@ -70,7 +70,8 @@ pub struct KafkaSinkBuilder<D> {
 ///
 /// Keys are the [key](KafkaSinkBuilder::key) function's value: a string as its UTF-8 text,
 /// anything else as JSON. Values are JSON. Each message's timestamp is the update's event
-/// time.
+/// time (librdkafka reads a timestamp of 0 as "none" and stamps such messages with the time
+/// they are produced).
 ///
 /// The sink sets, unless configured: `enable.idempotence=true` and a `client.id`.
 pub struct KafkaSink<D> {

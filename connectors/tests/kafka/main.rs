@@ -12,3 +12,4 @@ mod end_to_end;
 mod faults;
 mod idle_partitions;
 mod partitions;
+mod sink_formats;
