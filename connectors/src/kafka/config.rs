@@ -147,6 +147,9 @@ impl KafkaConfig {
                     rdkafka::error::KafkaError::ClientConfig(result, description, key, _) => {
                         rdkafka::error::KafkaError::ClientConfig(result, scrub(description), key, REDACTED.to_string())
                     }
+                    rdkafka::error::KafkaError::ClientCreation(text) => {
+                        rdkafka::error::KafkaError::ClientCreation(scrub(text))
+                    }
                     other => other,
                 };
                 ConnectorError::Kafka { context: scrub(context), error }
@@ -207,6 +210,14 @@ mod tests {
         // An invalid value of an ordinary property is shown, to help fix it.
         let error = KafkaConfig::new("localhost:9092").set("acks", "most").validate().unwrap_err();
         assert!(error.to_string().contains("acks"), "{error}");
+    }
+
+    #[test]
+    fn client_errors_never_show_secret_values() {
+        let config = KafkaConfig::new("localhost:9092").set("ssl.key.password", "s3cr3t");
+        let error = rdkafka::error::KafkaError::ClientCreation("cannot use key s3cr3t".into());
+        let text = config.redact(ConnectorError::kafka("creating s3cr3t", error)).to_string();
+        assert!(!text.contains("s3cr3t") && text.contains("[redacted]"), "{text}");
     }
 
     #[test]
