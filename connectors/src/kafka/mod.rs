@@ -53,9 +53,13 @@
 //! ```
 
 mod admin;
+mod committer;
 mod config;
+mod dead_letters;
 mod decode;
+mod discovery;
 mod ledger;
+mod reader;
 mod sink;
 mod source;
 mod stats;
