@@ -29,17 +29,55 @@ pub enum ConnectorError {
     /// An error of the engine.
     #[error(transparent)]
     Engine(#[from] tideline::Error),
+    /// An error of the Kafka client (librdkafka). Secrets of the configuration are never part
+    /// of its text.
+    #[cfg(feature = "kafka")]
+    #[error("Kafka: {context}: {error}")]
+    Kafka {
+        /// What the connector was doing.
+        context: String,
+        /// The client's error.
+        #[source]
+        error: rdkafka::error::KafkaError,
+    },
+}
+
+#[cfg(feature = "kafka")]
+impl From<rdkafka::error::KafkaError> for ConnectorError {
+    /// Wraps a client error. Client configuration errors lose the rejected value (it may be a
+    /// secret); the description names the property.
+    fn from(error: rdkafka::error::KafkaError) -> Self {
+        let error = match error {
+            rdkafka::error::KafkaError::ClientConfig(result, description, key, _) => {
+                rdkafka::error::KafkaError::ClientConfig(result, description, key, "[redacted]".into())
+            }
+            other => other,
+        };
+        ConnectorError::Kafka { context: "client".into(), error }
+    }
 }
 
 impl ConnectorError {
-    /// Whether retrying the same operation may succeed (transient I/O conditions).
+    /// Whether retrying the same operation may succeed (transient I/O conditions, brokers
+    /// that are down or moving leadership, timeouts).
     pub fn is_retryable(&self) -> bool {
         match self {
             ConnectorError::Io { source, .. } => matches!(
                 source.kind(),
                 std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
             ),
+            #[cfg(feature = "kafka")]
+            ConnectorError::Kafka { error, .. } => crate::kafka::is_retryable(error),
             _ => false,
+        }
+    }
+
+    /// A Kafka client error, saying what the connector was doing.
+    #[cfg(feature = "kafka")]
+    pub(crate) fn kafka(context: impl Into<String>, error: rdkafka::error::KafkaError) -> Self {
+        match ConnectorError::from(error) {
+            ConnectorError::Kafka { error, .. } => ConnectorError::Kafka { context: context.into(), error },
+            other => other,
         }
     }
 

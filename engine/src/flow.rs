@@ -43,6 +43,7 @@ pub struct FlowGroup {
     probes: RefCell<Vec<ProbeHandle<Time>>>,
     durable: RefCell<Vec<Rc<Cell<Option<Option<Time>>>>>>,
     retention: RefCell<Vec<Retention>>,
+    sink_failed: Cell<bool>,
 }
 
 impl FlowGroup {
@@ -55,6 +56,19 @@ impl FlowGroup {
     /// Declares an operator's retention.
     pub fn register_retention(&self, retention: Retention) {
         self.retention.borrow_mut().push(retention);
+    }
+
+    /// Records that a sink of this dataflow (on any worker) failed: its output stops where it
+    /// was, so [`safe_time`](Self::safe_time) stops advancing and never reaches the end of time.
+    pub fn record_sink_failure(&self) {
+        self.sink_failed.set(true);
+    }
+
+    /// Whether a sink of this dataflow, on this or another worker, has failed. The safe time
+    /// then stays at what was durable before the failure: a reader waiting for it to reach
+    /// the end of time should stop waiting.
+    pub fn sink_failed(&self) -> bool {
+        self.sink_failed.get()
     }
 
     /// The time below which every input record of this dataflow is fully accounted for:

@@ -8,6 +8,15 @@
 //!
 //! Errors are not dropped: the first error of a writer is kept in the [`SinkHandle`], the
 //! sink stops writing, and [`SinkHandle::error`] reports it.
+//!
+//! # Durability
+//!
+//! What a writer has flushed is durable; the sink tells the dataflow's flow group
+//! ([`crate::flow`]) how far that goes, over all workers, so that sources can acknowledge
+//! their input (commit offsets) once everything derived from it is durable. Each worker's
+//! part of a sink stays alive after its input completes until it has heard that every
+//! worker's part completed (or one failed), so every worker learns that the whole output is
+//! durable before the dataflow shuts down.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -21,6 +30,7 @@ use timely::communication::Pull;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
 use crate::control::Broadcast;
+use crate::flow::FlowGroup;
 use timely::dataflow::channels::Message;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::InputHandleCore;
@@ -144,7 +154,8 @@ impl<D: ExchangeData> Sink<D> for VecCollection<'_, Time, D> {
         let collection = self.probe_with(&probe);
         crate::flow::watch(scope, &probe);
         let durable = Rc::new(Cell::new(None));
-        crate::flow::group(scope).register_durable(Rc::clone(&durable));
+        let flow = crate::flow::group(scope);
+        flow.register_durable(Rc::clone(&durable));
         let mut builder = OperatorBuilder::new(name, scope);
         let info = builder.operator_info();
         let mut core = SinkCore {
@@ -155,17 +166,20 @@ impl<D: ExchangeData> Sink<D> for VecCollection<'_, Time, D> {
             last_frontier: None,
             failed: false,
             durable,
+            flow,
             announcements: Broadcast::new(scope.worker(), Rc::clone(&info.address)),
             peers_durable: vec![Some(Some(0)); peers],
+            peer_failed: false,
+            announced_failure: false,
         };
         match parallelism {
             SinkParallelism::Single => {
                 let mut input = builder.new_input(collection.inner, Exchange::new(|_: &(D, Time, isize)| 0u64));
-                builder.build(move |_| move |frontiers| core.step(&mut input, &frontiers[0]));
+                builder.build_reschedule(move |_| move |frontiers| core.step(&mut input, &frontiers[0]));
             }
             SinkParallelism::PerWorker => {
                 let mut input = builder.new_input(collection.inner, Pipeline);
-                builder.build(move |_| move |frontiers| core.step(&mut input, &frontiers[0]));
+                builder.build_reschedule(move |_| move |frontiers| core.step(&mut input, &frontiers[0]));
             }
         }
     }
@@ -187,18 +201,38 @@ struct SinkCore<D, W> {
     /// What every worker's part of this sink has durably written (the minimum), for the flow
     /// group (see [`crate::flow`]).
     durable: Rc<Cell<Option<Option<Time>>>>,
+    flow: Rc<FlowGroup>,
     /// Workers announce their durable frontiers to each other: records read by one worker
     /// may be written by another.
-    announcements: Broadcast<(usize, Option<Time>)>,
+    announcements: Broadcast<(usize, Durable)>,
     peers_durable: Vec<Option<Option<Time>>>,
+    /// Some worker's part of this sink failed (it announced so).
+    peer_failed: bool,
+    announced_failure: bool,
+}
+
+/// What a worker's part of a sink tells the others.
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
+enum Durable {
+    /// Everything before this frontier is durably written (`None`: everything).
+    Upto(Option<Time>),
+    /// The writer failed: its output stops where it was.
+    Failed,
 }
 
 impl<D: ExchangeData, W: SinkWriter<D>> SinkCore<D, W> {
+    /// Writes what is complete and exchanges durable frontiers with the peers. Returns whether
+    /// this part of the sink must stay alive: until its input is complete *and* it has heard
+    /// that every worker's part is complete (or one failed). Timely shuts an operator down as
+    /// soon as its input is complete unless it says it is incomplete; without this, a worker
+    /// finishing first would never hear that its peers finished too, and its flow group would
+    /// never see the sink complete.
     fn step<P>(
         &mut self,
         input: &mut InputHandleCore<Time, Vec<(D, Time, isize)>, P>,
         frontier: &MutableAntichain<Time>,
-    ) where
+    ) -> bool
+    where
         P: Pull<Message<Time, Vec<(D, Time, isize)>>>,
     {
         let pending = &mut self.pending;
@@ -235,12 +269,23 @@ impl<D: ExchangeData, W: SinkWriter<D>> SinkCore<D, W> {
             }
             if !self.failed {
                 // Everything before `current` is written and flushed: durable. Tell the peers.
-                self.announcements.send((self.index, current));
+                self.announcements.send((self.index, Durable::Upto(current)));
             }
             self.handle.record_frontier(self.index, current);
         }
-        while let Some((peer, frontier)) = self.announcements.recv() {
-            self.peers_durable[peer] = Some(frontier);
+        if self.failed && !self.announced_failure {
+            self.announcements.send((self.index, Durable::Failed));
+            self.announced_failure = true;
+            self.flow.record_sink_failure();
+        }
+        while let Some((peer, durable)) = self.announcements.recv() {
+            match durable {
+                Durable::Upto(frontier) => self.peers_durable[peer] = Some(frontier),
+                Durable::Failed => {
+                    self.peer_failed = true;
+                    self.flow.record_sink_failure();
+                }
+            }
         }
         let mut all: Option<Option<Time>> = Some(None);
         for peer in &self.peers_durable {
@@ -254,6 +299,7 @@ impl<D: ExchangeData, W: SinkWriter<D>> SinkCore<D, W> {
             };
         }
         self.durable.set(all);
+        !(current.is_none() && (all == Some(None) || self.failed || self.peer_failed))
     }
 }
 

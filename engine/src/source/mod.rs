@@ -12,7 +12,9 @@
 //! The operator holds a capability at the worker's watermark (the minimum over its active
 //! partitions) and downgrades it as the watermark advances, so the frontier of `data` *is*
 //! the source's watermark. A bounded reader that is exhausted drops its capability: the
-//! frontier goes to the end of time and every window flushes.
+//! frontier goes to the end of time and every window flushes. It may then still
+//! [`finish`](SourceReader::finish) — e.g. commit its final positions once the sinks have
+//! durably written everything derived from them — before the dataflow completes.
 //!
 //! # Lateness is decided per partition
 //!
@@ -125,6 +127,44 @@ pub trait SourceReader: 'static {
     /// A reader announces each partition with [`ReadContext::add_partition`] before giving
     /// its records, and [`ReadContext::finish_partition`] when it is exhausted.
     fn poll(&mut self, ctx: &mut ReadContext<'_, Self::Item>) -> ReadStatus;
+
+    /// Called after [`poll`](Self::poll) returned [`ReadStatus::Done`], again and again until
+    /// it returns `Done` too; the dataflow does not complete before. The source's outputs are
+    /// already closed, so the rest of the dataflow runs to completion meanwhile: a reader that
+    /// acknowledges its input once it is durable (an at-least-once source committing its final
+    /// offsets) waits here for [`FinishContext::safe_time`] to reach [`Time::MAX`].
+    ///
+    /// A reader that waits must also stop waiting when [`FinishContext::sinks_failed`] (the
+    /// safe time then never reaches the end). The default finishes at once.
+    fn finish(&mut self, ctx: &mut FinishContext<'_>) -> ReadStatus {
+        let _ = ctx;
+        ReadStatus::Done
+    }
+}
+
+/// What a [`SourceReader`] sees after it is done: how far its input is durably processed.
+pub struct FinishContext<'a> {
+    flow: &'a crate::flow::FlowGroup,
+    metrics: &'a SourceMetrics,
+}
+
+impl FinishContext<'_> {
+    /// As [`ReadContext::safe_time`]: `Some(Time::MAX)` once every sink of the dataflow, on
+    /// every worker, has durably written its complete input.
+    pub fn safe_time(&self) -> Option<Time> {
+        self.flow.safe_time()
+    }
+
+    /// Whether a sink of the dataflow failed (on any worker): the safe time will not advance
+    /// any more.
+    pub fn sinks_failed(&self) -> bool {
+        self.flow.sink_failed()
+    }
+
+    /// Reports an error (kept in [`SourceMetrics::errors`]).
+    pub fn fail(&mut self, message: String) {
+        self.metrics.record_error(message);
+    }
 }
 
 /// The streams a source produces.
@@ -249,6 +289,12 @@ impl<D> ReadContext<'_, D> {
         self.flow.safe_time()
     }
 
+    /// Whether a sink of this dataflow failed (on any worker): the safe time will not advance
+    /// any more.
+    pub fn sinks_failed(&self) -> bool {
+        self.flow.sink_failed()
+    }
+
     /// Reports an error that stops this reader (e.g. a file that cannot be read any more).
     /// It is kept in the source's metrics ([`SourceMetrics::errors`]); the reader should then
     /// return [`ReadStatus::Done`].
@@ -335,8 +381,12 @@ where
     let flow = crate::flow::group(scope);
     let report_to = Arc::clone(&metrics);
     let idle_timeout = config.watermarks.idle_timeout();
-    builder.build(move |capabilities| {
+    // The operator says it is incomplete until the reader has finished (see
+    // `SourceReader::finish`): after the reader is done and the outputs are closed, that keeps it
+    // (and the dataflow) alive until it has.
+    builder.build_reschedule(move |capabilities| {
         let mut caps: Option<Vec<Capability<Time>>> = Some(capabilities);
+        let mut finished = false;
         let mut tracker = WatermarkTracker::new(config.watermarks.clone());
         let mut stats: Vec<PartitionStats> = Vec::new();
         let mut data = Vec::new();
@@ -351,7 +401,19 @@ where
             while let Some((peer, watermark)) = announcements.recv() {
                 peer_watermarks[peer] = watermark;
             }
-            let Some(held) = caps.as_mut() else { return };
+            let Some(held) = caps.as_mut() else {
+                // The reader is done and its outputs are closed; it finishes (e.g. commits its
+                // final positions once they are durable) before the dataflow may complete.
+                if !finished {
+                    let mut ctx = FinishContext { flow: &flow, metrics: &report_to };
+                    match reader.finish(&mut ctx) {
+                        ReadStatus::Done => finished = true,
+                        ReadStatus::Busy => activator.activate(),
+                        ReadStatus::Waiting(delay) => activator.activate_after(delay),
+                    }
+                }
+                return !finished;
+            };
             let floor = *held[0].time();
             let now = Instant::now();
             // Flow control: wait while the consumers lag and too much is in flight.
@@ -361,7 +423,7 @@ where
                 let done_before = emitted_log.iter().take_while(|(w, _)| *w <= consumed).last().map_or(0, |(_, n)| *n);
                 if emitted - done_before > config.max_in_flight {
                     activator.activate_after(Duration::from_millis(1));
-                    return;
+                    return true;
                 }
             }
             let mut ctx = ReadContext {
@@ -432,7 +494,10 @@ where
                 last_report = now;
             }
             match status {
-                ReadStatus::Done => caps = None,
+                ReadStatus::Done => {
+                    caps = None;
+                    activator.activate();
+                }
                 ReadStatus::Busy => activator.activate(),
                 ReadStatus::Waiting(delay) => {
                     let mut delay = idle_timeout.map_or(delay, |t| delay.min(t / 2).max(Duration::from_millis(1)));
@@ -442,6 +507,7 @@ where
                     activator.activate_after(delay);
                 }
             }
+            true
         }
     });
 

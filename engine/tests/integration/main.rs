@@ -9,6 +9,7 @@ mod join_state_bounded;
 mod join_window_oracle;
 mod read_model;
 mod session_oracle;
+mod source_finish;
 mod source_watermarks;
 mod state_bounded;
 mod table_upsert;

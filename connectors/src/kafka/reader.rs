@@ -1,0 +1,504 @@
+//! A worker's share of a Kafka source: the consumer of its partitions, their watermarks and
+//! the commit bookkeeping.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::BorrowedMessage;
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Message};
+use tideline::Time;
+use tideline::late::{DeadLetter, LateDecision};
+use tideline::source::{FinishContext, ReadContext, ReadStatus, SourceReader};
+use tideline::time::watermark::PartitionId;
+
+use crate::error::ConnectorError;
+use crate::kafka::committer::Committer;
+use crate::kafka::dead_letters::DeadLetterProducer;
+use crate::kafka::decode::KafkaMessage;
+use crate::kafka::discovery::{Discovered, Discovery};
+use crate::kafka::ledger::OffsetLedger;
+use crate::kafka::source::{EventTimeFrom, Inner, Plan};
+use crate::kafka::stats::KafkaSourceStats;
+use crate::kafka::{is_fatal, partition_id};
+
+/// Client callbacks: statistics and errors, kept in the source's stats.
+struct ReaderContext {
+    stats: Arc<KafkaSourceStats>,
+    worker: usize,
+}
+
+impl ClientContext for ReaderContext {
+    fn stats(&self, statistics: Statistics) {
+        let bytes: u64 = statistics
+            .topics
+            .values()
+            .flat_map(|t| t.partitions.iter())
+            .filter(|(p, _)| **p >= 0)
+            .map(|(_, p)| p.fetchq_size)
+            .sum();
+        self.stats.record_prefetch(self.worker, bytes);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.stats.record_error(format!("worker {}: {error}: {reason}", self.worker));
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
+
+struct PartitionState {
+    topic: usize,
+    partition: i32,
+    /// The next offset to read.
+    next: i64,
+    end: Option<i64>,
+    finished: bool,
+    ledger: OffsetLedger,
+    /// Confirmed by the group coordinator.
+    committed: Option<i64>,
+    /// Last sent to the group coordinator.
+    sent: Option<i64>,
+}
+
+/// Where the reader is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Creating clients (on the first poll).
+    Start,
+    /// Reading.
+    Read,
+    /// Stopped by an error (reported in the source's metrics).
+    Failed,
+}
+
+/// A placeholder partition that holds the worker's watermark until it knows its partitions.
+const DISCOVERING: PartitionId = PartitionId::MAX;
+
+pub(super) struct KafkaReader<D> {
+    inner: Arc<Inner<D>>,
+    index: usize,
+    peers: usize,
+    phase: Phase,
+    /// Declared before the consumer and producer: dropped first.
+    discovery: Option<Discovery>,
+    committer: Option<Committer>,
+    partitions: BTreeMap<PartitionId, PartitionState>,
+    discovered: bool,
+    last_commit: Instant,
+    last_position_check: Instant,
+    finish_started: Option<Instant>,
+    dead_letters: Option<DeadLetterProducer>,
+    consumer: Option<BaseConsumer<ReaderContext>>,
+}
+
+impl<D: 'static> KafkaReader<D> {
+    pub(super) fn new(inner: Arc<Inner<D>>, index: usize, peers: usize) -> Self {
+        let now = Instant::now();
+        KafkaReader {
+            inner,
+            index,
+            peers,
+            phase: Phase::Start,
+            discovery: None,
+            committer: None,
+            partitions: BTreeMap::new(),
+            discovered: false,
+            last_commit: now,
+            last_position_check: now,
+            finish_started: None,
+            dead_letters: None,
+            consumer: None,
+        }
+    }
+
+    fn plan(&self) -> &Plan {
+        &self.inner.plan
+    }
+
+    fn start(&mut self) -> Result<(), ConnectorError> {
+        let plan = Arc::clone(&self.inner.plan);
+        let context = ReaderContext { stats: Arc::clone(&self.inner.stats), worker: self.index };
+        let consumer: BaseConsumer<ReaderContext> = plan
+            .config
+            .clone()
+            .set("client.id", format!("{}-{}", plan.config.get("client.id").unwrap_or("tideline"), self.index))
+            .client_config()
+            .create_with_context(context)
+            .map_err(|e| plan.config.redact(ConnectorError::kafka("creating the consumer", e)))?;
+        self.consumer = Some(consumer);
+        if let Some(topic) = &plan.dead_letter_topic {
+            self.dead_letters = Some(DeadLetterProducer::new(&plan, topic.clone(), self.index)?);
+        }
+        if plan.group_id.is_some() {
+            self.committer = Some(Committer::start(&plan, self.index)?);
+        }
+        self.discovery = Some(Discovery::start(Arc::clone(&plan), self.index, self.peers)?);
+        Ok(())
+    }
+
+    /// Starts reading the partitions discovery found.
+    fn take_discoveries(&mut self, ctx: &mut ReadContext<'_, D>) -> Result<(), ConnectorError> {
+        let Some(discovery) = self.discovery.as_ref() else { return Ok(()) };
+        let mut found = Vec::new();
+        let mut initial = false;
+        loop {
+            match discovery.receiver.try_recv() {
+                Ok(Discovered::Partitions { initial: first, partitions }) => {
+                    initial |= first;
+                    found.extend(partitions);
+                }
+                Ok(Discovered::Problem(problem)) => {
+                    self.inner.stats.record_error(format!("{}: worker {}: {problem}", self.plan().name, self.index));
+                }
+                Err(_) => break,
+            }
+        }
+        let mut assign = TopicPartitionList::new();
+        for f in found {
+            let id = partition_id(f.topic, f.partition);
+            ctx.add_partition(id);
+            let topic = &self.inner.plan.topics[f.topic];
+            self.inner.stats.record_assignment(topic, f.partition, self.index);
+            let finished = f.end.is_some_and(|end| f.start >= end);
+            if finished {
+                ctx.finish_partition(id);
+            } else {
+                assign.add_partition_offset(topic, f.partition, Offset::Offset(f.start))?;
+            }
+            self.partitions.insert(
+                id,
+                PartitionState {
+                    topic: f.topic,
+                    partition: f.partition,
+                    next: f.start,
+                    end: f.end,
+                    finished,
+                    ledger: OffsetLedger::new(f.start),
+                    committed: None,
+                    sent: None,
+                },
+            );
+        }
+        if assign.count() > 0 {
+            let consumer = self.consumer.as_ref().expect("started");
+            consumer.incremental_assign(&assign).map_err(|e| ConnectorError::kafka("assigning partitions", e))?;
+        }
+        drop(assign);
+        if initial && !self.discovered {
+            self.discovered = true;
+            ctx.finish_partition(DISCOVERING);
+        }
+        Ok(())
+    }
+
+    fn read_messages(&mut self, ctx: &mut ReadContext<'_, D>) -> Result<usize, ConnectorError> {
+        let KafkaReader { inner, partitions, consumer, dead_letters, .. } = self;
+        let consumer = consumer.as_ref().expect("started");
+        let mut read = 0;
+        let mut finished = Vec::new();
+        while ctx.budget() > 0 {
+            let Some(result) = consumer.poll(Duration::ZERO) else { break };
+            let message = match result {
+                Ok(message) => message,
+                Err(KafkaError::PartitionEOF(_)) => continue,
+                Err(error) if is_fatal(&error) => {
+                    return Err(ConnectorError::kafka("reading", error));
+                }
+                Err(error) => {
+                    inner.stats.record_error(format!("{}: reading: {error}", inner.plan.name));
+                    continue;
+                }
+            };
+            let Some(topic) = inner.plan.topics.iter().position(|t| t == message.topic()) else { continue };
+            let id = partition_id(topic, message.partition());
+            let Some(state) = partitions.get_mut(&id) else { continue };
+            let offset = message.offset();
+            if state.finished || offset < state.next || state.end.is_some_and(|end| offset >= end) {
+                continue; // beyond the end of a bounded read, or already read
+            }
+            read += 1;
+            state.next = offset + 1;
+            handle_message(inner, ctx, id, state, &message, dead_letters.as_mut());
+            if state.end.is_some_and(|end| state.next >= end) {
+                finished.push(id);
+            }
+        }
+        for id in finished {
+            self.finish_partition(ctx, id)?;
+        }
+        Ok(read)
+    }
+
+    /// Bounded reading: partitions whose position passed their end without a message at the
+    /// end (transaction markers, compacted or deleted records) are finished too.
+    fn check_positions(&mut self, ctx: &mut ReadContext<'_, D>) -> Result<(), ConnectorError> {
+        if self.last_position_check.elapsed() < Duration::from_millis(100) {
+            return Ok(());
+        }
+        self.last_position_check = Instant::now();
+        let open: Vec<PartitionId> =
+            self.partitions.iter().filter(|(_, s)| !s.finished && s.end.is_some()).map(|(id, _)| *id).collect();
+        if open.is_empty() {
+            return Ok(());
+        }
+        let consumer = self.consumer.as_ref().expect("started");
+        let positions = consumer.position().map_err(|e| ConnectorError::kafka("reading positions", e))?;
+        let mut done = Vec::new();
+        for id in open {
+            let state = self.partitions.get_mut(&id).expect("listed");
+            let topic = &self.inner.plan.topics[state.topic];
+            if let Some(Offset::Offset(position)) = positions.find_partition(topic, state.partition).map(|e| e.offset())
+                && position > state.next
+            {
+                state.ledger.skip_to(position);
+                state.next = position;
+            }
+            if state.end.is_some_and(|end| state.next >= end) {
+                done.push(id);
+            }
+        }
+        drop(positions);
+        for id in done {
+            self.finish_partition(ctx, id)?;
+        }
+        Ok(())
+    }
+
+    fn finish_partition(&mut self, ctx: &mut ReadContext<'_, D>, id: PartitionId) -> Result<(), ConnectorError> {
+        let Some(state) = self.partitions.get_mut(&id) else { return Ok(()) };
+        if state.finished {
+            return Ok(());
+        }
+        state.finished = true;
+        ctx.finish_partition(id);
+        let mut list = TopicPartitionList::new();
+        list.add_partition(&self.inner.plan.topics[state.topic], state.partition);
+        let consumer = self.consumer.as_ref().expect("started");
+        let result = consumer.incremental_unassign(&list);
+        drop(list);
+        result.map_err(|e| ConnectorError::kafka("unassigning a finished partition", e))
+    }
+
+    /// Applies the results of earlier commits.
+    fn take_commit_results(&mut self) {
+        let Some(committer) = self.committer.as_ref() else { return };
+        for outcome in committer.results.try_iter() {
+            for (topic, partition, offset, result) in outcome {
+                let Some(t) = self.inner.plan.topics.iter().position(|x| *x == topic) else { continue };
+                let Some(state) = self.partitions.get_mut(&partition_id(t, partition)) else { continue };
+                match result {
+                    Ok(()) => {
+                        state.committed = Some(state.committed.map_or(offset, |c| c.max(offset)));
+                        self.inner.stats.record_commit(&topic, partition, offset);
+                    }
+                    Err(e) => {
+                        // Sent again at the next interval.
+                        state.sent = state.committed;
+                        self.inner.stats.record_commit_failure(format!("{topic}/{partition} at {offset}: {e}"));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Commits the offsets that are safe, given the engine's safe time: every `commit_interval`,
+    /// or at once when `urgent` and there is something new to commit.
+    fn commit(&mut self, safe_time: Option<Time>, urgent: bool) {
+        let due = self.last_commit.elapsed() >= self.inner.plan.commit_interval;
+        if due {
+            let positions = self
+                .partitions
+                .values()
+                .map(|state| (self.inner.plan.topics[state.topic].clone(), state.partition, state.next))
+                .collect();
+            self.inner.stats.record_positions(positions);
+        }
+        let (Some(safe_time), Some(_)) = (safe_time, self.inner.plan.group_id.as_ref()) else {
+            if due {
+                self.last_commit = Instant::now();
+            }
+            return;
+        };
+        if !due && !urgent {
+            return;
+        }
+        let mut offsets = Vec::new();
+        for (id, state) in &mut self.partitions {
+            let mut safe = state.ledger.advance(safe_time);
+            if let Some(pending) = self.dead_letters.as_ref().and_then(|d| d.first_pending(*id)) {
+                safe = safe.min(pending);
+            }
+            let topic = &self.inner.plan.topics[state.topic];
+            let new = state.sent.is_none_or(|s| safe > s);
+            let unconfirmed = state.committed.is_none_or(|c| safe > c);
+            if (new && (due || urgent)) || (unconfirmed && due) {
+                offsets.push((topic.clone(), state.partition, safe));
+                state.sent = Some(safe);
+            }
+        }
+        if due {
+            self.last_commit = Instant::now();
+        }
+        if offsets.is_empty() {
+            return;
+        }
+        let committer = self.committer.as_ref().expect("readers with a group have a committer");
+        if committer.requests.send(offsets).is_err() {
+            for state in self.partitions.values_mut() {
+                state.sent = state.committed;
+            }
+            self.inner.stats.record_commit_failure(format!("{}: the committer thread stopped", self.inner.plan.name));
+        }
+    }
+
+    /// Whether every offset that is safe has been committed and confirmed.
+    fn all_committed(&mut self, safe_time: Time) -> bool {
+        let dead_letters = self.dead_letters.as_ref();
+        self.partitions.iter_mut().all(|(id, state)| {
+            let mut safe = state.ledger.advance(safe_time);
+            if let Some(pending) = dead_letters.and_then(|d| d.first_pending(*id)) {
+                safe = safe.min(pending);
+            }
+            state.committed.is_some_and(|c| c >= safe)
+        })
+    }
+
+    fn step(&mut self, ctx: &mut ReadContext<'_, D>) -> Result<ReadStatus, ConnectorError> {
+        if self.phase == Phase::Start {
+            ctx.add_partition(DISCOVERING);
+            self.start()?;
+            self.phase = Phase::Read;
+        }
+        self.take_discoveries(ctx)?;
+        if let Some(dead_letters) = self.dead_letters.as_mut() {
+            dead_letters.serve(&self.inner.stats);
+        }
+        let read = self.read_messages(ctx)?;
+        self.take_commit_results();
+        if self.inner.plan.bounded && read == 0 {
+            self.check_positions(ctx)?;
+        }
+        self.commit(ctx.safe_time(), false);
+        let bounded_done =
+            self.inner.plan.bounded && self.discovered && self.partitions.values().all(|state| state.finished);
+        Ok(if bounded_done {
+            ReadStatus::Done
+        } else if ctx.budget() == 0 {
+            ReadStatus::Busy
+        } else {
+            ReadStatus::Waiting(self.inner.plan.poll_interval)
+        })
+    }
+}
+
+/// Decodes one message and hands it to the engine, keeping the commit bookkeeping.
+fn handle_message<D>(
+    inner: &Inner<D>,
+    ctx: &mut ReadContext<'_, D>,
+    id: PartitionId,
+    state: &mut PartitionState,
+    message: &BorrowedMessage<'_>,
+    dead_letters: Option<&mut DeadLetterProducer>,
+) {
+    let view = KafkaMessage::from_rdkafka(message);
+    let offset = view.offset;
+    let decoded = inner.decoder.decode(&view).and_then(|record| {
+        let time = match &inner.event_time {
+            EventTimeFrom::Record(f) => f(&record),
+            EventTimeFrom::Timestamp => {
+                view.timestamp.ok_or_else(|| "the message has no timestamp to take its event time from".to_string())?
+            }
+        };
+        Ok((record, time))
+    });
+    match decoded {
+        Ok((record, time)) => {
+            let assigned = match ctx.record(id, offset as u64, time, record) {
+                LateDecision::OnTime => Some(time),
+                LateDecision::Accept(at) => Some(at),
+                LateDecision::SideOutput => ctx.partition_watermark(id),
+                LateDecision::Drop => None,
+            };
+            state.ledger.record(offset, assigned);
+        }
+        Err(reason) => {
+            let letter = DeadLetter {
+                source: view.topic.to_string(),
+                partition: id,
+                position: offset as u64,
+                key: view.key.map(<[u8]>::to_vec),
+                payload: view.payload.map(<[u8]>::to_vec).unwrap_or_default(),
+                reason,
+            };
+            state.ledger.record(offset, Some(ctx.floor()));
+            if let Some(producer) = dead_letters {
+                producer.push(id, offset, view.partition, &letter);
+            }
+            ctx.dead_letter(letter);
+        }
+    }
+}
+
+impl<D: 'static> SourceReader for KafkaReader<D> {
+    type Item = D;
+
+    fn poll(&mut self, ctx: &mut ReadContext<'_, D>) -> ReadStatus {
+        if self.phase == Phase::Failed {
+            return ReadStatus::Done;
+        }
+        match self.step(ctx) {
+            Ok(status) => status,
+            Err(error) => {
+                ctx.fail(format!("Kafka source {} (worker {}) stopped: {error}", self.inner.plan.name, self.index));
+                self.phase = Phase::Failed;
+                ReadStatus::Done
+            }
+        }
+    }
+
+    fn finish(&mut self, ctx: &mut FinishContext<'_>) -> ReadStatus {
+        let plan = Arc::clone(&self.inner.plan);
+        let Some(consumer) = self.consumer.as_ref() else { return ReadStatus::Done };
+        if self.finish_started.is_none() {
+            self.finish_started = Some(Instant::now());
+            // Nothing more is read: stop fetching.
+            if let Err(error) = consumer.unassign() {
+                self.inner.stats.record_error(format!("{}: unassigning: {error}", plan.name));
+            }
+        }
+        // Serve callbacks (commit results); nothing is assigned any more.
+        while consumer.poll(Duration::ZERO).is_some() {}
+        if let Some(dead_letters) = self.dead_letters.as_mut() {
+            dead_letters.serve(&self.inner.stats);
+        }
+        self.take_commit_results();
+        let safe_time = ctx.safe_time();
+        if safe_time.is_none() || plan.group_id.is_none() || self.phase == Phase::Failed {
+            return ReadStatus::Done; // nothing is ever committed
+        }
+        let failed = ctx.sinks_failed();
+        let complete = safe_time == Some(Time::MAX);
+        self.commit(safe_time, complete || failed);
+        let delivered = self.dead_letters.as_ref().is_none_or(|d| d.is_idle()) || failed;
+        if (complete || failed) && delivered && self.all_committed(safe_time.unwrap_or(0)) {
+            return ReadStatus::Done;
+        }
+        if self.finish_started.is_some_and(|at| at.elapsed() >= plan.finish_timeout) {
+            ctx.fail(format!(
+                "Kafka source {} (worker {}): final offsets not committed within {:?} (safe time {:?}{})",
+                plan.name,
+                self.index,
+                plan.finish_timeout,
+                safe_time,
+                if failed { ", a sink failed" } else { "" }
+            ));
+            return ReadStatus::Done;
+        }
+        ReadStatus::Waiting(plan.poll_interval)
+    }
+}

@@ -1,0 +1,574 @@
+//! The Kafka sink: a collection's changelog, upserts or append-only rows, produced by an
+//! idempotent producer per worker.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::ClientContext;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::types::RDKafkaErrorCode;
+use serde::Serialize;
+use tideline::differential_dataflow::AsCollection;
+use tideline::differential_dataflow::hashable::Hashable;
+use tideline::sink::{Sink, SinkHandle, SinkParallelism, SinkWriter};
+use tideline::timely::dataflow::operators::Exchange;
+use tideline::{ExchangeData, Time, VecCollection};
+
+use crate::error::ConnectorError;
+use crate::kafka::config::KafkaConfig;
+use crate::kafka::{fnv1a, is_retryable};
+
+/// What a [`KafkaSink`] produces for each update of its collection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SinkFormat {
+    /// One message per changed row: the value is JSON
+    /// `{"op":"insert"|"delete","diff":d,"time":t,"row":…}` (`diff` is the signed
+    /// multiplicity, `time` the update's event time). Within a time, deletions come first.
+    #[default]
+    Changelog,
+    /// Key → latest value, as a compacted topic and Kafka Streams tables expect: an inserted
+    /// row produces its value under its key; a key whose rows are only deleted at a time
+    /// produces a tombstone (a null value). Needs a [key](KafkaSinkBuilder::key), and at most
+    /// one row per key at a time (a key with two values is an error).
+    Upsert,
+    /// The value of each inserted row (`n` times for multiplicity `n`); a retraction is an
+    /// error: for final results that never change.
+    AppendOnly,
+}
+
+type KeyFn<D> = Arc<dyn Fn(&D) -> Result<Vec<u8>, String> + Send + Sync>;
+type ValueFn<D> = Arc<dyn Fn(&D) -> Result<serde_json::Value, String> + Send + Sync>;
+
+/// Configures a [`KafkaSink`]; `build()` validates the configuration.
+pub struct KafkaSinkBuilder<D> {
+    config: KafkaConfig,
+    topic: String,
+    format: SinkFormat,
+    key: Option<KeyFn<D>>,
+    value: Option<ValueFn<D>>,
+    name: Option<String>,
+    stats: Option<Arc<KafkaSinkStats>>,
+}
+
+/// Writes a collection to a Kafka topic: a changelog, upserts or append-only rows
+/// ([`SinkFormat`]), at least once.
+///
+/// Every worker writes its share with its own idempotent producer
+/// (`enable.idempotence=true`): updates are routed to workers by key, so all updates of a key
+/// are written by one producer, in time order, and land in one partition (messages are
+/// partitioned by key) in that order. A time's updates are written once the frontier has
+/// passed it. When the frontier advances, the sink flushes: it waits until the broker has
+/// acknowledged every message (librdkafka retries meanwhile, up to `message.timeout.ms`), and
+/// only then reports the output durable — the point after which sources may commit their
+/// input (DESIGN §7). A delivery that fails for good is not dropped: the sink stops, and its
+/// [`SinkHandle`] reports the error, saying whether it is *retryable* (the broker was
+/// unreachable or overloaded: run the job again, from the committed offsets) or *fatal*.
+///
+/// Keys are the [key](KafkaSinkBuilder::key) function's value: a string as its UTF-8 text,
+/// anything else as JSON. Values are JSON. Each message's timestamp is the update's event
+/// time (librdkafka reads a timestamp of 0 as "none" and stamps such messages with the time
+/// they are produced).
+///
+/// The sink sets, unless configured: `enable.idempotence=true` and a `client.id`.
+pub struct KafkaSink<D> {
+    inner: Arc<SinkInner<D>>,
+}
+
+impl<D> Clone for KafkaSink<D> {
+    fn clone(&self) -> Self {
+        KafkaSink { inner: Arc::clone(&self.inner) }
+    }
+}
+
+struct SinkInner<D> {
+    config: KafkaConfig,
+    topic: String,
+    format: SinkFormat,
+    key: Option<KeyFn<D>>,
+    value: ValueFn<D>,
+    name: String,
+    stats: Arc<KafkaSinkStats>,
+}
+
+impl<D> fmt::Debug for KafkaSink<D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaSink")
+            .field("topic", &self.inner.topic)
+            .field("format", &self.inner.format)
+            .field("config", &self.inner.config)
+            .finish()
+    }
+}
+
+/// Encodes a key: a string as its text, anything else as JSON.
+fn encode_key<K: Serialize>(key: &K) -> Result<Vec<u8>, String> {
+    match serde_json::to_value(key) {
+        Ok(serde_json::Value::String(text)) => Ok(text.into_bytes()),
+        Ok(other) => Ok(other.to_string().into_bytes()),
+        Err(e) => Err(format!("cannot encode the key: {e}")),
+    }
+}
+
+impl<D: Serialize + 'static> KafkaSink<D> {
+    /// A sink producing to `topic`, in [`SinkFormat::Changelog`] by default.
+    pub fn builder(config: KafkaConfig, topic: impl Into<String>) -> KafkaSinkBuilder<D> {
+        KafkaSinkBuilder {
+            config,
+            topic: topic.into(),
+            format: SinkFormat::default(),
+            key: None,
+            value: None,
+            name: None,
+            stats: None,
+        }
+    }
+}
+
+impl<D: 'static> KafkaSinkBuilder<D> {
+    /// Sets the format (default [`SinkFormat::Changelog`]).
+    pub fn format(mut self, format: SinkFormat) -> Self {
+        self.format = format;
+        self
+    }
+
+    /// The message key of a row: messages are partitioned by it, and [`SinkFormat::Upsert`]
+    /// keeps the latest value per key. Without a key, changelog and append-only messages have
+    /// none.
+    pub fn key<K: Serialize>(mut self, key: impl Fn(&D) -> K + Send + Sync + 'static) -> Self {
+        self.key = Some(Arc::new(move |row: &D| encode_key(&key(row))));
+        self
+    }
+
+    /// The part of a row that is written as the value (default: the whole row).
+    pub fn value<V: Serialize>(mut self, value: impl Fn(&D) -> V + Send + Sync + 'static) -> Self {
+        self.value = Some(Arc::new(move |row: &D| {
+            serde_json::to_value(value(row)).map_err(|e| format!("cannot encode the value: {e}"))
+        }));
+        self
+    }
+
+    /// Names the sink (default: the topic).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Shares the sink's counters; usually one per process. A fresh one otherwise, readable
+    /// with [`KafkaSink::stats`].
+    pub fn stats(mut self, stats: Arc<KafkaSinkStats>) -> Self {
+        self.stats = Some(stats);
+        self
+    }
+}
+
+impl<D: Serialize + 'static> KafkaSinkBuilder<D> {
+    /// Checks the configuration: a topic, a key for upserts, and every client property
+    /// accepted by librdkafka (nothing is connected yet).
+    pub fn build(self) -> Result<KafkaSink<D>, ConnectorError> {
+        if self.topic.is_empty() {
+            return Err(ConnectorError::Config("a Kafka sink needs a topic".into()));
+        }
+        if self.format == SinkFormat::Upsert && self.key.is_none() {
+            return Err(ConnectorError::Config(format!(
+                "Kafka sink to {}: the upsert format needs a key (.key(|row| ...))",
+                self.topic
+            )));
+        }
+        let name = self.name.unwrap_or_else(|| self.topic.clone());
+        let config = self
+            .config
+            .set_default("enable.idempotence", "true")
+            .set_default("client.id", format!("tideline-sink-{name}"));
+        config.check_client(true)?;
+        let value = self.value.unwrap_or_else(|| {
+            Arc::new(|row: &D| serde_json::to_value(row).map_err(|e| format!("cannot encode the row: {e}")))
+        });
+        Ok(KafkaSink {
+            inner: Arc::new(SinkInner {
+                config,
+                topic: self.topic,
+                format: self.format,
+                key: self.key,
+                value,
+                name,
+                stats: self.stats.unwrap_or_default(),
+            }),
+        })
+    }
+}
+
+impl<D: ExchangeData + Serialize> KafkaSink<D> {
+    /// Writes `collection` to the topic; progress and errors go to `handle`.
+    pub fn write(&self, collection: VecCollection<'_, Time, D>, handle: &SinkHandle) {
+        let route = self.inner.key.clone();
+        // All updates of a key go to one worker, so that one producer writes them in order.
+        let routed = collection
+            .inner
+            .exchange(move |(row, _, _): &(D, Time, isize)| match &route {
+                Some(key) => key(row).map_or(0, |bytes| fnv1a(&bytes)),
+                None => row.hashed(),
+            })
+            .as_collection();
+        let inner = Arc::clone(&self.inner);
+        routed.sink_with(handle, SinkParallelism::PerWorker, move |index, _| Some(KafkaWriter::new(inner, index)));
+    }
+
+    /// The sink's counters.
+    pub fn stats(&self) -> &Arc<KafkaSinkStats> {
+        &self.inner.stats
+    }
+
+    /// The topic written to.
+    pub fn topic(&self) -> &str {
+        &self.inner.topic
+    }
+}
+
+/// A Kafka sink's counters, shared by the workers of a process.
+#[derive(Debug, Default)]
+pub struct KafkaSinkStats {
+    produced: AtomicU64,
+    delivered: AtomicU64,
+    flushes: AtomicU64,
+    errors: Mutex<Vec<DeliveryError>>,
+}
+
+/// A message the broker did not take.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeliveryError {
+    /// Whether running the job again may succeed (brokers unreachable, timeouts, leadership
+    /// moving) or not (authorization, message too large, a fatal producer error).
+    pub retryable: bool,
+    /// What happened.
+    pub message: String,
+}
+
+impl KafkaSinkStats {
+    /// Zeroed counters.
+    pub fn new() -> Arc<Self> {
+        Arc::default()
+    }
+
+    /// Messages handed to the producers.
+    pub fn produced(&self) -> u64 {
+        self.produced.load(Ordering::Relaxed)
+    }
+
+    /// Messages the brokers acknowledged.
+    pub fn delivered(&self) -> u64 {
+        self.delivered.load(Ordering::Relaxed)
+    }
+
+    /// Completed flushes (durability points).
+    pub fn flushes(&self) -> u64 {
+        self.flushes.load(Ordering::Relaxed)
+    }
+
+    /// Deliveries that failed for good.
+    pub fn delivery_errors(&self) -> Vec<DeliveryError> {
+        self.errors.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+}
+
+struct SinkContext {
+    stats: Arc<KafkaSinkStats>,
+    failures: Mutex<Vec<KafkaError>>,
+}
+
+impl ClientContext for SinkContext {}
+
+impl ProducerContext for SinkContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => {
+                self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            Err((error, _)) => {
+                self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(error.clone())
+            }
+        }
+    }
+}
+
+/// One worker's producer.
+struct KafkaWriter<D> {
+    inner: Arc<SinkInner<D>>,
+    producer: Result<BaseProducer<SinkContext>, String>,
+    /// Messages produced since the last flush.
+    unflushed: bool,
+}
+
+/// A message to produce.
+#[derive(Debug)]
+struct Outgoing {
+    key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+}
+
+impl<D: ExchangeData + Serialize> KafkaWriter<D> {
+    fn new(inner: Arc<SinkInner<D>>, index: usize) -> Self {
+        let context = SinkContext { stats: Arc::clone(&inner.stats), failures: Mutex::new(Vec::new()) };
+        let producer = inner
+            .config
+            .clone()
+            .set("client.id", format!("{}-{index}", inner.config.get("client.id").unwrap_or("tideline-sink")))
+            .client_config()
+            .create_with_context(context)
+            .map_err(|e| inner.config.redact(ConnectorError::kafka("creating the producer", e)).to_string());
+        KafkaWriter { inner, producer, unflushed: false }
+    }
+
+    fn error(&self, message: impl fmt::Display) -> tideline::Error {
+        tideline::Error::Sink { sink: self.inner.name.clone(), message: message.to_string() }
+    }
+
+    fn key(&self, row: &D) -> tideline::Result<Option<Vec<u8>>> {
+        match &self.inner.key {
+            Some(key) => key(row).map(Some).map_err(|e| self.error(e)),
+            None => Ok(None),
+        }
+    }
+
+    fn value(&self, row: &D) -> tideline::Result<serde_json::Value> {
+        (self.inner.value)(row).map_err(|e| self.error(e))
+    }
+
+    /// The messages for one time's consolidated updates.
+    fn messages(&self, time: Time, updates: &[(D, isize)]) -> tideline::Result<Vec<Outgoing>> {
+        let mut out = Vec::new();
+        match self.inner.format {
+            SinkFormat::Changelog => {
+                let ordered = updates.iter().filter(|(_, r)| *r < 0).chain(updates.iter().filter(|(_, r)| *r > 0));
+                for (row, diff) in ordered {
+                    let op = if *diff > 0 { "insert" } else { "delete" };
+                    let value = serde_json::json!({ "op": op, "diff": diff, "time": time, "row": self.value(row)? });
+                    out.push(Outgoing { key: self.key(row)?, value: Some(value.to_string().into_bytes()) });
+                }
+            }
+            SinkFormat::AppendOnly => {
+                for (row, diff) in updates {
+                    if *diff < 0 {
+                        return Err(self.error(format_args!(
+                            "received a retraction of {row:?} at time {time}: the collection is not append-only \
+                             (late corrections or updates retract results); use the changelog or upsert format"
+                        )));
+                    }
+                    let value = self.value(row)?.to_string().into_bytes();
+                    let key = self.key(row)?;
+                    for _ in 0..*diff {
+                        out.push(Outgoing { key: key.clone(), value: Some(value.clone()) });
+                    }
+                }
+            }
+            SinkFormat::Upsert => {
+                // Per key: the inserted row, if any (else a tombstone).
+                let mut latest: BTreeMap<Vec<u8>, Option<&D>> = BTreeMap::new();
+                for (row, diff) in updates {
+                    let key = self.key(row)?.expect("upserts have a key");
+                    let entry = latest.entry(key).or_insert(None);
+                    if *diff > 0 {
+                        if *diff > 1 || entry.is_some() {
+                            return Err(self.error(format_args!(
+                                "key {:?} has more than one row at time {time} (e.g. {row:?}): an upsert sink \
+                                 needs at most one row per key",
+                                String::from_utf8_lossy(&self.key(row)?.unwrap_or_default())
+                            )));
+                        }
+                        *entry = Some(row);
+                    }
+                }
+                for (key, row) in latest {
+                    let value = match row {
+                        Some(row) => Some(self.value(row)?.to_string().into_bytes()),
+                        None => None,
+                    };
+                    out.push(Outgoing { key: Some(key), value });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn producer(&self) -> tideline::Result<&BaseProducer<SinkContext>> {
+        self.producer.as_ref().map_err(|e| self.error(e))
+    }
+
+    /// The first delivery that failed for good, as the sink's error.
+    fn check_deliveries(&self) -> tideline::Result<()> {
+        let producer = self.producer()?;
+        let failures = std::mem::take(&mut *producer.context().failures.lock().unwrap_or_else(|e| e.into_inner()));
+        let Some(first) = failures.first() else { return Ok(()) };
+        let errors: Vec<DeliveryError> = failures
+            .iter()
+            .map(|e| DeliveryError {
+                retryable: is_retryable(e),
+                message: format!("delivery to {} failed: {e}", self.inner.topic),
+            })
+            .collect();
+        let retryable = errors.iter().all(|e| e.retryable);
+        self.inner.stats.errors.lock().unwrap_or_else(|e| e.into_inner()).extend(errors);
+        Err(self.error(format_args!(
+            "{} message(s) not delivered to {} ({}): {first}",
+            failures.len(),
+            self.inner.topic,
+            if retryable {
+                "retryable: the brokers were unreachable or busy; run the job again, from the committed offsets"
+            } else {
+                "fatal"
+            }
+        )))
+    }
+}
+
+impl<D: ExchangeData + Serialize> SinkWriter<D> for KafkaWriter<D> {
+    fn write(&mut self, time: Time, updates: &[(D, isize)]) -> tideline::Result<()> {
+        let messages = self.messages(time, updates)?;
+        let producer = self.producer()?;
+        let timestamp = i64::try_from(time).ok();
+        for message in &messages {
+            let mut record = BaseRecord::to(&self.inner.topic);
+            if let Some(key) = &message.key {
+                record = record.key(key);
+            }
+            if let Some(value) = &message.value {
+                record = record.payload(value);
+            }
+            if let Some(timestamp) = timestamp {
+                record = record.timestamp(timestamp);
+            }
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        // The local queue is full: wait for deliveries (backpressure).
+                        record = back;
+                        producer.poll(Duration::from_millis(10));
+                        self.check_deliveries()?;
+                    }
+                    Err((error, _)) => {
+                        let retryable = is_retryable(&error);
+                        return Err(self.error(format_args!(
+                            "cannot produce to {} ({}): {error}",
+                            self.inner.topic,
+                            if retryable { "retryable" } else { "fatal" }
+                        )));
+                    }
+                }
+            }
+        }
+        self.inner.stats.produced.fetch_add(messages.len() as u64, Ordering::Relaxed);
+        producer.poll(Duration::ZERO);
+        self.unflushed |= !messages.is_empty();
+        self.check_deliveries()
+    }
+
+    fn advance(&mut self, _frontier: Option<Time>) -> tideline::Result<()> {
+        if !self.unflushed {
+            return self.check_deliveries();
+        }
+        let producer = self.producer()?;
+        // Wait for every acknowledgement: librdkafka retries until `message.timeout.ms`, after
+        // which failed deliveries are reported below.
+        loop {
+            match producer.flush(Duration::from_millis(500)) {
+                Ok(()) => break,
+                Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)) => self.check_deliveries()?,
+                Err(error) => return Err(self.error(format_args!("flushing to {}: {error}", self.inner.topic))),
+            }
+        }
+        self.check_deliveries()?;
+        self.unflushed = false;
+        self.inner.stats.flushes.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize)]
+    struct Row {
+        key: String,
+        count: i64,
+    }
+
+    fn writer(format: SinkFormat) -> KafkaWriter<Row> {
+        let sink = KafkaSink::<Row>::builder(KafkaConfig::new("127.0.0.1:1"), "out")
+            .format(format)
+            .key(|r: &Row| r.key.clone())
+            .value(|r: &Row| r.count)
+            .build()
+            .unwrap();
+        KafkaWriter { inner: sink.inner, producer: Err("not connected".into()), unflushed: false }
+    }
+
+    fn row(key: &str, count: i64) -> Row {
+        Row { key: key.into(), count }
+    }
+
+    fn text(messages: &[Outgoing]) -> Vec<(String, Option<String>)> {
+        messages
+            .iter()
+            .map(|m| {
+                (
+                    String::from_utf8(m.key.clone().unwrap()).unwrap(),
+                    m.value.as_ref().map(|v| String::from_utf8(v.clone()).unwrap()),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn changelog_messages_carry_op_diff_and_time_deletions_first() {
+        let w = writer(SinkFormat::Changelog);
+        let messages = w.messages(99, &[(row("a", 1), -1), (row("a", 2), 1), (row("b", 5), 2)]).unwrap();
+        assert_eq!(
+            text(&messages),
+            [
+                ("a".into(), Some(r#"{"diff":-1,"op":"delete","row":1,"time":99}"#.into())),
+                ("a".into(), Some(r#"{"diff":1,"op":"insert","row":2,"time":99}"#.into())),
+                ("b".into(), Some(r#"{"diff":2,"op":"insert","row":5,"time":99}"#.into())),
+            ]
+        );
+    }
+
+    #[test]
+    fn upserts_keep_the_new_value_and_tombstone_deleted_keys() {
+        let w = writer(SinkFormat::Upsert);
+        let messages = w.messages(7, &[(row("a", 1), -1), (row("a", 2), 1), (row("b", 5), -1)]).unwrap();
+        assert_eq!(text(&messages), [("a".into(), Some("2".into())), ("b".into(), None)]);
+        let error = w.messages(7, &[(row("a", 1), 1), (row("a", 2), 1)]).unwrap_err();
+        assert!(error.to_string().contains("more than one row"), "{error}");
+    }
+
+    #[test]
+    fn append_only_rejects_retractions_clearly() {
+        let w = writer(SinkFormat::AppendOnly);
+        assert_eq!(w.messages(1, &[(row("a", 1), 2)]).unwrap().len(), 2);
+        let error = w.messages(1, &[(row("a", 1), -1)]).unwrap_err();
+        assert!(error.to_string().contains("not append-only"), "{error}");
+    }
+
+    #[test]
+    fn keys_are_text_for_strings_and_json_otherwise() {
+        assert_eq!(encode_key(&"sensor-1").unwrap(), b"sensor-1");
+        assert_eq!(encode_key(&42).unwrap(), b"42");
+        assert_eq!(encode_key(&("a", 1)).unwrap(), br#"["a",1]"#);
+    }
+
+    #[test]
+    fn upserts_need_a_key() {
+        let error = KafkaSink::<Row>::builder(KafkaConfig::new("127.0.0.1:1"), "out")
+            .format(SinkFormat::Upsert)
+            .build()
+            .unwrap_err();
+        assert!(error.to_string().contains("needs a key"), "{error}");
+    }
+}

@@ -1,0 +1,129 @@
+//! Kafka counters, readable from the program while a dataflow runs.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// How many recent errors are kept.
+const RECENT_ERRORS: usize = 32;
+
+/// A Kafka source's counters, shared by the workers of a process: the assignment, read
+/// positions and committed offsets per partition, commits, dead letters produced, transient
+/// errors (which the client retries), and the client's prefetch queue.
+#[derive(Debug, Default)]
+pub struct KafkaSourceStats {
+    assignment: Mutex<BTreeMap<(String, i32), usize>>,
+    positions: Mutex<BTreeMap<(String, i32), i64>>,
+    committed: Mutex<BTreeMap<(String, i32), i64>>,
+    commits: AtomicU64,
+    commit_failures: AtomicU64,
+    dead_letters_produced: AtomicU64,
+    errors: AtomicU64,
+    recent_errors: Mutex<VecDeque<String>>,
+    prefetched: Mutex<BTreeMap<usize, u64>>,
+    max_prefetched: AtomicU64,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl KafkaSourceStats {
+    /// Zeroed counters.
+    pub fn new() -> std::sync::Arc<Self> {
+        std::sync::Arc::default()
+    }
+
+    /// Which worker reads each `(topic, partition)`.
+    pub fn assignment(&self) -> BTreeMap<(String, i32), usize> {
+        lock(&self.assignment).clone()
+    }
+
+    /// The next offset to read per `(topic, partition)` (updated at each commit interval).
+    pub fn positions(&self) -> BTreeMap<(String, i32), i64> {
+        lock(&self.positions).clone()
+    }
+
+    /// The offsets the group coordinator confirmed, per `(topic, partition)`.
+    pub fn committed(&self) -> BTreeMap<(String, i32), i64> {
+        lock(&self.committed).clone()
+    }
+
+    /// Offsets confirmed by the group coordinator (one per partition and commit).
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
+    /// Commits that failed (retried at the next interval).
+    pub fn commit_failures(&self) -> u64 {
+        self.commit_failures.load(Ordering::Relaxed)
+    }
+
+    /// Dead letters delivered to the dead-letter topic.
+    pub fn dead_letters_produced(&self) -> u64 {
+        self.dead_letters_produced.load(Ordering::Relaxed)
+    }
+
+    /// Errors seen so far: transient client errors (retried by the client), failed look-ups
+    /// and commits.
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+
+    /// The most recent errors, oldest first.
+    pub fn recent_errors(&self) -> Vec<String> {
+        lock(&self.recent_errors).iter().cloned().collect()
+    }
+
+    /// Bytes in the clients' prefetch queues, summed over workers, as of their last statistics
+    /// report (only with the client property `statistics.interval.ms` set).
+    pub fn prefetched_bytes(&self) -> u64 {
+        lock(&self.prefetched).values().sum()
+    }
+
+    /// The most bytes any one worker's client had prefetched at a statistics report.
+    pub fn max_prefetched_bytes(&self) -> u64 {
+        self.max_prefetched.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn record_assignment(&self, topic: &str, partition: i32, worker: usize) {
+        lock(&self.assignment).insert((topic.to_string(), partition), worker);
+    }
+
+    pub(crate) fn record_positions(&self, positions: Vec<(String, i32, i64)>) {
+        let mut map = lock(&self.positions);
+        for (topic, partition, next) in positions {
+            map.insert((topic, partition), next);
+        }
+    }
+
+    pub(crate) fn record_commit(&self, topic: &str, partition: i32, offset: i64) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        let mut committed = lock(&self.committed);
+        let entry = committed.entry((topic.to_string(), partition)).or_insert(offset);
+        *entry = (*entry).max(offset);
+    }
+
+    pub(crate) fn record_commit_failure(&self, error: String) {
+        self.commit_failures.fetch_add(1, Ordering::Relaxed);
+        self.record_error(format!("commit failed: {error}"));
+    }
+
+    pub(crate) fn record_dead_letter_produced(&self) {
+        self.dead_letters_produced.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn record_error(&self, error: String) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        let mut recent = lock(&self.recent_errors);
+        if recent.len() == RECENT_ERRORS {
+            recent.pop_front();
+        }
+        recent.push_back(error);
+    }
+
+    pub(crate) fn record_prefetch(&self, worker: usize, bytes: u64) {
+        lock(&self.prefetched).insert(worker, bytes);
+        self.max_prefetched.fetch_max(bytes, Ordering::Relaxed);
+    }
+}
