@@ -26,6 +26,7 @@ harness: Tideline (E) vs plain differential (D) vs a hand-written loop (H), side
   --workload A,B      workloads to run (default: all): {WORKLOADS}
   --smoke             small input (100000 events), check agreement only: for CI
   --latency RATE      window result latency at RATE events/s (real time), p50/p99
+  --state-size KEYS   bytes per live window state entry, with KEYS keys live at once
   --child VARIANT     internal: run one variant (E, D or H) of one workload and print JSON
 ";
 
@@ -37,6 +38,7 @@ fn main() -> ExitCode {
     let mut smoke = false;
     let mut child: Option<String> = None;
     let mut latency: Option<u64> = None;
+    let mut state_size: Option<u64> = None;
     while let Some(flag) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| fail(&format!("{flag} needs a value")));
         match flag.as_str() {
@@ -45,6 +47,9 @@ fn main() -> ExitCode {
             "--workload" => selected = Some(value().split(',').map(String::from).collect()),
             "--smoke" => smoke = true,
             "--child" => child = Some(value()),
+            "--state-size" => {
+                state_size = Some(value().parse().unwrap_or_else(|_| fail("--state-size expects a number")))
+            }
             "--latency" => latency = Some(value().parse().unwrap_or_else(|_| fail("--latency expects events/s"))),
             "--help" => {
                 let names: Vec<&str> = workloads().iter().map(|w| w.name).collect();
@@ -56,6 +61,15 @@ fn main() -> ExitCode {
     }
     if smoke {
         events = events.min(100_000);
+    }
+    if let Some(keys) = state_size {
+        let (entries, bytes) = tideline_benches::windows::state_size(keys);
+        println!(
+            "window state: {entries} live entries (u64 key, count) took {:.1} MB above the input: {:.0} bytes per entry",
+            bytes as f64 / 1e6,
+            bytes as f64 / entries.max(1) as f64
+        );
+        return ExitCode::SUCCESS;
     }
     if let Some(rate) = latency {
         let (window_ms, seconds, keys) = (100, 20, 10_000);

@@ -10,11 +10,10 @@ use tideline::late::LatePolicy;
 use tideline::metrics::StateMetrics;
 use tideline::prelude::*;
 use tideline::run::{Cluster, execute};
-use tideline::sink::Collected;
 use tideline::source::{SourceConfig, memory};
 use tideline::timely::dataflow::operators::probe::Handle;
 
-use crate::{BOUND_MS, JITTER_MS, Kind, PARTITIONS, Rows};
+use crate::{BOUND_MS, Digest, DigestInto, JITTER_MS, Kind, PARTITIONS};
 
 /// A record of either side: `(is_left, value)`; left records introduce a key (a new person,
 /// a new auction), right records reference a recent one (an auction's seller, a bid's
@@ -68,8 +67,8 @@ fn config() -> SourceConfig {
 
 /// E: the Tideline pipeline. Returns the rows and, where the operator reports it, its peak
 /// live state entries.
-pub fn engine(kind: Kind, input: &Arc<Vec<Vec<Ref>>>, workers: usize) -> (Rows, Option<u64>) {
-    let results = Collected::new();
+pub fn engine(kind: Kind, input: &Arc<Vec<Vec<Ref>>>, workers: usize) -> (Digest, Option<u64>) {
+    let results = Digest::default();
     let state = StateMetrics::new();
     let (r, s, input) = (results.clone(), Arc::clone(&state), Arc::clone(input));
     execute(&Cluster::threads(workers), move |worker| {
@@ -84,31 +83,27 @@ pub fn engine(kind: Kind, input: &Arc<Vec<Vec<Ref>>>, workers: usize) -> (Rows, 
                     .state_metrics(s)
                     .inner()
                     .map(|(w, l, r)| [w.start, l.key, l.value, r.value])
-                    .collect_into(&r),
+                    .digest_into(&r),
                 Kind::Join => left
                     .map(|e| (e.key, e.value))
                     .inner_join(right.map(|e| (e.key, e.value)))
                     .map(|(key, (l, r))| [key, l, r, 0])
-                    .collect_into(&r),
+                    .digest_into(&r),
                 _ => unreachable!("not a join"),
             }
         });
         while worker.step_or_park(None) {}
     })
     .expect("engine run");
-    let rows = expand(results.contents());
+    let rows = results;
     let entries = matches!(kind, Kind::WindowJoin(_)).then(|| state.peak_per_worker() * workers as u64);
     (rows, entries)
 }
 
-fn expand(contents: Vec<([u64; 4], isize)>) -> Rows {
-    contents.into_iter().flat_map(|(row, n)| std::iter::repeat_n(row, n.max(0) as usize)).collect()
-}
-
 /// D: the same computation written directly against differential: input sessions fed per
 /// worker with per-partition watermarks, and `join`.
-pub fn differential(kind: Kind, input: &Arc<Vec<Vec<Ref>>>, workers: usize) -> Rows {
-    let results = Collected::new();
+pub fn differential(kind: Kind, input: &Arc<Vec<Vec<Ref>>>, workers: usize) -> Digest {
+    let results = Digest::default();
     let (r, input) = (results.clone(), Arc::clone(input));
     execute(&Cluster::threads(workers), move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
@@ -119,8 +114,8 @@ pub fn differential(kind: Kind, input: &Arc<Vec<Vec<Ref>>>, workers: usize) -> R
             let (rights, right) = scope.new_collection::<((u64, u64), u64), isize>();
             let rows = left.join(right);
             match kind {
-                Kind::Join => rows.map(|((key, _), (l, r))| [key, l, r, 0]).probe_with(&probe).collect_into(&r),
-                _ => rows.map(|((key, start), (l, r))| [start, key, l, r]).probe_with(&probe).collect_into(&r),
+                Kind::Join => rows.map(|((key, _), (l, r))| [key, l, r, 0]).probe_with(&probe).digest_into(&r),
+                _ => rows.map(|((key, start), (l, r))| [start, key, l, r]).probe_with(&probe).digest_into(&r),
             }
             (lefts, rights)
         });
@@ -177,16 +172,22 @@ pub fn differential(kind: Kind, input: &Arc<Vec<Vec<Ref>>>, workers: usize) -> R
         }
     })
     .expect("differential run");
-    expand(results.contents())
+    results
 }
 
 type Fast = foldhash::fast::FixedState;
 
+/// A join row: `[window start, key, left, right]`, or `[key, left, right, 0]` for the unbounded
+/// join, whose rows carry no window.
+fn row(kind: Kind, [start, key]: [u64; 2], left: u64, right: u64) -> [u64; 4] {
+    if kind == Kind::Join { [key, left, right, 0] } else { [start, key, left, right] }
+}
+
 /// H: a hand-written single-threaded loop: partitions read round-robin with per-partition
 /// watermarks; a symmetric hash join (per window for the window join, whose windows are
 /// emitted and dropped as the watermark passes their end).
-pub fn hand_written(kind: Kind, input: &Arc<Vec<Vec<Ref>>>) -> Rows {
-    let mut out = Vec::new();
+pub fn hand_written(kind: Kind, input: &Arc<Vec<Vec<Ref>>>) -> Digest {
+    let out = Digest::default();
     // Per window start (0 for the unbounded join): key → (left values, right values).
     let mut state: BTreeMap<u64, HashMap<u64, (Vec<u64>, Vec<u64>), Fast>> = BTreeMap::new();
     let mut positions = vec![0usize; input.len()];
@@ -207,10 +208,10 @@ pub fn hand_written(kind: Kind, input: &Arc<Vec<Vec<Ref>>>) -> Rows {
                 let (lefts, rights) = state.entry(start).or_default().entry(event.key).or_default();
                 let (value, start_key) = (event.value.1, [start, event.key]);
                 if event.value.0 {
-                    out.extend(rights.iter().map(|r| [start_key[0], start_key[1], value, *r]));
+                    rights.iter().for_each(|r| out.add(&row(kind, start_key, value, *r), 1));
                     lefts.push(value);
                 } else {
-                    out.extend(lefts.iter().map(|l| [start_key[0], start_key[1], *l, value]));
+                    lefts.iter().for_each(|l| out.add(&row(kind, start_key, *l, value), 1));
                     rights.push(value);
                 }
             }
@@ -232,12 +233,6 @@ pub fn hand_written(kind: Kind, input: &Arc<Vec<Vec<Ref>>>) -> Rows {
         }
         if !any {
             break;
-        }
-    }
-    if kind == Kind::Join {
-        // The unbounded join's rows carry no window: [key, left, right, 0].
-        for row in &mut out {
-            *row = [row[1], row[2], row[3], 0];
         }
     }
     out

@@ -9,12 +9,11 @@ use tideline::late::LatePolicy;
 use tideline::metrics::StateMetrics;
 use tideline::prelude::*;
 use tideline::run::{Cluster, execute};
-use tideline::sink::Collected;
 use tideline::source::{SourceConfig, memory};
 use tideline::timely::dataflow::operators::probe::Handle;
 use tideline::window::aggregate::Count;
 
-use crate::{BOUND_MS, Bid, JITTER_MS, PARTITIONS, Rows};
+use crate::{BOUND_MS, Bid, Digest, DigestInto, JITTER_MS, PARTITIONS};
 
 /// Session gap and dedup horizon (ms).
 pub const GAP_MS: u64 = 10_000;
@@ -63,8 +62,8 @@ fn config() -> SourceConfig {
 }
 
 /// E: the Tideline pipeline.
-pub fn engine(op: Op, input: &Arc<Vec<Vec<Bid>>>, workers: usize) -> (Rows, u64) {
-    let results = Collected::new();
+pub fn engine(op: Op, input: &Arc<Vec<Vec<Bid>>>, workers: usize) -> (Digest, u64) {
+    let results = Digest::default();
     let state = StateMetrics::new();
     let (r, s, input) = (results.clone(), Arc::clone(&state), Arc::clone(input));
     execute(&Cluster::threads(workers), move |worker| {
@@ -77,7 +76,7 @@ pub fn engine(op: Op, input: &Arc<Vec<Vec<Bid>>>, workers: usize) -> (Rows, u64)
                     .state_metrics(s)
                     .aggregate(Count)
                     .map(|r| [r.window.start, r.window.end, r.key, r.value as u64])
-                    .collect_into(&r),
+                    .digest_into(&r),
                 Op::Dedup => bids
                     .map(|b| Event::new(b.time, (b.key, b.value), ()))
                     .dedup(Duration::from_millis(GAP_MS))
@@ -85,14 +84,13 @@ pub fn engine(op: Op, input: &Arc<Vec<Vec<Bid>>>, workers: usize) -> (Rows, u64)
                     .state_metrics(s)
                     .build()
                     .map(|e| [e.key.0, e.key.1, e.time, 0])
-                    .collect_into(&r),
+                    .digest_into(&r),
             }
         });
         while worker.step_or_park(None) {}
     })
     .expect("engine run");
-    let rows = results.contents().into_iter().map(|(row, _)| row).collect();
-    (rows, state.peak_per_worker() * workers as u64)
+    (results, state.peak_per_worker() * workers as u64)
 }
 
 /// Sessions of sorted times: `(start, last, count)`.
@@ -129,8 +127,8 @@ fn last_per_horizon(times: &[Time]) -> Vec<Time> {
 /// D: written directly against differential: each worker feeds its partitions into an input
 /// session at the watermark (coarse times keep differential's work per time down), and a
 /// `reduce` per key recomputes the key's sessions (or horizon groups) from its history.
-pub fn differential(op: Op, input: &Arc<Vec<Vec<Bid>>>, workers: usize) -> Rows {
-    let results = Collected::new();
+pub fn differential(op: Op, input: &Arc<Vec<Vec<Bid>>>, workers: usize) -> Digest {
+    let results = Digest::default();
     let (r, input) = (results.clone(), Arc::clone(input));
     execute(&Cluster::threads(workers), move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
@@ -153,7 +151,7 @@ pub fn differential(op: Op, input: &Arc<Vec<Vec<Bid>>>, workers: usize) -> Rows 
                     }
                 }
             });
-            rows.map(|(_, row)| row).probe_with(&probe).collect_into(&r);
+            rows.map(|(_, row)| row).probe_with(&probe).digest_into(&r);
             session
         });
         let mine: Vec<&Vec<Bid>> =
@@ -203,7 +201,7 @@ pub fn differential(op: Op, input: &Arc<Vec<Vec<Bid>>>, workers: usize) -> Rows 
         }
     })
     .expect("differential run");
-    results.contents().into_iter().flat_map(|(row, n)| std::iter::repeat_n(row, n.max(0) as usize)).collect()
+    results
 }
 
 type Fast = foldhash::fast::FixedState;
@@ -212,8 +210,8 @@ type Fast = foldhash::fast::FixedState;
 /// sessions (merged as out-of-order bids arrive), emitted once the watermark passes
 /// `last + gap`; per (user, item), its horizon groups, emitted once the watermark passes
 /// their end.
-pub fn hand_written(op: Op, input: &Arc<Vec<Vec<Bid>>>) -> Rows {
-    let mut out = Vec::new();
+pub fn hand_written(op: Op, input: &Arc<Vec<Vec<Bid>>>) -> Digest {
+    let out = Digest::default();
     // Sessions: user → sorted open sessions (start, last, count).
     let mut open: HashMap<u64, Vec<(Time, Time, u64)>, Fast> = HashMap::default();
     // Dedup: (user, item) → sorted distinct times not yet emitted.
@@ -278,7 +276,7 @@ pub fn hand_written(op: Op, input: &Arc<Vec<Vec<Bid>>>) -> Rows {
                         // Close the sessions whose gap the watermark has passed.
                         sessions.retain(|&(start, last, count)| {
                             if last + GAP_MS <= watermark {
-                                out.push([start, last + GAP_MS, key, count]);
+                                out.add(&[start, last + GAP_MS, key, count], 1);
                                 false
                             } else {
                                 true
@@ -297,7 +295,7 @@ pub fn hand_written(op: Op, input: &Arc<Vec<Vec<Bid>>>) -> Rows {
                                 break;
                             }
                             let end = times.partition_point(|t| *t < start + GAP_MS);
-                            out.push([key, value, times[end - 1], 0]);
+                            out.add(&[key, value, times[end - 1], 0], 1);
                             times.drain(..end);
                         }
                         if times.is_empty() {

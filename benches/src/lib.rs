@@ -3,9 +3,8 @@
 //! hand-written loop (H).
 
 use std::collections::BTreeMap;
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
@@ -13,6 +12,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use tideline::prelude::*;
 use tideline::run::{Cluster, execute};
+use tideline::sink::{SinkHandle, SinkParallelism, SinkWriter};
 use tideline::source::SourceConfig;
 use tideline::timely::dataflow::operators::probe::Handle;
 use tideline::window::aggregate::Count;
@@ -182,21 +182,65 @@ impl Measurement {
     }
 }
 
-fn memory_kb(field: &str) -> u64 {
+pub(crate) fn memory_kb(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
         .unwrap_or(0)
 }
 
-/// Output rows, four numbers each (what they mean depends on the workload), in any order.
-pub type Rows = Vec<[u64; 4]>;
+/// An output row: four numbers (what they mean depends on the workload).
+pub type Row = [u64; 4];
 
-fn digest(mut rows: Rows) -> (u64, u64) {
-    rows.sort_unstable();
-    let mut hasher = DefaultHasher::new();
-    rows.hash(&mut hasher);
-    (rows.len() as u64, hasher.finish())
+/// An order-independent digest of the output multiset: the number of rows and the wrapping sum
+/// of their hashes (times their multiplicities). Outputs are digested as they are produced, not
+/// kept, so that memory figures measure state rather than collected results.
+#[derive(Clone, Debug, Default)]
+pub struct Digest(Arc<Mutex<(i64, u64)>>);
+
+impl Digest {
+    /// Adds `row` with multiplicity `diff`.
+    pub fn add(&self, row: &Row, diff: isize) {
+        let hash = foldhash::fast::FixedState::with_seed(7).hash_one(row);
+        let mut state = self.0.lock().expect("digest lock");
+        state.0 += diff as i64;
+        state.1 = state.1.wrapping_add(hash.wrapping_mul(diff as u64));
+    }
+
+    /// `(rows, hash)`.
+    pub fn get(&self) -> (u64, u64) {
+        let state = self.0.lock().expect("digest lock");
+        (state.0.max(0) as u64, state.1)
+    }
+}
+
+impl SinkWriter<Row> for Digest {
+    fn write(&mut self, _time: Time, updates: &[(Row, isize)]) -> tideline::Result<()> {
+        let mut state = self.0.lock().expect("digest lock");
+        for (row, diff) in updates {
+            let hash = foldhash::fast::FixedState::with_seed(7).hash_one(row);
+            state.0 += *diff as i64;
+            state.1 = state.1.wrapping_add(hash.wrapping_mul(*diff as u64));
+        }
+        Ok(())
+    }
+
+    fn advance(&mut self, _frontier: Option<Time>) -> tideline::Result<()> {
+        Ok(())
+    }
+}
+
+/// Sends a collection of rows to a [`Digest`] (a sink on every worker).
+pub trait DigestInto {
+    /// Digests the collection's changelog into `digest`.
+    fn digest_into(self, digest: &Digest);
+}
+
+impl DigestInto for VecCollection<'_, Time, Row> {
+    fn digest_into(self, digest: &Digest) {
+        let digest = digest.clone();
+        self.sink_with(&SinkHandle::new("digest"), SinkParallelism::PerWorker, move |_, _| Some(digest));
+    }
 }
 
 /// Runs one variant of `workload` on freshly generated input and measures it.
@@ -238,7 +282,7 @@ pub fn run_variant(workload: &Workload, variant: &str, events: u64, workers: usi
         (_, other) => panic!("unknown variant {other}"),
     };
     let seconds = started.elapsed().as_secs_f64();
-    let (outputs, hash) = digest(rows);
+    let (outputs, hash) = rows.get();
     Measurement {
         variant: variant.to_string(),
         events,

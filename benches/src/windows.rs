@@ -10,21 +10,20 @@ use tideline::late::LatePolicy;
 use tideline::metrics::StateMetrics;
 use tideline::prelude::*;
 use tideline::run::{Cluster, execute};
-use tideline::sink::Collected;
 use tideline::source::{SourceConfig, memory};
 use tideline::timely::dataflow::operators::probe::Handle;
 use tideline::window::aggregate::Count;
 
-use crate::{BOUND_MS, Bid, Rows};
+use crate::{BOUND_MS, Bid, Digest, DigestInto};
 
 fn spec(size: u64, slide: u64) -> WindowSpec {
     WindowSpec::sliding(Duration::from_millis(size), Duration::from_millis(slide)).expect("valid window")
 }
 
 /// E: the Tideline pipeline.
-pub fn engine(size: u64, slide: u64, input: &Arc<Vec<Vec<Bid>>>, workers: usize) -> (Rows, u64) {
+pub fn engine(size: u64, slide: u64, input: &Arc<Vec<Vec<Bid>>>, workers: usize) -> (Digest, u64) {
     let spec = spec(size, slide);
-    let results = Collected::new();
+    let results = Digest::default();
     let state = StateMetrics::new();
     let (r, s, input) = (results.clone(), Arc::clone(&state), Arc::clone(input));
     execute(&Cluster::threads(workers), move |worker| {
@@ -39,20 +38,19 @@ pub fn engine(size: u64, slide: u64, input: &Arc<Vec<Vec<Bid>>>, workers: usize)
                 .state_metrics(s)
                 .aggregate(Count)
                 .map(|r| [r.window.start, r.key, r.value as u64, 0])
-                .collect_into(&r);
+                .digest_into(&r);
         });
         while worker.step_or_park(None) {}
     })
     .expect("engine run");
-    let rows = results.contents().into_iter().map(|(row, _)| row).collect();
-    (rows, state.peak_per_worker() * workers as u64)
+    (results, state.peak_per_worker() * workers as u64)
 }
 
 /// D: the same computation written directly against differential: each worker feeds its
 /// partitions into an input session, each record at its window's last instant, and counts
 /// with `count_total`.
-pub fn differential(size: u64, slide: u64, input: &Arc<Vec<Vec<Bid>>>, workers: usize) -> Rows {
-    let results = Collected::new();
+pub fn differential(size: u64, slide: u64, input: &Arc<Vec<Vec<Bid>>>, workers: usize) -> Digest {
+    let results = Digest::default();
     let (r, input) = (results.clone(), Arc::clone(input));
     execute(&Cluster::threads(workers), move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
@@ -64,7 +62,7 @@ pub fn differential(size: u64, slide: u64, input: &Arc<Vec<Vec<Bid>>>, workers: 
                 .count_total()
                 .map(|((start, key), count)| [start, key, count as u64, 0])
                 .probe_with(&probe)
-                .collect_into(&r);
+                .digest_into(&r);
             session
         });
         let mine: Vec<&Vec<Bid>> =
@@ -120,16 +118,16 @@ pub fn differential(size: u64, slide: u64, input: &Arc<Vec<Vec<Bid>>>, workers: 
         }
     })
     .expect("differential run");
-    results.contents().into_iter().map(|(row, _)| row).collect()
+    results
 }
 
 /// H: a hand-written single-threaded loop: partitions read round-robin, per-partition
 /// watermarks, counts in hash maps per window, each window emitted and dropped when the
 /// watermark (minimum over partitions) passes its end.
-pub fn hand_written(size: u64, slide: u64, input: &Arc<Vec<Vec<Bid>>>) -> Rows {
+pub fn hand_written(size: u64, slide: u64, input: &Arc<Vec<Vec<Bid>>>) -> Digest {
     // A good hand-written loop: the same fast hasher the engine uses.
     let mut windows: BTreeMap<u64, HashMap<u64, i64, foldhash::fast::FixedState>> = BTreeMap::new();
-    let mut out = Vec::new();
+    let out = Digest::default();
     let mut positions = vec![0usize; input.len()];
     let mut max_seen = vec![0u64; input.len()];
     loop {
@@ -163,11 +161,58 @@ pub fn hand_written(size: u64, slide: u64, input: &Arc<Vec<Vec<Bid>>>) -> Rows {
                 break;
             }
             let (start, counts) = entry.remove_entry();
-            out.extend(counts.into_iter().map(|(key, count)| [start, key, count as u64, 0]));
+            counts.into_iter().for_each(|(key, count)| out.add(&[start, key, count as u64, 0], 1));
         }
         if !any {
             break;
         }
     }
     out
+}
+
+/// Memory per live window state entry: `keys` distinct keys counted in one tumbling hour, all
+/// live until the input ends. Resident memory is sampled while the window is filling and
+/// before it emits anything, so output buffers do not count. Returns (live entries, memory
+/// above the input in bytes at that point).
+pub fn state_size(keys: u64) -> (u64, u64) {
+    let input: Vec<Vec<Bid>> = (0..crate::PARTITIONS as u64)
+        .map(|p| {
+            (p..keys)
+                .step_by(crate::PARTITIONS)
+                .map(|k| Event::new(1_767_225_600_000 + k * 1_000 / keys, k, 1))
+                .collect()
+        })
+        .collect();
+    let input = Arc::new(input);
+    let baseline = crate::memory_kb("VmRSS:");
+    let results = Digest::default();
+    let state = StateMetrics::new();
+    let sampled = Arc::new(std::sync::Mutex::new((0u64, 0u64)));
+    let (r, s, i, m) = (results.clone(), Arc::clone(&state), Arc::clone(&input), Arc::clone(&sampled));
+    execute(&Cluster::threads(1), move |worker| {
+        let (r2, s2, i) = (r.clone(), Arc::clone(&s), Arc::clone(&i));
+        let spec = spec(3_600_000, 3_600_000);
+        worker.dataflow::<Time, _, _>(move |scope| {
+            let config = SourceConfig::new("keys")
+                .watermarks(WatermarkStrategy::bounded_out_of_orderness(Duration::from_millis(BOUND_MS)))
+                .late(LatePolicy::Drop);
+            memory::from_partitions(scope, config, i)
+                .data
+                .windows(spec)
+                .state_metrics(s2)
+                .aggregate(Count)
+                .map(|r| [r.window.start, r.key, r.value as u64, 0])
+                .digest_into(&r2);
+        });
+        while worker.step_or_park(None) {
+            let entries = s.total();
+            if r.get().0 == 0 && entries > m.lock().expect("lock").0 {
+                *m.lock().expect("lock") = (entries, crate::memory_kb("VmRSS:"));
+            }
+        }
+    })
+    .expect("state size run");
+    assert_eq!(results.get().0, keys, "every key counted");
+    let (entries, rss) = *sampled.lock().expect("lock");
+    (entries, rss.saturating_sub(baseline) * 1_000)
 }

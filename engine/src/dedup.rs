@@ -328,7 +328,9 @@ impl<K: ExchangeData, V: ExchangeData> DedupLogic<K, V> {
             if self.keep == Keep::Last && self.emit == Emit::Final && end - 1 > time {
                 out.schedule(end - 1, (key.clone(), start));
             }
-            let release = end.saturating_add(self.allowed_lateness) - 1;
+            // Filed by bucket (rounded up), so that one expiry entry serves many groups: a group
+            // released a little later than it could be changes nothing downstream.
+            let release = (end.saturating_add(self.allowed_lateness) - 1) | (PRUNE_BUCKET_MS - 1);
             self.expiries.entry(release).or_default().push((key.clone(), start));
 
             let Some((next, values)) = state.events.range(end..).next() else { break };

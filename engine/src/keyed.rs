@@ -96,21 +96,28 @@ where
     let operator = name.to_string();
     let output = updates.unary_frontier(exchange, name, move |_capability, _info| {
         let mut times: BTreeMap<Time, Slot<L::Input, L::Timer>> = BTreeMap::new();
+        let mut staged: crate::FastMap<Time, (Capability<Time>, Vec<(L::Input, isize)>)> = Default::default();
         let mut step = StepOutput { timers: Vec::new(), updates: Vec::new() };
         move |(input, frontier), output| {
+            // Stage this activation's updates by time in a hash map (many updates share a few
+            // times), then file each time once in the ordered map.
             input.for_each(|capability, data| {
                 for (datum, time, diff) in data.drain(..) {
-                    times
+                    staged
                         .entry(time)
-                        .or_insert_with(|| Slot {
-                            capability: capability.delayed(&time, 0),
-                            inputs: Vec::new(),
-                            timers: Vec::new(),
-                        })
-                        .inputs
+                        .or_insert_with(|| (capability.delayed(&time, 0), Vec::new()))
+                        .1
                         .push((datum, diff));
                 }
             });
+            for (time, (capability, mut inputs)) in staged.drain() {
+                match times.entry(time) {
+                    std::collections::btree_map::Entry::Occupied(mut slot) => slot.get_mut().inputs.append(&mut inputs),
+                    std::collections::btree_map::Entry::Vacant(slot) => {
+                        slot.insert(Slot { capability, inputs, timers: Vec::new() });
+                    }
+                }
+            }
 
             while let Some(entry) = times.first_entry() {
                 if frontier.less_equal(entry.key()) {
