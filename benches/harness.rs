@@ -25,7 +25,8 @@ harness: Tideline (E) vs plain differential (D) vs a hand-written loop (H), side
   --workers W         worker threads for E and D (default 1)
   --workload A,B      workloads to run (default: all): {WORKLOADS}
   --smoke             small input (100000 events), check agreement only: for CI
-  --latency RATE      window result latency at RATE events/s (real time), p50/p99
+  --latency RATE      window result latency at RATE events/s (real time), p50/p99;
+                      `auto`: at half the pipeline's measured maximum rate
   --state-size KEYS   bytes per live window state entry, with KEYS keys live at once
   --child VARIANT     internal: run one variant (E, D or H) of one workload and print JSON
 ";
@@ -50,7 +51,14 @@ fn main() -> ExitCode {
             "--state-size" => {
                 state_size = Some(value().parse().unwrap_or_else(|_| fail("--state-size expects a number")))
             }
-            "--latency" => latency = Some(value().parse().unwrap_or_else(|_| fail("--latency expects events/s"))),
+            "--latency" => {
+                let text = value();
+                latency = Some(if text == "auto" {
+                    0
+                } else {
+                    text.parse().unwrap_or_else(|_| fail("--latency expects events/s or auto"))
+                });
+            }
             "--help" => {
                 let names: Vec<&str> = workloads().iter().map(|w| w.name).collect();
                 println!("{}", USAGE.replace("{WORKLOADS}", &names.join(", ")));
@@ -71,8 +79,18 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    if let Some(rate) = latency {
+    if let Some(mut rate) = latency {
         let (window_ms, seconds, keys) = (100, 20, 10_000);
+        if rate == 0 {
+            // auto: measure the pipeline's maximum rate (asking for far more than it can do),
+            // then run at half of it.
+            let asked = 200_000_000;
+            let started = Instant::now();
+            let _ = tideline_benches::window_latency(asked, window_ms, 1, keys);
+            let max = (asked as f64 / started.elapsed().as_secs_f64()) as u64;
+            rate = max / 2;
+            println!("window latency: the pipeline's maximum is {max} events/s; measuring at half, {rate} events/s");
+        }
         println!(
             "window latency: tumbling {window_ms} ms count over {keys} keys, {rate} events/s in real time for {seconds} s"
         );

@@ -59,16 +59,18 @@ pub const GENERATED_BASE_TIME: Time = 1_767_225_600_000;
 pub const GENERATED_PARTITIONS: usize = 4;
 
 /// The built-in data set: `events` sensor readings over [`GENERATED_PARTITIONS`] partitions,
-/// about 1000 events per second of event time, 50 keys, out of order by up to 3 s, with one
-/// record in a thousand held back 5–30 s (late under a 5 s out-of-orderness bound).
-/// Deterministic: the same `events` always give the same records.
+/// 1000 events per second of event time (reading `n` of the whole set happens at
+/// `GENERATED_BASE_TIME + n` ms, and partition `p` holds the readings `n ≡ p`), 50 keys, out
+/// of order by up to 3 s, with one record in a thousand held back 5–30 s (late under a 5 s
+/// out-of-orderness bound). Deterministic: the same `events` always give the same records, and
+/// reading the partitions round-robin gives the data set as one ordered stream (what
+/// `window_agg --write-input` writes).
 pub fn generated_partition(partition: usize, events: u64) -> impl Iterator<Item = InputRow> + 'static {
-    let share =
-        events / GENERATED_PARTITIONS as u64 + u64::from((partition as u64) < events % GENERATED_PARTITIONS as u64);
+    let partitions = GENERATED_PARTITIONS as u64;
+    let share = events / partitions + u64::from((partition as u64) < events % partitions);
     let mut rng = SmallRng::seed_from_u64(0x71de_u64 ^ partition as u64);
-    let mut clock = GENERATED_BASE_TIME;
-    (0..share).map(move |_| {
-        clock += rng.gen_range(0..=GENERATED_PARTITIONS as u64 * 2);
+    (0..share).map(move |i| {
+        let clock = GENERATED_BASE_TIME + i * partitions + partition as u64;
         let mut time = clock.saturating_sub(rng.gen_range(0..3_000));
         if rng.gen_ratio(1, 1_000) {
             time = clock.saturating_sub(rng.gen_range(5_000..30_000));
