@@ -37,7 +37,8 @@ USAGE:
   kafka_pipeline --brokers HOST:PORT [TOPICS] [WINDOWS] [--bounded] [-w N]
 
   --brokers HOST:PORT     bootstrap servers (comma-separated); other client properties with
-                          --set KEY=VALUE (e.g. --set security.protocol=SASL_SSL)
+                          --set KEY=VALUE (e.g. --set security.protocol=SASL_SSL, which
+                          needs a build with --features kafka-ssl)
 
 GENERATE (then exit):
   --generate N            produce N generated sensor readings to --input (the window_agg data

@@ -185,6 +185,12 @@ fn parse(args: Vec<String>) -> Result<Option<Options>, Usage> {
     if late_output.is_some() && policy == LatePolicy::Drop {
         return Err(Usage("--late drop and --late-output contradict each other: use --late side or accept".into()));
     }
+    if late_output.is_none() && policy == LatePolicy::SideOutput {
+        return Err(Usage(
+            "--late side needs --late-output LATE.csv to write the late records to (or --late drop to count and drop them)"
+                .into(),
+        ));
+    }
     Ok(Some(Options {
         input,
         events,
@@ -459,10 +465,15 @@ fn run(cluster: Cluster, options: Options) -> Result<(), String> {
             LatePolicy::Drop => format!("{} late dropped", totals.late_dropped),
             LatePolicy::SideOutput => format!("{} late to the side output", totals.late_side_output),
             LatePolicy::Accept { allowed_lateness } => format!(
-                "{} late accepted within {}, {} too late to the side output",
+                "{} late accepted within {}, {} too late {}",
                 totals.late_accepted,
                 format_duration(allowed_lateness),
-                totals.late_side_output
+                totals.late_side_output,
+                if options.late_output.is_some() {
+                    "to the side output"
+                } else {
+                    "and not written anywhere (add --late-output LATE.csv to keep them)"
+                }
             ),
         };
         eprintln!(

@@ -22,7 +22,7 @@ fn watermarks(c: &mut Criterion) {
             let mut accepted = 0u64;
             for i in 0..records {
                 let slot = slots[(i % 8) as usize];
-                let time = i * 3 - (i * 7919) % 40;
+                let time = i * 3 + 40 - (i * 7919) % 40;
                 let generator = tracker.touch(slot, now, 0);
                 if policy.decide(time, generator.watermark()) != tideline::late::LateDecision::Drop {
                     generator.observe(time);

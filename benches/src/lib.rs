@@ -14,7 +14,6 @@ use tideline::prelude::*;
 use tideline::run::{Cluster, execute};
 use tideline::sink::{SinkHandle, SinkParallelism, SinkWriter};
 use tideline::source::SourceConfig;
-use tideline::timely::dataflow::operators::probe::Handle;
 use tideline::window::aggregate::Count;
 
 pub mod joins;
@@ -146,9 +145,12 @@ pub struct Measurement {
     pub workers: usize,
     /// Wall-clock seconds of the computation (input generation excluded).
     pub seconds: f64,
+    /// Wall-clock seconds spent generating the input (single-threaded, before the run).
+    #[serde(default)]
+    pub generate_seconds: f64,
     /// Number of output rows (window, key, count).
     pub outputs: u64,
-    /// Hash of the sorted output rows.
+    /// Order-independent digest of the output multiset (see [`Digest`]).
     pub hash: u64,
     /// Resident memory after generating the input (kB).
     pub baseline_kb: u64,
@@ -245,6 +247,7 @@ impl DigestInto for VecCollection<'_, Time, Row> {
 
 /// Runs one variant of `workload` on freshly generated input and measures it.
 pub fn run_variant(workload: &Workload, variant: &str, events: u64, workers: usize) -> Measurement {
+    let generating = Instant::now();
     let bids = match workload.kind {
         Kind::Windows(..) => Some(Arc::new(generate(InputShape::bids(events)))),
         Kind::Sessions | Kind::Dedup => Some(Arc::new(keyed::generate(events))),
@@ -252,6 +255,7 @@ pub fn run_variant(workload: &Workload, variant: &str, events: u64, workers: usi
     };
     let refs = matches!(workload.kind, Kind::WindowJoin(_) | Kind::Join).then(|| Arc::new(joins::generate(events)));
     let op = if workload.kind == Kind::Sessions { keyed::Op::Sessions } else { keyed::Op::Dedup };
+    let generate_seconds = generating.elapsed().as_secs_f64();
     let baseline_kb = memory_kb("VmRSS:");
     let started = Instant::now();
     let (rows, entries, workers) = match (workload.kind, variant) {
@@ -288,6 +292,7 @@ pub fn run_variant(workload: &Workload, variant: &str, events: u64, workers: usi
         events,
         workers,
         seconds,
+        generate_seconds,
         outputs,
         hash,
         baseline_kb,
@@ -348,7 +353,8 @@ pub fn window_latency(rate: u64, window_ms: u64, seconds: u64, keys: u64) -> Vec
     let latencies = Arc::new(std::sync::Mutex::new(Vec::new()));
     let l = Arc::clone(&latencies);
     execute(&Cluster::threads(1), move |worker| {
-        let output_probe = Handle::new();
+        let sink = SinkHandle::new("latency");
+        let sink_in = sink.clone();
         let arrivals: Rc<RefCell<BTreeMap<Time, Instant>>> = Rc::default();
         let seen = Rc::clone(&arrivals);
         let passed: Rc<RefCell<BTreeMap<Time, Instant>>> = Rc::default();
@@ -366,16 +372,29 @@ pub fn window_latency(rate: u64, window_ms: u64, seconds: u64, keys: u64) -> Vec
                 passed: marks,
                 next_end: (base / window_ms + 1) * window_ms,
             });
+            // The results go through a real sink: a window's result counts as arrived when the
+            // sink's writer is handed it (after the frontier has passed its time).
+            struct Stamp(Rc<RefCell<BTreeMap<Time, Instant>>>);
+            impl SinkWriter<WindowResult<u64, i64>> for Stamp {
+                fn write(&mut self, _time: Time, updates: &[(WindowResult<u64, i64>, isize)]) -> tideline::Result<()> {
+                    let now = Instant::now();
+                    let mut seen = self.0.borrow_mut();
+                    for (result, _) in updates {
+                        seen.entry(result.window.end).or_insert(now);
+                    }
+                    Ok(())
+                }
+                fn advance(&mut self, _frontier: Option<Time>) -> tideline::Result<()> {
+                    Ok(())
+                }
+            }
             streams
                 .data
                 .windows(WindowSpec::tumbling(Duration::from_millis(window_ms)).expect("valid"))
                 .aggregate(Count)
-                .inspect(move |(result, _, _)| {
-                    seen.borrow_mut().entry(result.window.end).or_insert_with(Instant::now);
-                })
-                .probe_with(&output_probe);
+                .sink_with(&sink_in, SinkParallelism::PerWorker, move |_, _| Some(Stamp(seen)));
         });
-        while !output_probe.done() {
+        while !sink.is_complete() {
             worker.step_or_park(Some(Duration::from_micros(100)));
         }
         let arrivals = arrivals.borrow();

@@ -316,6 +316,24 @@ impl<V: ExchangeData, O: ExchangeData> Aggregator<V> for Reduce<V, O> {
 /// DistinctCount.add(&mut acc, &5u32, -1);
 /// assert_eq!(DistinctCount.finish(&acc, 3), 2);
 /// ```
+/// # Event time
+///
+/// The count of a window (tumbling, sliding or session) and key is over the values of its
+/// records by event time, emitted as the window operator emits (`Final` or `Updates`).
+///
+/// # Late data
+///
+/// A record accepted late changes the set of values: the window emits a correction
+/// (retraction and insertion) only if the count changed.
+///
+/// # State
+///
+/// Per window and key, each distinct value with its multiplicity: `O(distinct values)`,
+/// released with the window. Pre-aggregation before the exchange merges these multisets.
+///
+/// # Checkpointing
+///
+/// Part of the window's state; see the window operator.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DistinctCount;
 
@@ -353,6 +371,25 @@ impl<V: ExchangeData> Aggregator<V> for DistinctCount {
 /// top.add(&mut acc, &9i64, -1);
 /// assert_eq!(top.finish(&acc, 4), vec![9, 7, 5]);
 /// ```
+/// # Event time
+///
+/// The ranking of a window (tumbling, sliding or session) and key is over the values of its
+/// records by event time, emitted as the window operator emits (`Final` or `Updates`).
+///
+/// # Late data
+///
+/// A record accepted late, or a retraction, changes the multiset of values: the window emits a
+/// correction only if the top `n` changed. Retractions are exact because every value is kept,
+/// not only the top `n`.
+///
+/// # State
+///
+/// Per window and key, each distinct value with its multiplicity (so that a retracted top
+/// value can be replaced), released with the window.
+///
+/// # Checkpointing
+///
+/// Part of the window's state; see the window operator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Top {
     n: usize,

@@ -107,9 +107,18 @@ fn oracle(accepted: &[(Ev, Time)], spec: WindowSpec, emit: Emit, lateness: u64) 
         .collect()
 }
 
+/// Several random streams per window kind: `(seed, partitions, records per partition, keys)`.
+const STREAMS: [(u64, usize, usize, u32); 3] = [(1, 3, 400, 6), (7, 1, 900, 3), (13, 5, 250, 20)];
+
 fn check(seed: u64, spec: WindowSpec) {
+    for (offset, partitions, per_partition, keys) in STREAMS {
+        check_stream(seed + offset, partitions, per_partition, keys, spec);
+    }
+}
+
+fn check_stream(seed: u64, partitions: usize, per_partition: usize, keys: u32, spec: WindowSpec) {
     let strategy = WatermarkStrategy::bounded_out_of_orderness(Duration::from_millis(60));
-    let partitions = Arc::new(random_partitions(seed, 3, 400, 6, 60, 12));
+    let partitions = Arc::new(random_partitions(seed, partitions, per_partition, keys, 60, 12));
     let policies =
         [LatePolicy::Drop, LatePolicy::SideOutput, LatePolicy::Accept { allowed_lateness: Duration::from_millis(150) }];
     for policy in policies {

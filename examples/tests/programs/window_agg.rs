@@ -335,6 +335,7 @@ fn bad_flags_and_bad_files_give_clear_errors() {
         (vec!["--tumbling".into(), "1s".into(), "-w".into(), "zero".into()], 2, "whole number"),
         (vec!["--tumbling".into(), "1s".into(), "-n".into(), "2".into(), "-p".into(), "5".into()], 2, "out of range"),
         (vec!["--session".into(), "0s".into()], 2, "a session gap must be at least 1ms"),
+        (vec!["--tumbling".into(), "1s".into(), "--late".into(), "side".into()], 2, "needs --late-output"),
         (
             vec!["--input".into(), dir.join("missing.csv").display().to_string(), "--tumbling".into(), "1s".into()],
             1,

@@ -1,0 +1,80 @@
+#![allow(missing_docs)] // criterion_group! generates undocumented functions
+//! Criterion benches of tables and rankings: an upsert table (latest value per key by event
+//! time, with tombstones) and top-N per window over window counts (q19's shape).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use tideline::prelude::*;
+use tideline::run::{Cluster, execute};
+use tideline::source::{SourceConfig, memory};
+use tideline::window::aggregate::Count;
+use tideline_benches::{Bid, Digest, DigestInto, InputShape, generate};
+
+fn config() -> SourceConfig {
+    SourceConfig::new("bids").watermarks(WatermarkStrategy::bounded_out_of_orderness(Duration::from_millis(200)))
+}
+
+/// Latest price per auction; one bid in 16 deletes its auction.
+fn upsert(input: &Arc<Vec<Vec<Bid>>>) -> Digest {
+    let digest = Digest::default();
+    let (d, input) = (digest.clone(), Arc::clone(input));
+    execute(&Cluster::threads(1), move |worker| {
+        let (d, input) = (d.clone(), Arc::clone(&input));
+        worker.dataflow::<Time, _, _>(move |scope| {
+            memory::from_partitions(scope, config(), input)
+                .data
+                .map(|b| Event::new(b.time, b.key, (b.value % 16 != 0).then_some(b.value)))
+                .upsert()
+                .table()
+                .into_collection()
+                .map(|(key, value)| [key, value, 0, 0])
+                .digest_into(&d);
+        });
+        while worker.step_or_park(None) {}
+    })
+    .expect("upsert run");
+    digest
+}
+
+/// The 10 busiest keys of each 1 s window.
+fn top_n(input: &Arc<Vec<Vec<Bid>>>) -> Digest {
+    let digest = Digest::default();
+    let (d, input) = (digest.clone(), Arc::clone(input));
+    execute(&Cluster::threads(1), move |worker| {
+        let (d, input) = (d.clone(), Arc::clone(&input));
+        worker.dataflow::<Time, _, _>(move |scope| {
+            memory::from_partitions(scope, config(), input)
+                .data
+                .tumbling(Duration::from_secs(1))
+                .aggregate(Count)
+                .top_n(10, |r: &WindowResult<u64, i64>| r.window, |r| r.value)
+                .release_at(|window: &Window| window.end)
+                .build()
+                .map(|r| [r.group.start, r.rank as u64, r.record.key, r.record.value as u64])
+                .digest_into(&d);
+        });
+        while worker.step_or_park(None) {}
+    })
+    .expect("top-n run");
+    digest
+}
+
+fn tables(c: &mut Criterion) {
+    let events = 100_000;
+    let input = Arc::new(generate(InputShape::bids(events)));
+    let mut group = c.benchmark_group("tables");
+    group.throughput(Throughput::Elements(events));
+    group.sample_size(10);
+    group.bench_function("upsert", |b| {
+        b.iter_batched(|| Arc::clone(&input), |input| upsert(&input), BatchSize::SmallInput)
+    });
+    group.bench_function("top-n per window", |b| {
+        b.iter_batched(|| Arc::clone(&input), |input| top_n(&input), BatchSize::SmallInput)
+    });
+    group.finish();
+}
+
+criterion_group!(benches, tables);
+criterion_main!(benches);
