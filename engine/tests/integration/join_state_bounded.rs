@@ -71,7 +71,7 @@ fn run(records: usize) -> Peaks {
 
 #[test]
 fn temporal_join_and_table_state_stays_flat_over_a_long_stream() {
-    let (short_len, long_len) = (1_000, 8_000);
+    let (short_len, long_len) = (5_000, 40_000);
     let short = run(short_len);
     let long = run(long_len);
     for (name, short, long) in [
