@@ -13,3 +13,4 @@ mod faults;
 mod idle_partitions;
 mod partitions;
 mod sink_formats;
+mod start_positions;
