@@ -7,9 +7,9 @@
 //! | q1 | currency conversion: bid prices in euros (× 0.908) | map |
 //! | q2 | selection: bids on auctions whose id is a multiple of 123 | filter |
 //! | q3 | local item suggestion: sellers in OR, ID or CA of auctions in category 10 | incremental inner join |
-//! | q5 | hot items: per sliding window (10 s, every 2 s), the auctions with the most bids | sliding windows, reduce |
+//! | q5 | hot items: per sliding window (10 s, every 2 s), the auctions with the most bids | sliding windows, then a tumbling window over their results |
 //! | q7 | highest bid: per tumbling 10 s window, the highest bid (ties: largest auction, bidder) | tumbling windows |
-//! | q8 | new users: people who opened an auction in the 10 s window in which they registered | window join |
+//! | q8 | new users: people who opened an auction in the 10 s window in which they registered | window join, then a tumbling count per person |
 //! | q11 | user sessions: each bidder's bids per session (10 s of inactivity closes a session) | session windows |
 //! | q18 | last bid: each bidder's last bid on each auction, per 10 s horizon | dedup (keep last) |
 //! | q19 | auction top 10: each auction's ten highest bids, ranked | top-N |
@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tideline::prelude::*;
-use tideline::window::aggregate::{Count, Max};
+use tideline::window::aggregate::{Count, Max, Multiset, Reduce};
 use tideline_connectors::nexmark::{Auction, Bid, NexmarkEvent, Person};
 
 /// The queries implemented here.
@@ -193,20 +193,28 @@ pub fn q3<'scope>(events: VecCollection<'scope, Time, NexmarkEvent>) -> VecColle
 }
 
 /// q5: per sliding window of 10 s every 2 s, the auctions with the most bids.
+///
+/// The hottest auctions of a window are picked by a second, 2 s tumbling window over the
+/// first one's results (each result at its window's last instant, keyed by the window), so
+/// both stages release their state as the watermark passes.
 pub fn q5<'scope>(events: VecCollection<'scope, Time, NexmarkEvent>) -> VecCollection<'scope, Time, Row> {
+    let hottest = Reduce::new(|counts: &Multiset<(i64, u64)>| {
+        let max = counts.largest().map(|(count, _)| *count).expect("non-empty");
+        counts.iter().filter(|((count, _), n)| *count == max && *n > 0).map(|(pair, _)| *pair).collect::<Vec<_>>()
+    });
     bids(events)
         .map(|b| Event::new(b.date_time, b.auction, ()))
         .sliding(Duration::from_secs(10), Duration::from_secs(2))
         .name("q5 bids per auction")
         .aggregate(Count)
-        .map(|r| (r.window.start, (r.value, r.key)))
-        .reduce_named("q5 hottest", |_window, counts, output| {
-            let max = counts.last().map(|((count, _), _)| *count).expect("non-empty");
-            for ((count, auction), _) in counts.iter().rev().take_while(|((c, _), _)| *c == max) {
-                output.push(((*count, *auction), 1));
-            }
+        .map(|r| Event::new(r.window.end - 1, r.window.start, (r.value, r.key)))
+        .tumbling(Duration::from_secs(2))
+        .name("q5 hottest")
+        .aggregate(hottest)
+        .flat_map(|r| {
+            let window_start = r.key;
+            r.value.into_iter().map(move |(count, auction)| Row::HotItem { window_start, auction, bids: count as u64 })
         })
-        .map(|(window_start, (count, auction))| Row::HotItem { window_start, auction, bids: count as u64 })
 }
 
 /// q7: per tumbling 10 s window, the highest bid.
@@ -223,6 +231,9 @@ pub fn q7<'scope>(events: VecCollection<'scope, Time, NexmarkEvent>) -> VecColle
 }
 
 /// q8: people who opened an auction in the tumbling 10 s window in which they registered.
+///
+/// A person with several auctions in the window is reported once: the join's pairs are
+/// counted per (window, person) in the same tumbling window, whose state is released with it.
 pub fn q8<'scope>(events: VecCollection<'scope, Time, NexmarkEvent>) -> VecCollection<'scope, Time, Row> {
     let people = persons(events.clone()).map(|p| Event::new(p.date_time, p.id, p.name));
     let sellers = auctions(events).map(|a| Event::new(a.date_time, a.seller, ()));
@@ -230,12 +241,14 @@ pub fn q8<'scope>(events: VecCollection<'scope, Time, NexmarkEvent>) -> VecColle
         .window_join(sellers, WindowSpec::tumbling(Duration::from_secs(10)).expect("valid window"))
         .name("q8 new sellers")
         .inner()
-        .map(|(window, person, _)| Row::NewSeller {
-            window_start: window.start,
-            person: person.key,
-            name: person.value,
+        .map(|(window, person, _)| Event::new(window.end - 1, (window.start, person.key, person.value), ()))
+        .tumbling(Duration::from_secs(10))
+        .name("q8 once per person")
+        .aggregate(Count)
+        .map(|r| {
+            let (window_start, person, name) = r.key;
+            Row::NewSeller { window_start, person, name }
         })
-        .distinct()
 }
 
 /// q11: each bidder's sessions of bids (a session ends after 10 s without a bid), counted.
