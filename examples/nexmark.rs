@@ -6,12 +6,13 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tideline::metrics::SourceMetrics;
 use tideline::prelude::*;
 use tideline::run::{CLUSTER_FLAGS_HELP, Cluster, execute};
-use tideline::sink::{Collected, SinkHandle};
+use tideline::sink::{SinkHandle, SinkParallelism, SinkWriter};
 use tideline::source::SourceConfig;
 use tideline_connectors::file::{FileSink, SinkMode};
 use tideline_connectors::nexmark::NexmarkSource;
@@ -91,20 +92,21 @@ fn main() -> ExitCode {
 
     let metrics = SourceMetrics::new(format!("nexmark {name}"));
     let handle = SinkHandle::new("output");
-    let results: Collected<Row> = Collected::new();
+    // Without --output, results are counted as the sink receives them, not kept.
+    let results = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
-    let (m, h, r, q, s) = (Arc::clone(&metrics), handle.clone(), results.clone(), name.clone(), source.clone());
+    let (m, h, r, q, s) = (Arc::clone(&metrics), handle.clone(), Arc::clone(&results), name.clone(), source.clone());
     let workers = cluster.peers();
     let job = std::thread::spawn(move || {
         execute(&cluster, move |worker| {
             let config = SourceConfig::new("nexmark").watermarks(s.watermarks()).metrics(Arc::clone(&m));
-            let (sink, h, r, q, s) = (sink.clone(), h.clone(), r.clone(), q.clone(), s.clone());
+            let (sink, h, r, q, s) = (sink.clone(), h.clone(), Arc::clone(&r), q.clone(), s.clone());
             worker.dataflow::<Time, _, _>(move |scope| {
                 let events = s.read(scope, config).data;
                 let out = query(&q, events).expect("a known query");
                 match &sink {
                     Some(sink) => sink.write(out, &h),
-                    None => out.collect_into(&r),
+                    None => out.sink_with(&h, SinkParallelism::PerWorker, |_, _| Some(Count(r))),
                 }
             });
         })
@@ -135,7 +137,7 @@ fn main() -> ExitCode {
     let elapsed = started.elapsed().as_secs_f64();
     let events = metrics.records();
     let updates =
-        if output.is_some() { "written to the output".to_string() } else { results.changelog().len().to_string() };
+        if output.is_some() { "written to the output".to_string() } else { results.load(Ordering::Relaxed).to_string() };
     println!(
         "{name}: {events} events in {elapsed:.2}s: {:.0} events/s ({:.0} per worker), {updates} result updates",
         events as f64 / elapsed,
@@ -147,4 +149,19 @@ fn main() -> ExitCode {
 fn usage(message: &str) -> ExitCode {
     eprintln!("nexmark: {message}\nRun nexmark --help for usage.");
     ExitCode::from(2)
+}
+
+/// A sink that counts the result updates it is handed (consolidated per time), and keeps
+/// nothing.
+struct Count(Arc<AtomicU64>);
+
+impl SinkWriter<Row> for Count {
+    fn write(&mut self, _time: Time, updates: &[(Row, isize)]) -> tideline::Result<()> {
+        self.0.fetch_add(updates.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn advance(&mut self, _frontier: Option<Time>) -> tideline::Result<()> {
+        Ok(())
+    }
 }

@@ -42,7 +42,7 @@ impl Default for Cluster {
 
 /// The flags [`Cluster::from_args`] understands, for `--help` texts.
 pub const CLUSTER_FLAGS_HELP: &str = "\
-  -w, --workers N      worker threads per process (default 1)
+\x20 -w, --workers N      worker threads per process (default 1)
   -n, --processes N    number of processes in the cluster (default 1)
   -p, --process I      index of this process, 0..N (default 0)
   -h, --hostfile FILE  one host:port per process (default localhost:2101, 2102, ...)
