@@ -136,8 +136,11 @@ fn main() -> ExitCode {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let events = metrics.records();
-    let updates =
-        if output.is_some() { "written to the output".to_string() } else { results.load(Ordering::Relaxed).to_string() };
+    let updates = if output.is_some() {
+        "written to the output".to_string()
+    } else {
+        results.load(Ordering::Relaxed).to_string()
+    };
     println!(
         "{name}: {events} events in {elapsed:.2}s: {:.0} events/s ({:.0} per worker), {updates} result updates",
         events as f64 / elapsed,

@@ -259,30 +259,42 @@ impl<K: ExchangeData, V: ExchangeData> DedupLogic<K, V> {
         let Event { time: t, key, value } = event;
         let within = self.within;
         let state = self.keys.entry(key.clone()).or_default();
-        if !state.events.entry(t).or_default().insert(value.clone()) {
-            return; // an identical event is retained: nothing changes
-        }
-        self.live += 1;
-        // Keys to prune are filed by buckets of event time (by the bucket's last instant, so a
-        // bucket is pruned only once all of it may be), once per key and bucket.
-        let bucket = t | (PRUNE_BUCKET_MS - 1);
-        if state.prune_bucket != Some(bucket) {
-            state.prune_bucket = Some(bucket);
-            self.prunes.entry(bucket).or_default().push(key.clone());
+        // An event that the next release would prune anyway is not retained: it only counts
+        // as the latest pruned event. `time` is at most every future frontier and step time,
+        // so `prunable` against it is what `release` would decide. (Events at a time that
+        // already has retained events stay together with them.)
+        if state.events.contains_key(&t) || !prunable(t, Some(time), within, self.allowed_lateness) {
+            if !state.events.entry(t).or_default().insert(value.clone()) {
+                return; // an identical event is retained: nothing changes
+            }
+            self.live += 1;
+            // Keys to prune are filed by buckets of event time (by the bucket's last instant, so
+            // a bucket is pruned only once all of it may be), once per key and bucket.
+            let bucket = t | (PRUNE_BUCKET_MS - 1);
+            if state.prune_bucket != Some(bucket) {
+                state.prune_bucket = Some(bucket);
+                self.prunes.entry(bucket).or_default().push(key.clone());
+            }
+        } else if state.latest_pruned.as_ref().is_none_or(|p| (p.0, &p.1) < (t, &value)) {
+            state.latest_pruned = Some((t, value.clone()));
         }
 
         // Inside an existing group: only its first or last event can change.
         if let Some((start, group)) = state.groups.range_mut(..=t).next_back()
             && t < start.saturating_add(within)
         {
+            // Mark the group dirty only if what it shows can change now: its first event
+            // (`Keep::First`), or its last one (`Keep::Last`; in `Final` mode only once its
+            // horizon has passed, before that its timer will show it).
             let mut changed = false;
             if t == *start && value < group.first {
                 group.first = value.clone();
-                changed = true;
+                changed |= self.keep == Keep::First;
             }
             if (t, &value) > (group.last.0, &group.last.1) {
                 group.last = (t, value);
-                changed = true;
+                changed |=
+                    self.keep == Keep::Last && (self.emit == Emit::Updates || start.saturating_add(within) - 1 <= time);
             }
             if changed {
                 self.dirty.push((key, *start));
@@ -297,8 +309,13 @@ impl<K: ExchangeData, V: ExchangeData> DedupLogic<K, V> {
         // Every event read here is retained: group starts after the first are at or after
         // `t + within`, and `t ≥ frontier - allowed_lateness` (the record is not too late),
         // while events are pruned only below `frontier - allowed_lateness + within`.
+        //
+        // The new event may not be retained (see above): it is then the first group's start
+        // and a candidate for its last event. No other event has time `t` (a group would
+        // cover `t`), so it is also the group's first event.
         let mut start = t;
-        let mut first = state.events[&t].first().expect("just inserted").clone();
+        let mut first = state.events.get(&t).and_then(Values::first).unwrap_or(&value).clone();
+        let mut new_event = Some((t, value));
         loop {
             let end = start.saturating_add(within);
             self.swallowed.clear();
@@ -313,8 +330,16 @@ impl<K: ExchangeData, V: ExchangeData> DedupLogic<K, V> {
                 }
             }
             // The group's last event: the latest event before `end`, retained or pruned.
-            let (last_time, values) = state.events.range(start..end).next_back().expect("the start is retained");
-            let mut last = (*last_time, values.last().expect("retained times have events").clone());
+            let retained = state
+                .events
+                .range(start..end)
+                .next_back()
+                .map(|(time, values)| (*time, values.last().expect("retained times have events").clone()));
+            let mut last = match (retained, new_event.take()) {
+                (Some(retained), Some(new)) => retained.max(new),
+                (Some(event), None) | (None, Some(event)) => event,
+                (None, None) => unreachable!("a group's start is retained or the new event"),
+            };
             if let Some(pruned) = &state.latest_pruned
                 && pruned.0 >= start
                 && pruned.0 < end
