@@ -179,10 +179,18 @@ impl<V: Ord> SideState<V> {
         self.entries.range_mut(start..end.max(start))
     }
 
-    /// Adds `diff` to the record's count, creating it with `entry` if absent. Returns the
-    /// change in the number of live entries (+1 created, -1 removed, 0).
-    fn update(&mut self, time: Time, value: V, diff: isize, entry: impl FnOnce() -> Entry) -> isize {
-        match self.search(time, &value) {
+    /// Adds `diff` to the record's count, creating it with `entry` if absent; `found` is
+    /// [`SideState::search`]'s answer for the record, unchanged since. Returns the change in
+    /// the number of live entries (+1 created, -1 removed, 0).
+    fn update(
+        &mut self,
+        found: Result<usize, usize>,
+        time: Time,
+        value: V,
+        diff: isize,
+        entry: impl FnOnce() -> Entry,
+    ) -> isize {
+        match found {
             Err(position) => {
                 self.entries.insert(position, (time, value, entry()));
                 1
@@ -207,11 +215,17 @@ impl<V: Ord> SideState<V> {
 struct Group<V1, V2> {
     left: SideState<V1>,
     right: SideState<V2>,
+    /// The latest release time the group is filed under in `JoinState::expiry`: a record
+    /// releasable no later is released then (a little late at worst, which changes nothing
+    /// downstream), so the group is filed once per release time, not once per record. (Filing
+    /// times before the time being processed may have been handled already: those do not
+    /// count.)
+    filed: Option<Time>,
 }
 
 impl<V1, V2> Default for Group<V1, V2> {
     fn default() -> Self {
-        Group { left: SideState::default(), right: SideState::default() }
+        Group { left: SideState::default(), right: SideState::default(), filed: None }
     }
 }
 
@@ -275,8 +289,9 @@ impl<G: ExchangeData, V1: ExchangeData, V2: ExchangeData> JoinState<G, V1, V2> {
         for (item, diff) in left {
             let Item { group: g, time, value, close, release } = item;
             let group = self.groups.entry(g.clone()).or_default();
-            let Group { left: lefts, right: rights } = group;
-            let existing = lefts.get(time, &value);
+            let Group { left: lefts, right: rights, filed } = group;
+            let found = lefts.search(time, &value);
+            let existing = found.ok().map(|i| &lefts.entries[i].2);
             if shape.outer_left {
                 let before = existing.map_or(0, |e| e.unmatched(e.close < at));
                 before_left.entry((g.clone(), time, value.clone())).or_insert(before);
@@ -298,12 +313,15 @@ impl<G: ExchangeData, V1: ExchangeData, V2: ExchangeData> JoinState<G, V1, V2> {
             }
             if !exists {
                 self.live += 1;
-                self.expiry.entry(release).or_default().push(g.clone());
+                if filed.is_none_or(|f| f < release || f < at) {
+                    *filed = Some(release);
+                    self.expiry.entry(release).or_default().push(g.clone());
+                }
                 if shape.outer_left && close > at {
                     new_closings.push((close, Side::Left(g.clone(), time, value.clone())));
                 }
             }
-            if lefts.update(time, value, diff, || Entry { count: diff, partners, close, release }) < 0 {
+            if lefts.update(found, time, value, diff, || Entry { count: diff, partners, close, release }) < 0 {
                 self.live -= 1;
             }
         }
@@ -311,8 +329,9 @@ impl<G: ExchangeData, V1: ExchangeData, V2: ExchangeData> JoinState<G, V1, V2> {
         for (item, diff) in right {
             let Item { group: g, time, value, close, release } = item;
             let group = self.groups.entry(g.clone()).or_default();
-            let Group { left: lefts, right: rights } = group;
-            let existing = rights.get(time, &value);
+            let Group { left: lefts, right: rights, filed } = group;
+            let found = rights.search(time, &value);
+            let existing = found.ok().map(|i| &rights.entries[i].2);
             if shape.outer_right {
                 let before = existing.map_or(0, |e| e.unmatched(e.close < at));
                 before_right.entry((g.clone(), time, value.clone())).or_insert(before);
@@ -335,12 +354,15 @@ impl<G: ExchangeData, V1: ExchangeData, V2: ExchangeData> JoinState<G, V1, V2> {
             }
             if !exists {
                 self.live += 1;
-                self.expiry.entry(release).or_default().push(g.clone());
+                if filed.is_none_or(|f| f < release || f < at) {
+                    *filed = Some(release);
+                    self.expiry.entry(release).or_default().push(g.clone());
+                }
                 if shape.outer_right && close > at {
                     new_closings.push((close, Side::Right(g.clone(), time, value.clone())));
                 }
             }
-            if rights.update(time, value, diff, || Entry { count: diff, partners, close, release }) < 0 {
+            if rights.update(found, time, value, diff, || Entry { count: diff, partners, close, release }) < 0 {
                 self.live -= 1;
             }
         }
