@@ -117,7 +117,18 @@ pub(crate) fn committed(brokers: &str, group: &str, topic: &str, partitions: i32
     for p in 0..partitions {
         list.add_partition(topic, p);
     }
-    let committed = consumer.committed_offsets(list, Duration::from_secs(10)).expect("committed offsets");
+    // A fresh broker answers "not coordinator" while it loads the group's coordinator: retry.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let committed = loop {
+        match consumer.committed_offsets(list.clone(), Duration::from_secs(10)) {
+            Ok(committed) => break committed,
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("committed offsets: {e}; retrying");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("committed offsets: {e}"),
+        }
+    };
     let offsets = (0..partitions)
         .map(|p| match committed.find_partition(topic, p).map(|e| e.offset()) {
             Some(Offset::Offset(o)) => Some(o),
