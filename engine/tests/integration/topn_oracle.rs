@@ -147,42 +147,48 @@ fn top_n_without_release_matches_the_oracle() {
     }
 }
 
-/// `Top` per key and window, and distinct counts, against the window oracle.
+/// `Top` per key and window, and distinct counts, against the window oracle, for every late
+/// policy and emission mode.
 #[test]
 fn top_and_distinct_count_per_key_and_window_match_the_oracle() {
     let strategy = WatermarkStrategy::bounded_out_of_orderness(Duration::from_millis(60));
     let partitions = Arc::new(random_partitions(34, 3, 400, 4, 60, 12));
-    let policy = LatePolicy::Accept { allowed_lateness: Duration::from_millis(150) };
-    let expected = model_source(&partitions, &strategy, policy);
     let tumbling = WindowSpec::tumbling(Duration::from_millis(100)).unwrap();
     let sliding = WindowSpec::sliding(Duration::from_millis(100), Duration::from_millis(40)).unwrap();
-    for emit in [Emit::Final, Emit::Updates] {
-        let top = |values: &[i64]| {
-            let mut sorted = values.to_vec();
-            sorted.sort_by_key(|v| Reverse(*v));
-            sorted.truncate(3);
-            sorted
-        };
-        let want_top = windows_from_scratch(&expected.accepted, tumbling, emit, 150, top);
-        let distinct = |values: &[i64]| values.iter().collect::<BTreeSet<_>>().len() as i64;
-        let want_distinct = windows_from_scratch(&expected.accepted, sliding, emit, 150, distinct);
-        for workers in [1, 2, 4] {
-            let got = run_operator(workers, &partitions, &strategy, policy, 97, move |events, _| {
-                events
-                    .windows(tumbling)
-                    .emit(emit)
-                    .allowed_lateness(Duration::from_millis(150))
-                    .aggregate_with_late(Top::new(3))
-            });
-            assert_eq!(got.results, want_top, "top: {emit:?} workers {workers}");
-            let got = run_operator(workers, &partitions, &strategy, policy, 97, move |events, _| {
-                events
-                    .windows(sliding)
-                    .emit(emit)
-                    .allowed_lateness(Duration::from_millis(150))
-                    .aggregate_with_late(DistinctCount)
-            });
-            assert_eq!(got.results, want_distinct, "distinct: {emit:?} workers {workers}");
+    let policies =
+        [LatePolicy::Drop, LatePolicy::SideOutput, LatePolicy::Accept { allowed_lateness: Duration::from_millis(150) }];
+    for policy in policies {
+        let expected = model_source(&partitions, &strategy, policy);
+        let lateness = policy.allowed_lateness_ms();
+        for emit in [Emit::Final, Emit::Updates] {
+            let top = |values: &[i64]| {
+                let mut sorted = values.to_vec();
+                sorted.sort_by_key(|v| Reverse(*v));
+                sorted.truncate(3);
+                sorted
+            };
+            let want_top = windows_from_scratch(&expected.accepted, tumbling, emit, lateness, top);
+            let distinct = |values: &[i64]| values.iter().collect::<BTreeSet<_>>().len() as i64;
+            let want_distinct = windows_from_scratch(&expected.accepted, sliding, emit, lateness, distinct);
+            for workers in [1, 2, 4] {
+                let context = format!("{policy:?} {emit:?} workers {workers}");
+                let got = run_operator(workers, &partitions, &strategy, policy, 97, move |events, _| {
+                    events
+                        .windows(tumbling)
+                        .emit(emit)
+                        .allowed_lateness(Duration::from_millis(lateness))
+                        .aggregate_with_late(Top::new(3))
+                });
+                assert_eq!(got.results, want_top, "top: {context}");
+                let got = run_operator(workers, &partitions, &strategy, policy, 97, move |events, _| {
+                    events
+                        .windows(sliding)
+                        .emit(emit)
+                        .allowed_lateness(Duration::from_millis(lateness))
+                        .aggregate_with_late(DistinctCount)
+                });
+                assert_eq!(got.results, want_distinct, "distinct: {context}");
+            }
         }
     }
 }
