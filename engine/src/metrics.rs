@@ -236,3 +236,42 @@ impl StateMetrics {
             .unwrap_or(0)
     }
 }
+
+/// A live-record gauge for state that is a differential arrangement of a collection's records:
+/// equi-joins (their state is both inputs' live records), [`to_table`](crate::table::Tables::to_table)
+/// and differential's own operators, which report nothing themselves.
+///
+/// ```
+/// use tideline::differential_dataflow::input::Input;
+/// use tideline::metrics::{LiveRecords, StateMetrics};
+/// use tideline::prelude::*;
+/// use tideline::timely::dataflow::Scope;
+///
+/// let (people, auctions) = (StateMetrics::new(), StateMetrics::new());
+/// let (p, a) = (people.clone(), auctions.clone());
+/// tideline::run::collect(1, move |scope: Scope<'_, Time>| {
+///     let (_, persons) = scope.new_collection_from(vec![(1u32, 'p'), (2, 'q')]);
+///     let (_, sales) = scope.new_collection_from(vec![(1u32, 'a'), (1, 'b'), (3, 'c')]);
+///     persons.live_records(p.clone()).inner_join(sales.live_records(a.clone()))
+/// });
+/// assert_eq!((people.total(), auctions.total()), (2, 3));
+/// ```
+pub trait LiveRecords<'scope, D> {
+    /// Passes the collection through unchanged and reports, per worker, the records it holds
+    /// (the sum of the multiplicities that passed this worker) to `metrics`. Attach one gauge
+    /// per input: each call owns its gauge. The count is where the records enter, before any
+    /// exchange: per-worker figures show the input's spread, the total the state's size.
+    fn live_records(self, metrics: Arc<StateMetrics>) -> differential_dataflow::VecCollection<'scope, Time, D>;
+}
+
+impl<'scope, D: crate::ExchangeData> LiveRecords<'scope, D> for differential_dataflow::VecCollection<'scope, Time, D> {
+    fn live_records(self, metrics: Arc<StateMetrics>) -> differential_dataflow::VecCollection<'scope, Time, D> {
+        let scope = self.inner.scope();
+        let (index, peers) = (scope.index(), scope.peers());
+        let mut live: i64 = 0;
+        self.inspect_batch(move |_time, updates| {
+            live += updates.iter().map(|(_, _, diff)| *diff as i64).sum::<i64>();
+            metrics.set(index, peers, live.max(0) as usize);
+        })
+    }
+}

@@ -400,7 +400,9 @@ pub trait Tables<'scope, K: 'static, V: 'static> {
     /// # State
     ///
     /// The collection's current contents, arranged by key, and the table's (differential's
-    /// `reduce`; history is compacted as the frontier advances).
+    /// `reduce`; history is compacted as the frontier advances). A
+    /// [`live_records`](crate::metrics::LiveRecords::live_records) gauge on the input reports
+    /// its size.
     ///
     /// # Checkpointing
     ///

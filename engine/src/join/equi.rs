@@ -47,7 +47,8 @@
 //! record's state is released when the record is retracted (history is compacted as the
 //! frontier advances). For joins whose state must expire with time, use an
 //! [interval](crate::join::interval) or [window](crate::join::window) join, or retract the
-//! inputs upstream.
+//! inputs upstream. To see the state's size, put a
+//! [`live_records`](crate::metrics::LiveRecords::live_records) gauge on each input.
 //!
 //! # Checkpointing
 //!

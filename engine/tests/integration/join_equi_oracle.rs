@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use tideline::metrics::{LiveRecords, StateMetrics};
 use tideline::prelude::*;
 use tideline::sink::Collected;
 
@@ -105,7 +106,10 @@ fn equi_joins_match_the_oracle() {
     for workers in [1, 2, 4] {
         let outputs = (Collected::new(), Collected::new(), Collected::new(), Collected::new());
         let o = outputs.clone();
+        let gauges = (StateMetrics::new(), StateMetrics::new());
+        let g = gauges.clone();
         run_two(workers, 7, &a, &b, move |a, b| {
+            let (a, b) = (a.live_records(Arc::clone(&g.0)), b.live_records(Arc::clone(&g.1)));
             a.clone().inner_join(b.clone()).map(|(k, (v1, v2))| (k, (Some(v1), Some(v2)))).collect_into(&o.0);
             a.clone().left_join(b.clone()).map(|(k, (v1, v2))| (k, (Some(v1), v2))).collect_into(&o.1);
             a.clone().right_join(b.clone()).map(|(k, (v1, v2))| (k, (v1, Some(v2)))).collect_into(&o.2);
@@ -115,5 +119,8 @@ fn equi_joins_match_the_oracle() {
         assert_eq!(outputs.1.changelog(), left, "left, workers {workers}");
         assert_eq!(outputs.2.changelog(), right, "right, workers {workers}");
         assert_eq!(outputs.3.changelog(), full, "full, workers {workers}");
+        // The join's state is both inputs' live records: what the gauges report at the end.
+        let live = |updates: &Updates<Kv>| updates.iter().map(|(_, _, d)| *d).sum::<isize>() as u64;
+        assert_eq!((gauges.0.total(), gauges.1.total()), (live(&a), live(&b)), "live records, workers {workers}");
     }
 }
