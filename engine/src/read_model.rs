@@ -49,7 +49,10 @@
 //! by hash), so a single-process program sees every key, and each process of a cluster sees the
 //! keys owned by its workers: a partial view, consistent with its frontier, to be queried in the
 //! process that owns the key. With [`Placement::Gather`] all updates go to worker 0: process 0
-//! holds the complete model, and the other processes' models stay empty.
+//! holds the complete model, and the other processes' models stay empty. With
+//! [`Placement::Replicate`] ([`ReadModel::replicated`]) every update is sent to the first
+//! worker of every process: each process holds the complete model and answers any lookup, at
+//! the cost of one copy of the collection per process.
 //!
 //! # Event time
 //!
@@ -82,6 +85,7 @@ use differential_dataflow::consolidation::consolidate;
 use differential_dataflow::hashable::Hashable;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::vec::Map;
 
 use crate::ExchangeData;
 use crate::time::Time;
@@ -94,6 +98,14 @@ pub enum Placement {
     Local,
     /// All updates go to worker 0: process 0 holds the complete model.
     Gather,
+    /// Every update goes to the first worker of every process: each process holds the
+    /// complete model, so a lookup can be answered in any process. Costs one copy of the
+    /// collection per process. `workers_per_process` is the cluster's `-w`.
+    Replicate {
+        /// Worker threads per process (timely numbers process `p`'s workers
+        /// `p·w .. p·w + w`).
+        workers_per_process: usize,
+    },
 }
 
 /// An answer from a [`ReadModel`], with the frontier it is consistent with.
@@ -161,6 +173,12 @@ impl<K: Ord + Clone, V: Ord + Clone> ReadModel<K, V> {
     /// An empty model written by worker 0 alone ([`Placement::Gather`]).
     pub fn gathered() -> Self {
         Self::with(Placement::Gather)
+    }
+
+    /// An empty model that every process holds complete ([`Placement::Replicate`]); give the
+    /// cluster's worker threads per process (`Cluster::workers`).
+    pub fn replicated(workers_per_process: usize) -> Self {
+        Self::with(Placement::Replicate { workers_per_process: workers_per_process.max(1) })
     }
 
     fn with(placement: Placement) -> Self {
@@ -352,6 +370,26 @@ where
                 self.inner.sink(pact, name, move |(input, frontier)| {
                     let mut updates = Vec::new();
                     input.for_each(|_cap, data| updates.append(data));
+                    step(updates, frontier.frontier().first().copied());
+                });
+            }
+            Placement::Replicate { workers_per_process } => {
+                let peers = self.inner.scope().peers();
+                assert!(
+                    peers % workers_per_process == 0,
+                    "ReadModel::replicated({workers_per_process}): the cluster has {peers} workers in all, not a \
+                     multiple of {workers_per_process}; give the cluster's worker threads per process (-w)"
+                );
+                let writers: Vec<u64> =
+                    (0..peers / workers_per_process).map(|p| (p * workers_per_process) as u64).collect();
+                // One copy of each update per process, addressed to the process's first worker.
+                let copies = self.inner.flat_map(move |(data, time, diff)| {
+                    writers.iter().map(|writer| ((*writer, data.clone()), time, diff)).collect::<Vec<_>>()
+                });
+                let pact = Exchange::new(|update: &((u64, (K, V)), Time, isize)| update.0.0);
+                copies.sink(pact, name, move |(input, frontier)| {
+                    let mut updates = Vec::new();
+                    input.for_each(|_cap, data| updates.extend(data.drain(..).map(|((_, d), t, r)| (d, t, r))));
                     step(updates, frontier.frontier().first().copied());
                 });
             }

@@ -165,3 +165,65 @@ fn string_keys_can_be_scanned_by_prefix() {
     assert_eq!(model.prefix("z").value, vec![]);
     assert!(model.wait_past(1_000, Duration::ZERO));
 }
+
+/// A cluster of two processes of two workers each (two threads of this test, talking over
+/// localhost as timely processes do): with `Placement::Replicate` every process's model holds
+/// every key; with `Placement::Local` each process holds the keys its workers own.
+#[test]
+fn replicated_read_models_are_complete_in_every_process() {
+    let movements = Arc::new(movements(72));
+    let ports: Vec<u16> =
+        (0..2).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()).collect();
+    let hostfile = std::env::temp_dir().join(format!("tideline-read-model-hosts-{}", std::process::id()));
+    std::fs::write(&hostfile, ports.iter().map(|p| format!("127.0.0.1:{p}\n")).collect::<String>()).unwrap();
+    let processes: Vec<_> = (0..2)
+        .map(|process| {
+            let (movements, hostfile) = (Arc::clone(&movements), hostfile.clone());
+            std::thread::spawn(move || {
+                let (replicated, local) = (ReadModel::<u32, i64>::replicated(2), ReadModel::<u32, i64>::new());
+                let (r, l) = (replicated.clone(), local.clone());
+                let cluster = Cluster {
+                    workers: 2,
+                    processes: 2,
+                    process,
+                    hostfile: Some(hostfile.display().to_string()),
+                    report: false,
+                };
+                execute(&cluster, move |worker| {
+                    let (index, peers) = (worker.index(), worker.peers());
+                    let (r, l) = (r.clone(), l.clone());
+                    let mut session = worker.dataflow::<Time, _, _>(move |scope| {
+                        let (session, movements) = scope.new_collection::<(u32, i64), isize>();
+                        let balances = movements.reduce(|_account, amounts, out| {
+                            out.push((amounts.iter().map(|(a, n)| **a * *n as i64).sum::<i64>(), 1))
+                        });
+                        balances.clone().publish(&r);
+                        balances.publish(&l);
+                        session
+                    });
+                    for (i, (movement, time)) in movements.iter().enumerate() {
+                        session.advance_to(*time);
+                        if i % peers == index {
+                            session.insert(*movement);
+                        }
+                    }
+                })
+                .unwrap();
+                assert!(
+                    replicated.wait_complete(Duration::from_secs(10)) && local.wait_complete(Duration::from_secs(10))
+                );
+                (replicated.snapshot().value, local.snapshot().value)
+            })
+        })
+        .collect();
+    let views: Vec<_> = processes.into_iter().map(|p| p.join().unwrap()).collect();
+    std::fs::remove_file(&hostfile).unwrap();
+    let want: Vec<(u32, i64)> = balances_before(&movements, None).into_iter().collect();
+    for (process, (replicated, _)) in views.iter().enumerate() {
+        assert_eq!(*replicated, want, "process {process} holds the complete replicated model");
+    }
+    let mut union: Vec<(u32, i64)> = views.iter().flat_map(|(_, local)| local.clone()).collect();
+    union.sort();
+    assert_eq!(union, want, "the local models partition the keys between the processes");
+    assert!(views.iter().all(|(_, local)| !local.is_empty() && local.len() < want.len()), "each holds a part");
+}
