@@ -13,7 +13,7 @@ use tideline::run::{Cluster, execute};
 use tideline::source::{SourceConfig, memory};
 use tideline::timely::dataflow::operators::probe::Handle;
 
-use crate::{BOUND_MS, Digest, DigestInto, JITTER_MS, Kind, PARTITIONS};
+use crate::{BOUND_MS, Digest, DigestInto, JITTER_MS, Kind, PARTITIONS, RoundRobin};
 
 /// A record of either side: `(is_left, value)`; left records introduce a key (a new person,
 /// a new auction), right records reference a recent one (an auction's seller, a bid's
@@ -119,39 +119,22 @@ pub fn differential(kind: Kind, input: &Arc<Vec<Vec<Ref>>>, workers: usize) -> D
             }
             (lefts, rights)
         });
-        let mine: Vec<&Vec<Ref>> =
-            input.iter().enumerate().filter(|(p, _)| p % peers == index).map(|(_, v)| v).collect();
-        let mut positions = vec![0usize; mine.len()];
-        let mut max_seen = vec![0u64; mine.len()];
+        let mut reader = RoundRobin::new(input.iter().enumerate().filter(|(p, _)| p % peers == index).map(|(_, v)| v));
         loop {
-            let mut any = false;
-            for (i, partition) in mine.iter().enumerate() {
-                let end = (positions[i] + 4_096).min(partition.len());
-                for event in &partition[positions[i]..end] {
-                    if event.time < max_seen[i].saturating_sub(BOUND_MS) {
-                        continue;
+            let any = reader.round(|event| {
+                // The window join keys by (key, window) at the window's last instant; the
+                // unbounded join keys by key (window 0) at the event's own time.
+                let (start, at) = match kind {
+                    Kind::WindowJoin(size) => {
+                        let start = event.time - event.time % size;
+                        (start, start + size - 1)
                     }
-                    max_seen[i] = max_seen[i].max(event.time);
-                    // The window join keys by (key, window) at the window's last instant; the
-                    // unbounded join keys by key (window 0) at the event's own time.
-                    let (start, at) = match kind {
-                        Kind::WindowJoin(size) => {
-                            let start = event.time - event.time % size;
-                            (start, start + size - 1)
-                        }
-                        _ => (0, event.time),
-                    };
-                    let session = if event.value.0 { &mut lefts } else { &mut rights };
-                    session.update_at(((event.key, start), event.value.1), at, 1);
-                }
-                any |= end > positions[i];
-                positions[i] = end;
-            }
-            let watermark = (0..mine.len())
-                .filter(|i| positions[*i] < mine[*i].len())
-                .map(|i| max_seen[i].saturating_sub(BOUND_MS))
-                .min()
-                .unwrap_or(u64::MAX - 1);
+                    _ => (0, event.time),
+                };
+                let session = if event.value.0 { &mut lefts } else { &mut rights };
+                session.update_at(((event.key, start), event.value.1), at, 1);
+            });
+            let watermark = reader.watermark().unwrap_or(u64::MAX - 1);
             for session in [&mut lefts, &mut rights] {
                 if watermark > *session.time() {
                     session.advance_to(watermark);
@@ -190,40 +173,25 @@ pub fn hand_written(kind: Kind, input: &Arc<Vec<Vec<Ref>>>) -> Digest {
     let out = Digest::default();
     // Per window start (0 for the unbounded join): key → (left values, right values).
     let mut state: BTreeMap<u64, HashMap<u64, (Vec<u64>, Vec<u64>), Fast>> = BTreeMap::new();
-    let mut positions = vec![0usize; input.len()];
-    let mut max_seen = vec![0u64; input.len()];
+    let mut reader = RoundRobin::new(input.iter());
     loop {
-        let mut any = false;
-        for (i, partition) in input.iter().enumerate() {
-            let end = (positions[i] + 4_096).min(partition.len());
-            for event in &partition[positions[i]..end] {
-                if event.time < max_seen[i].saturating_sub(BOUND_MS) {
-                    continue;
-                }
-                max_seen[i] = max_seen[i].max(event.time);
-                let start = match kind {
-                    Kind::WindowJoin(size) => event.time - event.time % size,
-                    _ => 0,
-                };
-                let (lefts, rights) = state.entry(start).or_default().entry(event.key).or_default();
-                let (value, start_key) = (event.value.1, [start, event.key]);
-                if event.value.0 {
-                    rights.iter().for_each(|r| out.add(&row(kind, start_key, value, *r), 1));
-                    lefts.push(value);
-                } else {
-                    lefts.iter().for_each(|l| out.add(&row(kind, start_key, *l, value), 1));
-                    rights.push(value);
-                }
+        let any = reader.round(|event| {
+            let start = match kind {
+                Kind::WindowJoin(size) => event.time - event.time % size,
+                _ => 0,
+            };
+            let (lefts, rights) = state.entry(start).or_default().entry(event.key).or_default();
+            let (value, start_key) = (event.value.1, [start, event.key]);
+            if event.value.0 {
+                rights.iter().for_each(|r| out.add(&row(kind, start_key, value, *r), 1));
+                lefts.push(value);
+            } else {
+                lefts.iter().for_each(|l| out.add(&row(kind, start_key, *l, value), 1));
+                rights.push(value);
             }
-            any |= end > positions[i];
-            positions[i] = end;
-        }
+        });
         if let Kind::WindowJoin(size) = kind {
-            let watermark = (0..input.len())
-                .filter(|i| positions[*i] < input[*i].len())
-                .map(|i| max_seen[i].saturating_sub(BOUND_MS))
-                .min()
-                .unwrap_or(u64::MAX);
+            let watermark = reader.watermark().unwrap_or(u64::MAX);
             while let Some(entry) = state.first_entry() {
                 if entry.key() + size > watermark {
                     break;

@@ -13,7 +13,7 @@ use tideline::source::{SourceConfig, memory};
 use tideline::timely::dataflow::operators::probe::Handle;
 use tideline::window::aggregate::Count;
 
-use crate::{BOUND_MS, Bid, Digest, DigestInto, JITTER_MS, PARTITIONS};
+use crate::{BOUND_MS, Bid, Digest, DigestInto, JITTER_MS, PARTITIONS, RoundRobin};
 
 /// Session gap and dedup horizon (ms).
 pub const GAP_MS: u64 = 10_000;
@@ -154,35 +154,18 @@ pub fn differential(op: Op, input: &Arc<Vec<Vec<Bid>>>, workers: usize) -> Diges
             rows.map(|(_, row)| row).probe_with(&probe).digest_into(&r);
             session
         });
-        let mine: Vec<&Vec<Bid>> =
-            input.iter().enumerate().filter(|(p, _)| p % peers == index).map(|(_, v)| v).collect();
-        let mut positions = vec![0usize; mine.len()];
-        let mut max_seen = vec![0u64; mine.len()];
+        let mut reader = RoundRobin::new(input.iter().enumerate().filter(|(p, _)| p % peers == index).map(|(_, v)| v));
         loop {
-            let mut any = false;
-            for (i, partition) in mine.iter().enumerate() {
-                let end = (positions[i] + 4_096).min(partition.len());
-                for event in &partition[positions[i]..end] {
-                    if event.time < max_seen[i].saturating_sub(BOUND_MS) {
-                        continue;
-                    }
-                    max_seen[i] = max_seen[i].max(event.time);
-                    let key = match op {
-                        Op::Sessions => event.key << 8,
-                        Op::Dedup => (event.key << 8) | event.value,
-                    };
-                    // At the current input time: coarse times keep differential's work per time down.
-                    let at = *session.time();
-                    session.update_at((key, event.time), at, 1);
-                }
-                any |= end > positions[i];
-                positions[i] = end;
-            }
-            let watermark = (0..mine.len())
-                .filter(|i| positions[*i] < mine[*i].len())
-                .map(|i| max_seen[i].saturating_sub(BOUND_MS))
-                .min()
-                .unwrap_or(u64::MAX - 1);
+            let any = reader.round(|event| {
+                let key = match op {
+                    Op::Sessions => event.key << 8,
+                    Op::Dedup => (event.key << 8) | event.value,
+                };
+                // At the current input time: coarse times keep differential's work per time down.
+                let at = *session.time();
+                session.update_at((key, event.time), at, 1);
+            });
+            let watermark = reader.watermark().unwrap_or(u64::MAX - 1);
             if watermark > *session.time() {
                 session.advance_to(watermark);
             }
@@ -218,53 +201,38 @@ pub fn hand_written(op: Op, input: &Arc<Vec<Vec<Bid>>>) -> Digest {
     let mut groups: HashMap<(u64, u64), Vec<Time>, Fast> = HashMap::default();
     // When to look at a key again.
     let mut timers: BTreeMap<Time, Vec<(u64, u64)>> = BTreeMap::new();
-    let mut positions = vec![0usize; input.len()];
-    let mut max_seen = vec![0u64; input.len()];
+    let mut reader = RoundRobin::new(input.iter());
     loop {
-        let mut any = false;
-        for (i, partition) in input.iter().enumerate() {
-            let end = (positions[i] + 4_096).min(partition.len());
-            for event in &partition[positions[i]..end] {
-                if event.time < max_seen[i].saturating_sub(BOUND_MS) {
-                    continue;
+        let any = reader.round(|event| {
+            match op {
+                Op::Sessions => {
+                    let sessions = open.entry(event.key).or_default();
+                    let t = event.time;
+                    // Merge every open session within the gap of `t`.
+                    let mut merged = (t, t, 1u64);
+                    sessions.retain(|&(start, last, count)| {
+                        let touches = t + GAP_MS > start && last + GAP_MS > t;
+                        if touches {
+                            merged = (merged.0.min(start), merged.1.max(last), merged.2 + count);
+                        }
+                        !touches
+                    });
+                    let position = sessions.partition_point(|s| s.0 < merged.0);
+                    sessions.insert(position, merged);
+                    timers.entry(merged.1 + GAP_MS).or_default().push((event.key, 0));
                 }
-                max_seen[i] = max_seen[i].max(event.time);
-                match op {
-                    Op::Sessions => {
-                        let sessions = open.entry(event.key).or_default();
-                        let t = event.time;
-                        // Merge every open session within the gap of `t`.
-                        let mut merged = (t, t, 1u64);
-                        sessions.retain(|&(start, last, count)| {
-                            let touches = t + GAP_MS > start && last + GAP_MS > t;
-                            if touches {
-                                merged = (merged.0.min(start), merged.1.max(last), merged.2 + count);
-                            }
-                            !touches
-                        });
-                        let position = sessions.partition_point(|s| s.0 < merged.0);
-                        sessions.insert(position, merged);
-                        timers.entry(merged.1 + GAP_MS).or_default().push((event.key, 0));
-                    }
-                    Op::Dedup => {
-                        let times = groups.entry((event.key, event.value)).or_default();
-                        if let Err(position) = times.binary_search(&event.time) {
-                            times.insert(position, event.time);
-                            if times.len() == 1 {
-                                timers.entry(event.time + GAP_MS).or_default().push((event.key, event.value));
-                            }
+                Op::Dedup => {
+                    let times = groups.entry((event.key, event.value)).or_default();
+                    if let Err(position) = times.binary_search(&event.time) {
+                        times.insert(position, event.time);
+                        if times.len() == 1 {
+                            timers.entry(event.time + GAP_MS).or_default().push((event.key, event.value));
                         }
                     }
                 }
             }
-            any |= end > positions[i];
-            positions[i] = end;
-        }
-        let watermark = (0..input.len())
-            .filter(|i| positions[*i] < input[*i].len())
-            .map(|i| max_seen[i].saturating_sub(BOUND_MS))
-            .min()
-            .unwrap_or(u64::MAX);
+        });
+        let watermark = reader.watermark().unwrap_or(u64::MAX);
         while let Some(entry) = timers.first_entry() {
             if *entry.key() > watermark {
                 break;

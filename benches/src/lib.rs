@@ -232,6 +232,51 @@ impl SinkWriter<Row> for Digest {
     }
 }
 
+/// Reads partitions of events round-robin, 4 096 records per partition per round, with a
+/// watermark per partition (its largest event time read − [`BOUND_MS`]); a record behind its
+/// partition's watermark is dropped, as E's sources do with `LatePolicy::Drop`. The reading
+/// that D and H share.
+pub(crate) struct RoundRobin<'a, K, V> {
+    partitions: Vec<&'a [Event<K, V>]>,
+    positions: Vec<usize>,
+    max_seen: Vec<Time>,
+}
+
+impl<'a, K, V> RoundRobin<'a, K, V> {
+    pub(crate) fn new(partitions: impl IntoIterator<Item = &'a Vec<Event<K, V>>>) -> Self {
+        let partitions: Vec<&'a [Event<K, V>]> = partitions.into_iter().map(Vec::as_slice).collect();
+        let n = partitions.len();
+        RoundRobin { partitions, positions: vec![0; n], max_seen: vec![0; n] }
+    }
+
+    /// Hands `on_time` the on-time records of one round; false once no partition had any
+    /// record left.
+    pub(crate) fn round(&mut self, mut on_time: impl FnMut(&'a Event<K, V>)) -> bool {
+        let mut any = false;
+        for (i, partition) in self.partitions.iter().enumerate() {
+            let end = (self.positions[i] + 4_096).min(partition.len());
+            for event in &partition[self.positions[i]..end] {
+                if event.time < self.max_seen[i].saturating_sub(BOUND_MS) {
+                    continue;
+                }
+                self.max_seen[i] = self.max_seen[i].max(event.time);
+                on_time(event);
+            }
+            any |= end > self.positions[i];
+            self.positions[i] = end;
+        }
+        any
+    }
+
+    /// The minimum watermark over the partitions with records left (`None` once all are read).
+    pub(crate) fn watermark(&self) -> Option<Time> {
+        (0..self.partitions.len())
+            .filter(|i| self.positions[*i] < self.partitions[*i].len())
+            .map(|i| self.max_seen[i].saturating_sub(BOUND_MS))
+            .min()
+    }
+}
+
 /// Sends a collection of rows to a [`Digest`] (a sink on every worker).
 pub trait DigestInto {
     /// Digests the collection's changelog into `digest`.

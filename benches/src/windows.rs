@@ -14,7 +14,7 @@ use tideline::source::{SourceConfig, memory};
 use tideline::timely::dataflow::operators::probe::Handle;
 use tideline::window::aggregate::Count;
 
-use crate::{BOUND_MS, Bid, Digest, DigestInto};
+use crate::{BOUND_MS, Bid, Digest, DigestInto, RoundRobin};
 
 fn spec(size: u64, slide: u64) -> WindowSpec {
     WindowSpec::sliding(Duration::from_millis(size), Duration::from_millis(slide)).expect("valid window")
@@ -65,40 +65,19 @@ pub fn differential(size: u64, slide: u64, input: &Arc<Vec<Vec<Bid>>>, workers: 
                 .digest_into(&r);
             session
         });
-        let mine: Vec<&Vec<Bid>> =
-            input.iter().enumerate().filter(|(p, _)| p % peers == index).map(|(_, v)| v).collect();
-        let mut positions = vec![0usize; mine.len()];
-        let mut max_seen = vec![0u64; mine.len()];
+        let mut reader = RoundRobin::new(input.iter().enumerate().filter(|(p, _)| p % peers == index).map(|(_, v)| v));
         loop {
-            let mut any = false;
-            for (i, partition) in mine.iter().enumerate() {
-                let end = (positions[i] + 4_096).min(partition.len());
-                for event in &partition[positions[i]..end] {
-                    let watermark = max_seen[i].saturating_sub(BOUND_MS);
-                    if event.time < watermark {
-                        continue; // late: dropped, as E's LatePolicy::Drop does
+            let any = reader.round(|event| {
+                let mut start = event.time - event.time % slide;
+                while start + size > event.time {
+                    session.update_at((start, event.key), start + size - 1, 1);
+                    if start < slide {
+                        break;
                     }
-                    max_seen[i] = max_seen[i].max(event.time);
-                    let mut start = event.time - event.time % slide;
-                    while start + size > event.time {
-                        session.update_at((start, event.key), start + size - 1, 1);
-                        if start < slide {
-                            break;
-                        }
-                        start -= slide;
-                    }
+                    start -= slide;
                 }
-                any |= end > positions[i];
-                positions[i] = end;
-            }
-            let done: Vec<bool> = mine.iter().enumerate().map(|(i, p)| positions[i] >= p.len()).collect();
-            let watermark = max_seen
-                .iter()
-                .zip(&done)
-                .filter(|(_, d)| !**d)
-                .map(|(m, _)| m.saturating_sub(BOUND_MS))
-                .min()
-                .unwrap_or(u64::MAX - 1);
+            });
+            let watermark = reader.watermark().unwrap_or(u64::MAX - 1);
             if watermark > *session.time() {
                 session.advance_to(watermark);
             }
@@ -128,34 +107,19 @@ pub fn hand_written(size: u64, slide: u64, input: &Arc<Vec<Vec<Bid>>>) -> Digest
     // A good hand-written loop: the same fast hasher the engine uses.
     let mut windows: BTreeMap<u64, HashMap<u64, i64, foldhash::fast::FixedState>> = BTreeMap::new();
     let out = Digest::default();
-    let mut positions = vec![0usize; input.len()];
-    let mut max_seen = vec![0u64; input.len()];
+    let mut reader = RoundRobin::new(input.iter());
     loop {
-        let mut any = false;
-        for (i, partition) in input.iter().enumerate() {
-            let end = (positions[i] + 4_096).min(partition.len());
-            for event in &partition[positions[i]..end] {
-                if event.time < max_seen[i].saturating_sub(BOUND_MS) {
-                    continue;
+        let any = reader.round(|event| {
+            let mut start = event.time - event.time % slide;
+            while start + size > event.time {
+                *windows.entry(start).or_default().entry(event.key).or_insert(0) += 1;
+                if start < slide {
+                    break;
                 }
-                max_seen[i] = max_seen[i].max(event.time);
-                let mut start = event.time - event.time % slide;
-                while start + size > event.time {
-                    *windows.entry(start).or_default().entry(event.key).or_insert(0) += 1;
-                    if start < slide {
-                        break;
-                    }
-                    start -= slide;
-                }
+                start -= slide;
             }
-            any |= end > positions[i];
-            positions[i] = end;
-        }
-        let watermark = (0..input.len())
-            .filter(|i| positions[*i] < input[*i].len())
-            .map(|i| max_seen[i].saturating_sub(BOUND_MS))
-            .min()
-            .unwrap_or(u64::MAX);
+        });
+        let watermark = reader.watermark().unwrap_or(u64::MAX);
         while let Some(entry) = windows.first_entry() {
             if entry.key() + size > watermark {
                 break;
