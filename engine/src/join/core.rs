@@ -286,86 +286,38 @@ impl<G: ExchangeData, V1: ExchangeData, V2: ExchangeData> JoinState<G, V1, V2> {
         let mut before_right: BTreeMap<(G, Time, V2), isize> = BTreeMap::new();
         let mut new_closings: Vec<(Time, Side<G, V1, V2>)> = Vec::new();
 
-        for (item, diff) in left {
-            let Item { group: g, time, value, close, release } = item;
-            let group = self.groups.entry(g.clone()).or_default();
-            let Group { left: lefts, right: rights, filed } = group;
-            let found = lefts.search(time, &value);
-            let existing = found.ok().map(|i| &lefts.entries[i].2);
-            if shape.outer_left {
-                let before = existing.map_or(0, |e| e.unmatched(e.close < at));
-                before_left.entry((g.clone(), time, value.clone())).or_insert(before);
-            }
-            let exists = existing.is_some();
-            let mut partners = 0;
-            if let Some((lo, hi)) = partner_range(time, shape.lower, shape.upper) {
-                for (right_time, right_value, partner) in rights.range_mut(lo, hi) {
-                    if shape.outer_right {
-                        let before = partner.unmatched(partner.close < at);
-                        before_right.entry((g.clone(), *right_time, right_value.clone())).or_insert(before);
-                    }
-                    if partner.count != 0 {
-                        emit(&g, Some((time, &value)), Some((*right_time, right_value)), diff * partner.count);
-                    }
-                    partner.partners += diff;
-                    partners += partner.count;
-                }
-            }
-            if !exists {
-                self.live += 1;
-                if filed.is_none_or(|f| f < release || f < at) {
-                    *filed = Some(release);
-                    self.expiry.entry(release).or_default().push(g.clone());
-                }
-                if shape.outer_left && close > at {
-                    new_closings.push((close, Side::Left(g.clone(), time, value.clone())));
-                }
-            }
-            if lefts.update(found, time, value, diff, || Entry { count: diff, partners, close, release }) < 0 {
-                self.live -= 1;
-            }
-        }
-
-        for (item, diff) in right {
-            let Item { group: g, time, value, close, release } = item;
-            let group = self.groups.entry(g.clone()).or_default();
-            let Group { left: lefts, right: rights, filed } = group;
-            let found = rights.search(time, &value);
-            let existing = found.ok().map(|i| &rights.entries[i].2);
-            if shape.outer_right {
-                let before = existing.map_or(0, |e| e.unmatched(e.close < at));
-                before_right.entry((g.clone(), time, value.clone())).or_insert(before);
-            }
-            let exists = existing.is_some();
-            let mut partners = 0;
-            // Left partners at `time - [lower, upper]`, i.e. `time + [-upper, -lower]`.
-            if let Some((lo, hi)) = partner_range(time, -shape.upper, -shape.lower) {
-                for (left_time, left_value, partner) in lefts.range_mut(lo, hi) {
-                    if shape.outer_left {
-                        let before = partner.unmatched(partner.close < at);
-                        before_left.entry((g.clone(), *left_time, left_value.clone())).or_insert(before);
-                    }
-                    if partner.count != 0 {
-                        emit(&g, Some((*left_time, left_value)), Some((time, &value)), diff * partner.count);
-                    }
-                    partner.partners += diff;
-                    partners += partner.count;
-                }
-            }
-            if !exists {
-                self.live += 1;
-                if filed.is_none_or(|f| f < release || f < at) {
-                    *filed = Some(release);
-                    self.expiry.entry(release).or_default().push(g.clone());
-                }
-                if shape.outer_right && close > at {
-                    new_closings.push((close, Side::Right(g.clone(), time, value.clone())));
-                }
-            }
-            if rights.update(found, time, value, diff, || Entry { count: diff, partners, close, release }) < 0 {
-                self.live -= 1;
-            }
-        }
+        let (groups, live, expiry) = (&mut self.groups, &mut self.live, &mut self.expiry);
+        let mut left_side = Applying {
+            at,
+            partner_bounds: (shape.lower, shape.upper),
+            outer: (shape.outer_left, shape.outer_right),
+            groups: &mut *groups,
+            sides: |group: &mut Group<V1, V2>| (&mut group.left, &mut group.right, &mut group.filed),
+            before: (&mut before_left, &mut before_right),
+            live: &mut *live,
+            expiry: &mut *expiry,
+        };
+        left_side.apply(
+            left,
+            |close, g, time, value| new_closings.push((close, Side::Left(g, time, value))),
+            |g, l, r, d| emit(g, Some(l), Some(r), d),
+        );
+        // Left partners of a right record at `time - [lower, upper]`, i.e. `time + [-upper, -lower]`.
+        let mut right_side = Applying {
+            at,
+            partner_bounds: (-shape.upper, -shape.lower),
+            outer: (shape.outer_right, shape.outer_left),
+            groups,
+            sides: |group: &mut Group<V1, V2>| (&mut group.right, &mut group.left, &mut group.filed),
+            before: (&mut before_right, &mut before_left),
+            live,
+            expiry,
+        };
+        right_side.apply(
+            right,
+            |close, g, time, value| new_closings.push((close, Side::Right(g, time, value))),
+            |g, r, l, d| emit(g, Some(l), Some(r), d),
+        );
 
         // Records closing at `at`: their unmatched rows appear now if they have no partner.
         for (g, time, value) in close_left {
@@ -419,6 +371,85 @@ impl<G: ExchangeData, V1: ExchangeData, V2: ExchangeData> JoinState<G, V1, V2> {
                 if state.left.is_empty() && state.right.is_empty() {
                     group.remove();
                 }
+            }
+        }
+    }
+}
+
+/// Applying one side's updates of a time: "mine" is the side being applied, "other" the side
+/// its records pair with. The same code serves both sides, with the sides swapped.
+struct Applying<'a, G, V1, V2, Vm, Vo, S>
+where
+    S: Fn(&mut Group<V1, V2>) -> (&mut SideState<Vm>, &mut SideState<Vo>, &mut Option<Time>),
+{
+    at: Time,
+    /// Partners of a record at `t` are the other side's records at `t + [lo, hi]`.
+    partner_bounds: (i64, i64),
+    /// Whether (mine, other) is an outer side.
+    outer: (bool, bool),
+    groups: &'a mut FastMap<G, Group<V1, V2>>,
+    /// (mine, other, the group's filed release time) of a group.
+    sides: S,
+    /// The unmatched-row contributions before `at`, of (mine, other).
+    before: (&'a mut BTreeMap<(G, Time, Vm), isize>, &'a mut BTreeMap<(G, Time, Vo), isize>),
+    live: &'a mut usize,
+    expiry: &'a mut BTreeMap<Time, Vec<G>>,
+}
+
+impl<G, V1, V2, Vm, Vo, S> Applying<'_, G, V1, V2, Vm, Vo, S>
+where
+    G: ExchangeData,
+    Vm: ExchangeData,
+    Vo: ExchangeData,
+    S: Fn(&mut Group<V1, V2>) -> (&mut SideState<Vm>, &mut SideState<Vo>, &mut Option<Time>),
+{
+    /// Applies `updates` of mine: emits `pair(group, mine, other, diff)` for each change of a
+    /// pair, and hands `closing(close, group, time, value)` each new record of an outer side
+    /// that closes later.
+    fn apply(
+        &mut self,
+        updates: Vec<(Item<G, Vm>, isize)>,
+        mut closing: impl FnMut(Time, G, Time, Vm),
+        mut pair: impl FnMut(&G, (Time, &Vm), (Time, &Vo), isize),
+    ) {
+        let at = self.at;
+        let (outer_mine, outer_other) = self.outer;
+        for (item, diff) in updates {
+            let Item { group: g, time, value, close, release } = item;
+            let (mine, other, filed) = (self.sides)(self.groups.entry(g.clone()).or_default());
+            let found = mine.search(time, &value);
+            let existing = found.ok().map(|i| &mine.entries[i].2);
+            if outer_mine {
+                let before = existing.map_or(0, |e| e.unmatched(e.close < at));
+                self.before.0.entry((g.clone(), time, value.clone())).or_insert(before);
+            }
+            let exists = existing.is_some();
+            let mut partners = 0;
+            if let Some((lo, hi)) = partner_range(time, self.partner_bounds.0, self.partner_bounds.1) {
+                for (other_time, other_value, partner) in other.range_mut(lo, hi) {
+                    if outer_other {
+                        let before = partner.unmatched(partner.close < at);
+                        self.before.1.entry((g.clone(), *other_time, other_value.clone())).or_insert(before);
+                    }
+                    if partner.count != 0 {
+                        pair(&g, (time, &value), (*other_time, other_value), diff * partner.count);
+                    }
+                    partner.partners += diff;
+                    partners += partner.count;
+                }
+            }
+            if !exists {
+                *self.live += 1;
+                if filed.is_none_or(|f| f < release || f < at) {
+                    *filed = Some(release);
+                    self.expiry.entry(release).or_default().push(g.clone());
+                }
+                if outer_mine && close > at {
+                    closing(close, g.clone(), time, value.clone());
+                }
+            }
+            if mine.update(found, time, value, diff, || Entry { count: diff, partners, close, release }) < 0 {
+                *self.live -= 1;
             }
         }
     }
