@@ -263,7 +263,7 @@ impl<K: ExchangeData, V: ExchangeData> DedupLogic<K, V> {
         // as the latest pruned event. `time` is at most every future frontier and step time,
         // so `prunable` against it is what `release` would decide. (Events at a time that
         // already has retained events stay together with them.)
-        if state.events.contains_key(&t) || !prunable(t, Some(time), within, self.allowed_lateness) {
+        if !prunable(t, Some(time), within, self.allowed_lateness) || state.events.contains_key(&t) {
             if !state.events.entry(t).or_default().insert(value.clone()) {
                 return; // an identical event is retained: nothing changes
             }
