@@ -1,13 +1,16 @@
 //! Committing offsets: synchronously, on a thread per reader.
 
 use std::collections::BTreeMap;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::error::ConnectorError;
 use crate::kafka::source::Plan;
+use crate::kafka::stats::KafkaSourceStats;
 
 /// Offsets to commit: `(topic, partition, offset)`.
 pub(super) type Offsets = Vec<(String, i32, i64)>;
@@ -18,13 +21,25 @@ pub(super) type Committed = Vec<(String, i32, i64, Result<(), String>)>;
 /// asynchronous commit only to a callback the client library does not expose), so that the
 /// worker never waits for the group coordinator. Requests that queue up while a commit is in
 /// flight are merged: the newest offset per partition wins.
+///
+/// Dropping the committer stops it: a commit in flight completes (the drop waits for it, up to
+/// the source's request timeout), requests not yet sent are discarded. So once a source's
+/// dataflow is gone, its group's committed offsets no longer move, and a restart reads from
+/// where they are. The discarded offsets were safe to commit; leaving them out only means
+/// that the restart reads a few records again, which at-least-once allows.
 pub(super) struct Committer {
-    pub(super) requests: mpsc::Sender<Offsets>,
+    requests: Option<mpsc::Sender<Offsets>>,
     pub(super) results: mpsc::Receiver<Committed>,
+    stopping: Arc<AtomicBool>,
+    stopped: mpsc::Receiver<()>,
+    /// How long dropping waits for a commit in flight.
+    wait: Duration,
+    stats: Arc<KafkaSourceStats>,
+    name: String,
 }
 
 impl Committer {
-    pub(super) fn start(plan: &Plan, index: usize) -> Result<Self, ConnectorError> {
+    pub(super) fn start(plan: &Plan, index: usize, stats: Arc<KafkaSourceStats>) -> Result<Self, ConnectorError> {
         let consumer: BaseConsumer = plan
             .config
             .clone()
@@ -34,22 +49,56 @@ impl Committer {
             .map_err(|e| plan.config.redact(ConnectorError::kafka("creating the offset committer", e)))?;
         let (requests, incoming) = mpsc::channel::<Offsets>();
         let (outcomes, results) = mpsc::channel();
+        let (done, stopped) = mpsc::channel();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let stop = Arc::clone(&stopping);
         std::thread::Builder::new()
             .name(format!("tideline-kafka-committer-{index}"))
             .spawn(move || {
                 while let Ok(first) = incoming.recv() {
+                    if stop.load(Ordering::Acquire) {
+                        break;
+                    }
                     let mut latest: BTreeMap<(String, i32), i64> = BTreeMap::new();
                     for (topic, partition, offset) in std::iter::once(first).chain(incoming.try_iter()).flatten() {
                         let entry = latest.entry((topic, partition)).or_insert(offset);
                         *entry = (*entry).max(offset);
                     }
                     if outcomes.send(commit_sync(&consumer, &latest)).is_err() {
-                        return;
+                        break;
                     }
                 }
+                drop(consumer);
+                let _ = done.send(());
             })
             .map_err(|e| ConnectorError::Config(format!("cannot start the Kafka committer thread: {e}")))?;
-        Ok(Committer { requests, results })
+        Ok(Committer {
+            requests: Some(requests),
+            results,
+            stopping,
+            stopped,
+            wait: plan.request_timeout,
+            stats,
+            name: format!("{} (worker {index})", plan.name),
+        })
+    }
+
+    /// Asks for `offsets` to be committed; `false` if the committer thread has stopped.
+    pub(super) fn send(&self, offsets: Offsets) -> bool {
+        self.requests.as_ref().is_some_and(|requests| requests.send(offsets).is_ok())
+    }
+}
+
+impl Drop for Committer {
+    fn drop(&mut self) {
+        self.stopping.store(true, Ordering::Release);
+        self.requests = None;
+        if let Err(mpsc::RecvTimeoutError::Timeout) = self.stopped.recv_timeout(self.wait) {
+            self.stats.record_error(format!(
+                "{}: an offset commit was still in flight {:?} after the source stopped; it may still land",
+                self.name, self.wait
+            ));
+        }
     }
 }
 

@@ -71,6 +71,8 @@ pub use sink::{DeliveryError, KafkaSink, KafkaSinkBuilder, KafkaSinkStats, SinkF
 pub use source::{KafkaSource, KafkaSourceBuilder, StartOffsets};
 pub use stats::KafkaSourceStats;
 
+use std::time::Duration;
+
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 use tideline::time::watermark::PartitionId;
@@ -89,6 +91,25 @@ pub(crate) fn owner(topic: &str, partition: i32, peers: usize) -> usize {
 /// 64-bit FNV-1a: a fixed hash, the same in every process and every run.
 pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// Drops a Kafka client on a thread of its own and waits at most `limit` for it to close.
+///
+/// Closing a consumer that has a group id waits for librdkafka's group handling to wind down,
+/// which talks to the group coordinator; a worker must not hang on the network when its
+/// dataflow ends. A client that takes longer goes on closing in the background, and the
+/// source's stats say so.
+pub(crate) fn close_within<T: Send + 'static>(client: T, limit: Duration, stats: &KafkaSourceStats, what: &str) {
+    let (done, closed) = std::sync::mpsc::channel();
+    let closing = std::thread::Builder::new().name("tideline-kafka-close".into()).spawn(move || {
+        drop(client);
+        let _ = done.send(());
+    });
+    if closing.is_ok() && closed.recv_timeout(limit).is_err() {
+        stats.record_error(format!(
+            "{what}: the consumer did not close within {limit:?}; it goes on closing in the background"
+        ));
+    }
 }
 
 /// Whether an error of the client may go away by itself or on a retry: brokers unreachable,

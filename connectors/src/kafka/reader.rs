@@ -24,7 +24,7 @@ use crate::kafka::discovery::{Discovered, Discovery};
 use crate::kafka::ledger::OffsetLedger;
 use crate::kafka::source::{EventTimeFrom, Inner, Plan};
 use crate::kafka::stats::KafkaSourceStats;
-use crate::kafka::{is_fatal, partition_id};
+use crate::kafka::{close_within, is_fatal, partition_id};
 
 /// Client callbacks: statistics and errors, kept in the source's stats.
 struct ReaderContext {
@@ -135,7 +135,7 @@ impl<D: 'static> KafkaReader<D> {
             self.dead_letters = Some(DeadLetterProducer::new(&plan, topic.clone(), self.index)?);
         }
         if plan.group_id.is_some() {
-            self.committer = Some(Committer::start(&plan, self.index)?);
+            self.committer = Some(Committer::start(&plan, self.index, Arc::clone(&self.inner.stats))?);
         }
         self.discovery = Some(Discovery::start(Arc::clone(&plan), self.index, self.peers)?);
         Ok(())
@@ -348,7 +348,7 @@ impl<D: 'static> KafkaReader<D> {
             return;
         }
         let committer = self.committer.as_ref().expect("readers with a group have a committer");
-        if committer.requests.send(offsets).is_err() {
+        if !committer.send(offsets) {
             for state in self.partitions.values_mut() {
                 state.sent = state.committed;
             }
@@ -440,6 +440,19 @@ fn handle_message<D>(
                 producer.push(id, offset, view.partition, &letter);
             }
             ctx.dead_letter(letter);
+        }
+    }
+}
+
+impl<D> Drop for KafkaReader<D> {
+    fn drop(&mut self) {
+        // The committer first: once it has stopped, no commit of this reader lands any more.
+        self.discovery = None;
+        self.committer = None;
+        self.dead_letters = None;
+        if let Some(consumer) = self.consumer.take() {
+            let what = format!("{} (worker {})", self.inner.plan.name, self.index);
+            close_within(consumer, self.inner.plan.request_timeout, &self.inner.stats, &what);
         }
     }
 }

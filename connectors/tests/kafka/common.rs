@@ -222,9 +222,57 @@ pub(crate) fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T +
     });
     match result.recv_timeout(limit) {
         Ok(value) => value,
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("did not finish within {limit:?}"),
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            eprintln!("{}", thread_stacks());
+            panic!("did not finish within {limit:?} (the threads' stacks are above)")
+        }
         Err(mpsc::RecvTimeoutError::Disconnected) => panic!("the test thread panicked"),
     }
+}
+
+/// Where this process's threads are, from `gdb` if it is installed: a hang says where it hung.
+/// Only the frames of Tideline, timely, differential and librdkafka are kept.
+fn thread_stacks() -> String {
+    // Into a file, not a pipe: gdb stops this process, whose thread would otherwise have to
+    // read the pipe for gdb to go on writing.
+    let path = std::env::temp_dir().join(format!("tideline-stacks-{}.txt", std::process::id()));
+    let Ok(file) = std::fs::File::create(&path) else { return "(no stacks: cannot create a file for them)".into() };
+    let status = std::process::Command::new("timeout")
+        .args(["60", "gdb", "-p", &std::process::id().to_string(), "-batch", "-ex", "thread apply all bt"])
+        .stdin(std::process::Stdio::null())
+        .stdout(file)
+        .stderr(std::process::Stdio::null())
+        .status();
+    if status.is_err() {
+        return "(no stacks: gdb is not installed)".into();
+    }
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    let _ = std::fs::remove_file(&path);
+    // Per thread (librdkafka's own "rdk:" threads left out), its first frames in Tideline,
+    // timely, differential or the Kafka client.
+    let interesting = ["tideline", "timely", "differential", "rdkafka", "rd_kafka"];
+    let mut kept = Vec::new();
+    let mut frames = 0;
+    let mut skipping = false;
+    for line in text.lines() {
+        if line.starts_with("Thread ") {
+            skipping = line.contains("\"rdk:");
+            frames = 0;
+            if !skipping {
+                kept.push(line.to_string());
+            }
+        } else if !skipping
+            && frames < 8
+            && interesting.iter().any(|word| line.contains(word))
+            && !["std::", "core::", "alloc::"]
+                .iter()
+                .any(|p| line.split(" in ").nth(1).is_some_and(|f| f.starts_with(p)))
+        {
+            frames += 1;
+            kept.push(line.chars().take(200).collect());
+        }
+    }
+    format!("threads of the hung test process:\n{}", kept.join("\n"))
 }
 
 /// A sensor reading: the test input.
