@@ -28,6 +28,8 @@ pub(super) enum Discovered {
     Partitions { initial: bool, partitions: Vec<Found> },
     /// A look-up failed (retried); or a topic does not exist.
     Problem(String),
+    /// Discovery gave up: a bounded read's topic does not exist.
+    Fatal(String),
 }
 
 /// A thread per reader that looks up metadata and start offsets (blocking calls) so that the
@@ -66,9 +68,24 @@ fn discover(
 ) {
     let mut known: BTreeSet<(usize, i32)> = BTreeSet::new();
     let mut initial = true;
+    let started = std::time::Instant::now();
     loop {
         let message = match discover_once(consumer, plan, index, peers, &known, initial) {
-            Ok((partitions, problems)) => {
+            // A bounded read fixes its partitions and their ends in the first round: it must
+            // not start (and, with nothing to read, finish at once) before every topic is seen.
+            Ok(round) if plan.bounded && initial && !round.missing.is_empty() => {
+                let missing = round.missing.join(", ");
+                if started.elapsed() >= plan.request_timeout {
+                    let _ = sender.send(Discovered::Fatal(format!(
+                        "topic(s) {missing} not found within {:?}: a bounded read needs its topics to exist \
+                         (create them, or check the names and the bootstrap servers)",
+                        plan.request_timeout
+                    )));
+                    return;
+                }
+                Discovered::Problem(format!("topic(s) {missing} not found yet; looking again"))
+            }
+            Ok(Round { found: partitions, problems, .. }) => {
                 for problem in problems {
                     if sender.send(Discovered::Problem(problem)).is_err() {
                         return;
@@ -92,8 +109,18 @@ fn discover(
     }
 }
 
+/// What one round of discovery found.
+struct Round {
+    /// The partitions this worker owns and did not know, with their start (and end) offsets.
+    found: Vec<Found>,
+    /// Problems worth reporting.
+    problems: Vec<String>,
+    /// Topics the metadata did not show (or showed without partitions).
+    missing: Vec<String>,
+}
+
 /// One round: the partitions this worker owns and does not know yet, with their start (and
-/// end) offsets; and problems worth reporting.
+/// end) offsets; problems worth reporting; topics not found.
 fn discover_once(
     consumer: &BaseConsumer,
     plan: &Plan,
@@ -101,21 +128,29 @@ fn discover_once(
     peers: usize,
     known: &BTreeSet<(usize, i32)>,
     initial: bool,
-) -> Result<(Vec<Found>, Vec<String>), String> {
+) -> Result<Round, String> {
     let timeout = plan.request_timeout;
     let mut owned = Vec::new();
     let mut problems = Vec::new();
+    let mut missing = Vec::new();
     for (t, topic) in plan.topics.iter().enumerate() {
         let metadata =
             consumer.fetch_metadata(Some(topic), timeout).map_err(|e| format!("metadata of topic {topic}: {e}"))?;
-        let Some(info) = metadata.topics().iter().find(|m| m.name() == topic) else { continue };
+        let Some(info) = metadata.topics().iter().find(|m| m.name() == topic) else {
+            missing.push(topic.clone());
+            continue;
+        };
         if let Some(error) = info.error() {
             let error = rdkafka::types::RDKafkaErrorCode::from(error);
             if error == rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition {
                 problems.push(format!("topic {topic} does not exist (yet)"));
+                missing.push(topic.clone());
                 continue;
             }
             return Err(format!("metadata of topic {topic}: {error}"));
+        }
+        if info.partitions().is_empty() {
+            missing.push(topic.clone());
         }
         for partition in info.partitions() {
             let p = partition.id();
@@ -127,7 +162,7 @@ fn discover_once(
     owned.sort_unstable();
     let mut found = Vec::new();
     if owned.is_empty() {
-        return Ok((found, problems));
+        return Ok(Round { found, problems, missing });
     }
     let mut bounds = Vec::new();
     for &(t, p) in &owned {
@@ -194,5 +229,5 @@ fn discover_once(
         let start = start.unwrap_or(low).clamp(low, high.max(low));
         found.push(Found { topic, partition, start, end: plan.bounded.then_some(high) });
     }
-    Ok((found, problems))
+    Ok(Round { found, problems, missing })
 }

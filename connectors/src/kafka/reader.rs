@@ -155,6 +155,7 @@ impl<D: 'static> KafkaReader<D> {
                 Ok(Discovered::Problem(problem)) => {
                     self.inner.stats.record_error(format!("{}: worker {}: {problem}", self.plan().name, self.index));
                 }
+                Ok(Discovered::Fatal(problem)) => return Err(ConnectorError::Config(problem)),
                 Err(_) => break,
             }
         }

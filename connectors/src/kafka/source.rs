@@ -141,8 +141,10 @@ pub struct KafkaSourceBuilder<D> {
 ///
 /// [`bounded`](KafkaSourceBuilder::bounded) reads each partition up to the end offset
 /// observed when the source starts, then finishes it; when all are finished the source is
-/// done (its watermark goes to the end of time). Otherwise the source never finishes: a worker
-/// with nothing to read waits.
+/// done (its watermark goes to the end of time). A topic that is not found within the
+/// [request timeout](KafkaSourceBuilder::request_timeout) stops the reader with an error
+/// naming it, instead of the read finishing empty. Otherwise (unbounded) the source never
+/// finishes: a worker with nothing to read waits, and a missing topic is waited for.
 ///
 /// # Memory and backpressure
 ///
@@ -312,6 +314,8 @@ impl<D> KafkaSourceBuilder<D> {
     }
 
     /// How long metadata and offset look-ups may take before they are retried (default 10 s).
+    /// Also how long a bounded read waits for its topics to exist, and how long a stopping
+    /// source waits for a commit in flight and for its consumer to close.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout.max(Duration::from_millis(100));
         self

@@ -137,13 +137,15 @@ fn committed_offsets_never_pass_the_durable_output_and_a_restart_loses_nothing()
     // Run 2: restart from the committed offsets, read to the end.
     let source = tagged_source(&brokers, &topic, &group).start(StartOffsets::Committed).bounded().build().unwrap();
     let collected = Collected::new();
-    let c = collected.clone();
+    let (c, stats) = (collected.clone(), Arc::clone(source.stats()));
+    let metrics = tideline::metrics::SourceMetrics::new("tagged");
+    let m = Arc::clone(&metrics);
     within(Duration::from_secs(60), move || {
         execute(&Cluster::threads(2), move |worker| {
-            let (source, collected) = (source.clone(), c.clone());
+            let (source, collected, metrics) = (source.clone(), c.clone(), Arc::clone(&m));
             worker.dataflow::<Time, _, _>(move |scope| {
                 source
-                    .read(scope, SourceConfig::new("tagged"))
+                    .read(scope, SourceConfig::new("tagged").metrics(metrics))
                     .data
                     .map(|t| (t.partition, t.offset))
                     .collect_into(&collected);
@@ -158,7 +160,15 @@ fn committed_offsets_never_pass_the_durable_output_and_a_restart_loses_nothing()
     let missing: Vec<_> = expected_rerun.difference(&rerun).take(5).collect();
     assert!(
         extra.is_empty() && missing.is_empty(),
-        "the restart reads exactly what was not committed ({at_kill:?}): extra {extra:?}, missing {missing:?}"
+        "the restart reads exactly what was not committed ({at_kill:?}): extra {extra:?}, missing {missing:?} \
+         ({} missing in all; the restart read {:?}, assigned {:?}, positions {:?}, committed {:?}, errors {:?} {:?})",
+        expected_rerun.difference(&rerun).count(),
+        metrics.partitions(),
+        stats.assignment(),
+        stats.positions(),
+        stats.committed(),
+        stats.recent_errors(),
+        metrics.errors(),
     );
     let all: BTreeSet<(i32, i64)> = written.union(&rerun).copied().collect();
     assert_eq!(all.len() as i64, 2 * PER_PARTITION, "nothing is lost");

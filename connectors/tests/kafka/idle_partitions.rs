@@ -37,18 +37,26 @@ fn an_idle_partition_stops_holding_the_watermark_and_holds_it_again_when_it_send
     let samples: Arc<Mutex<Vec<(Instant, Option<Time>)>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let late = Collected::new();
-    let (s, st, l) = (Arc::clone(&samples), Arc::clone(&stop), late.clone());
+    let first_read = Arc::new(AtomicBool::new(false));
+    let (s, st, l, f) = (Arc::clone(&samples), Arc::clone(&stop), late.clone(), Arc::clone(&first_read));
     let run = std::thread::spawn(move || {
         execute(&Cluster::threads(1), move |worker| {
             let probe = Handle::new();
-            let (source, late) = (source.clone(), l.clone());
+            let (source, late, first_read) = (source.clone(), l.clone(), Arc::clone(&f));
             let id = worker.next_dataflow_index();
             worker.dataflow::<Time, _, _>(|scope| {
                 let config = SourceConfig::new("ticks")
                     .watermarks(WatermarkStrategy::monotonic().with_idle_timeout(IDLE))
                     .late(LatePolicy::SideOutput);
                 let streams = source.read(scope, config);
-                streams.data.probe_with(&probe);
+                streams
+                    .data
+                    .inspect(move |(r, _, _)| {
+                        if r.time == 100 {
+                            first_read.store(true, Ordering::Relaxed);
+                        }
+                    })
+                    .probe_with(&probe);
                 streams.late.map(|l| l.record.time).collect_into(&late);
             });
             while !st.load(Ordering::Relaxed) {
@@ -60,14 +68,22 @@ fn an_idle_partition_stops_holding_the_watermark_and_holds_it_again_when_it_send
         .unwrap();
     });
 
-    // The script, in real time: partition 1 sends t = 100 once and falls silent; partition 0
-    // sends t = 1000·i every 20 ms throughout. From 2.0 s to 3.5 s partition 1 sends t = 200
-    // every 20 ms (behind the watermark by then: late), then is silent again.
+    // The script, in real time: partition 1 sends t = 100 once and falls silent; once that is
+    // read (time 0 of the script), partition 0 sends t = 1000·i every 20 ms throughout. From
+    // 2.0 s to 3.5 s partition 1 sends t = 200 every 20 ms (behind the watermark by then:
+    // late), then is silent again. (Partition 0 starts only after partition 1's record has
+    // been read: if the consumer fetched partition 0's records first, partition 1 — silent
+    // since it was assigned — could be idle already, and its t = 100 rightly late.)
     let producer = producer(&brokers);
     let reading = |time: Time| serde_json::to_vec(&Reading { time, key: "k".into(), value: 0 }).unwrap();
-    let start = Instant::now();
     send(&producer, &topic, 1, None, Some(&reading(100)), None);
     flush(&producer);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !first_read.load(Ordering::Relaxed) {
+        assert!(Instant::now() < deadline, "partition 1's first record was not read");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let start = Instant::now();
     let mut sent0: Vec<(Instant, Time)> = Vec::new();
     let mut i = 0;
     while start.elapsed() < Duration::from_millis(5_500) {

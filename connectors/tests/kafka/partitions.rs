@@ -1,6 +1,7 @@
 //! Partition assignment against the real broker: with several topics and workers, every
 //! partition is read by exactly one worker, and partitions added while the source runs are
-//! found by the metadata refresh and read too.
+//! found by the metadata refresh and read too. A bounded read of a topic that does not exist
+//! fails instead of finishing empty.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -116,4 +117,34 @@ fn every_partition_is_read_by_one_worker_and_new_partitions_are_found() {
     assert_eq!(assignment.len(), 5, "{assignment:?}");
     let workers: std::collections::BTreeSet<usize> = assignment.values().copied().collect();
     assert!(workers.len() >= 2, "the partitions are spread over the workers: {assignment:?}");
+}
+
+#[test]
+fn a_bounded_read_of_a_missing_topic_fails_and_names_it() {
+    let _serial = crate::common::serial();
+    let test = "a_bounded_read_of_a_missing_topic_fails_and_names_it";
+    let Some(brokers) = brokers(test) else { return };
+    let missing = unique("missing");
+    let source = KafkaSource::<Reading>::json(KafkaConfig::new(&brokers))
+        .topic(&missing)
+        .record_event_time()
+        .bounded()
+        .request_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let metrics = tideline::metrics::SourceMetrics::new("readings");
+    let m = Arc::clone(&metrics);
+    // Not an empty result: a bounded read that finished at once would look like one.
+    within(Duration::from_secs(30), move || {
+        execute(&Cluster::threads(2), move |worker| {
+            let (source, metrics) = (source.clone(), Arc::clone(&m));
+            worker.dataflow::<Time, _, _>(move |scope| {
+                source.read(scope, SourceConfig::new("readings").metrics(metrics));
+            });
+        })
+        .unwrap();
+    });
+    let errors = metrics.errors();
+    assert_eq!(errors.len(), 2, "each worker's reader stops: {errors:?}");
+    assert!(errors.iter().all(|e| e.contains(&missing) && e.contains("a bounded read needs its topics")), "{errors:?}");
 }
