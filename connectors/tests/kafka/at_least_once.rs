@@ -78,6 +78,7 @@ fn committed_offsets_never_pass_the_durable_output_and_a_restart_loses_nothing()
     let durable = Arc::new(Mutex::new(BTreeSet::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let source = tagged_source(&brokers, &topic, &group).build().unwrap();
+    let first_run = Arc::clone(source.stats());
     let (d, s) = (Arc::clone(&durable), Arc::clone(&stop));
     let run = std::thread::spawn(move || {
         execute(&Cluster::threads(2), move |worker| {
@@ -161,7 +162,8 @@ fn committed_offsets_never_pass_the_durable_output_and_a_restart_loses_nothing()
     assert!(
         extra.is_empty() && missing.is_empty(),
         "the restart reads exactly what was not committed ({at_kill:?}): extra {extra:?}, missing {missing:?} \
-         ({} missing in all; the restart read {:?}, assigned {:?}, positions {:?}, committed {:?}, errors {:?} {:?})",
+         ({} missing in all; the restart read {:?}, assigned {:?}, positions {:?}, committed {:?}, errors {:?} {:?}; \
+         the first run's errors {:?})",
         expected_rerun.difference(&rerun).count(),
         metrics.partitions(),
         stats.assignment(),
@@ -169,6 +171,7 @@ fn committed_offsets_never_pass_the_durable_output_and_a_restart_loses_nothing()
         stats.committed(),
         stats.recent_errors(),
         metrics.errors(),
+        first_run.recent_errors(),
     );
     let all: BTreeSet<(i32, i64)> = written.union(&rerun).copied().collect();
     assert_eq!(all.len() as i64, 2 * PER_PARTITION, "nothing is lost");
