@@ -85,9 +85,9 @@ fn discover(
                 }
                 Discovered::Problem(format!("topic(s) {missing} not found yet; looking again"))
             }
-            Ok(Round { found: partitions, problems, .. }) => {
-                for problem in problems {
-                    if sender.send(Discovered::Problem(problem)).is_err() {
+            Ok(Round { found: partitions, missing }) => {
+                for topic in missing {
+                    if sender.send(Discovered::Problem(format!("topic {topic} does not exist (yet)"))).is_err() {
                         return;
                     }
                 }
@@ -113,14 +113,12 @@ fn discover(
 struct Round {
     /// The partitions this worker owns and did not know, with their start (and end) offsets.
     found: Vec<Found>,
-    /// Problems worth reporting.
-    problems: Vec<String>,
     /// Topics the metadata did not show (or showed without partitions).
     missing: Vec<String>,
 }
 
 /// One round: the partitions this worker owns and does not know yet, with their start (and
-/// end) offsets; problems worth reporting; topics not found.
+/// end) offsets; and the topics not found.
 fn discover_once(
     consumer: &BaseConsumer,
     plan: &Plan,
@@ -131,7 +129,6 @@ fn discover_once(
 ) -> Result<Round, String> {
     let timeout = plan.request_timeout;
     let mut owned = Vec::new();
-    let mut problems = Vec::new();
     let mut missing = Vec::new();
     for (t, topic) in plan.topics.iter().enumerate() {
         let metadata =
@@ -143,7 +140,6 @@ fn discover_once(
         if let Some(error) = info.error() {
             let error = rdkafka::types::RDKafkaErrorCode::from(error);
             if error == rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition {
-                problems.push(format!("topic {topic} does not exist (yet)"));
                 missing.push(topic.clone());
                 continue;
             }
@@ -162,7 +158,7 @@ fn discover_once(
     owned.sort_unstable();
     let mut found = Vec::new();
     if owned.is_empty() {
-        return Ok(Round { found, problems, missing });
+        return Ok(Round { found, missing });
     }
     let mut bounds = Vec::new();
     for &(t, p) in &owned {
@@ -229,5 +225,5 @@ fn discover_once(
         let start = start.unwrap_or(low).clamp(low, high.max(low));
         found.push(Found { topic, partition, start, end: plan.bounded.then_some(high) });
     }
-    Ok(Round { found, problems, missing })
+    Ok(Round { found, missing })
 }
