@@ -17,12 +17,12 @@ use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use tideline::late::LatePolicy;
-use tideline::metrics::SourceMetrics;
 use tideline::prelude::*;
-use tideline::run::{CLUSTER_FLAGS_HELP, Cluster, execute};
+use tideline::runtime::metrics::SourceMetrics;
+use tideline::runtime::{CLUSTER_FLAGS_HELP, Cluster, execute};
 use tideline::sink::SinkHandle;
 use tideline::source::SourceConfig;
+use tideline::time::late::LatePolicy;
 use tideline::time::parse_duration;
 use tideline::window::aggregate::AllStats;
 use tideline_connectors::kafka::{KafkaConfig, KafkaSink, KafkaSource, SinkFormat, StartOffsets, create_topic};

@@ -14,8 +14,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tideline::read_model::ReadModel;
-use tideline::run::{CLUSTER_FLAGS_HELP, Cluster};
+use tideline::runtime::{CLUSTER_FLAGS_HELP, Cluster};
+use tideline::table::read_model::ReadModel;
 use tideline::{Error, Time};
 use tideline_examples::ledger::{self, LOG_START, Pace, account, balances_before, event_log, overdrafts_of};
 

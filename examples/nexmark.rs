@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tideline::metrics::SourceMetrics;
 use tideline::prelude::*;
-use tideline::run::{CLUSTER_FLAGS_HELP, Cluster, execute};
+use tideline::runtime::metrics::SourceMetrics;
+use tideline::runtime::{CLUSTER_FLAGS_HELP, Cluster, execute};
 use tideline::sink::{SinkHandle, SinkParallelism, SinkWriter};
 use tideline::source::SourceConfig;
 use tideline_connectors::file::{FileSink, SinkMode};

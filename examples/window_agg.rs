@@ -14,12 +14,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tideline::late::LatePolicy;
-use tideline::metrics::SourceMetrics;
 use tideline::prelude::*;
-use tideline::run::{CLUSTER_FLAGS_HELP, Cluster, execute};
+use tideline::runtime::metrics::SourceMetrics;
+use tideline::runtime::{CLUSTER_FLAGS_HELP, Cluster, execute};
 use tideline::sink::SinkHandle;
 use tideline::source::{SourceConfig, memory};
+use tideline::time::late::LatePolicy;
 use tideline::time::{format_duration, parse_duration};
 use tideline::window::aggregate::AllStats;
 use tideline_connectors::file::{FileSink, FileSource, SinkMode};

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use tideline::late::LatePolicy;
+use tideline::time::late::LatePolicy;
 use tideline::time::watermark::{WatermarkStrategy, WatermarkTracker};
 
 fn watermarks(c: &mut Criterion) {
@@ -24,7 +24,7 @@ fn watermarks(c: &mut Criterion) {
                 let slot = slots[(i % 8) as usize];
                 let time = i * 3 + 40 - (i * 7919) % 40;
                 let generator = tracker.touch(slot, now, 0);
-                if policy.decide(time, generator.watermark()) != tideline::late::LateDecision::Drop {
+                if policy.decide(time, generator.watermark()) != tideline::time::late::LateDecision::Drop {
                     generator.observe(time);
                     accepted += 1;
                 }

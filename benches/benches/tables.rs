@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use tideline::prelude::*;
-use tideline::run::{Cluster, execute};
+use tideline::runtime::{Cluster, execute};
 use tideline::source::{SourceConfig, memory};
 use tideline::window::aggregate::Count;
 use tideline_benches::{Bid, Digest, DigestInto, InputShape, Row, generate};

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tideline::differential_dataflow::input::Input;
-use tideline::late::LatePolicy;
-use tideline::metrics::StateMetrics;
 use tideline::prelude::*;
-use tideline::run::{Cluster, execute};
+use tideline::runtime::metrics::StateMetrics;
+use tideline::runtime::{Cluster, execute};
 use tideline::source::{SourceConfig, memory};
+use tideline::time::late::LatePolicy;
 use tideline::timely::dataflow::operators::probe::Handle;
 
 use crate::{BOUND_MS, Digest, DigestInto, JITTER_MS, Kind, PARTITIONS, RoundRobin};

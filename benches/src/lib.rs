@@ -11,7 +11,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use tideline::prelude::*;
-use tideline::run::{Cluster, execute};
+use tideline::runtime::{Cluster, execute};
 use tideline::sink::{SinkHandle, SinkParallelism, SinkWriter};
 use tideline::source::SourceConfig;
 use tideline::window::aggregate::Count;

@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use tideline::differential_dataflow::input::Input;
 use tideline::differential_dataflow::operators::count::CountTotal;
-use tideline::late::LatePolicy;
-use tideline::metrics::StateMetrics;
 use tideline::prelude::*;
-use tideline::run::{Cluster, execute};
+use tideline::runtime::metrics::StateMetrics;
+use tideline::runtime::{Cluster, execute};
 use tideline::source::{SourceConfig, memory};
+use tideline::time::late::LatePolicy;
 use tideline::timely::dataflow::operators::probe::Handle;
 use tideline::window::aggregate::Count;
 

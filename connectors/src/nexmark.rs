@@ -12,7 +12,7 @@
 //! use tideline_connectors::nexmark::{NexmarkEvent, NexmarkSource};
 //!
 //! let source = NexmarkSource::new(1_000);
-//! let events = tideline::run::collect(2, move |scope| source.read(scope, SourceConfig::new("nexmark")).data);
+//! let events = tideline::runtime::collect(2, move |scope| source.read(scope, SourceConfig::new("nexmark")).data);
 //! assert_eq!(events.len(), 1_000);
 //! let bids = events.iter().filter(|(e, _, _)| matches!(e, NexmarkEvent::Bid(_))).count();
 //! assert_eq!(bids, 920); // 46 of every 50 events are bids

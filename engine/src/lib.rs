@@ -10,20 +10,15 @@
 //!
 //! | module | what it holds |
 //! |---|---|
-//! | [`time`] | event time ([`Time`]), [`Event`], durations; [`time::watermark`]: strategies and per-partition tracking |
-//! | [`late`] | the late policy and the late / dead-letter record types |
+//! | [`time`] | event time ([`Time`]), [`Event`], durations; [`time::watermark`]: strategies and per-partition tracking; [`time::late`]: the late policy and the late / dead-letter record types |
 //! | [`source`] | the generic watermarked source operator, and in-memory sources |
+//! | `state` (crate-private) | the temporal driver every stateful operator runs on |
 //! | [`window`] | tumbling, sliding and session windows, aggregators |
-//! | [`dedup`] | deduplication by key within a horizon |
-//! | [`topn`] | top-N per group of a changelog, ranked |
+//! | [`keyed`] | deduplication by key within a horizon ([`keyed::dedup`]), top-N per group ([`keyed::topn`]) |
 //! | [`join`] | equi, interval, window and as-of joins |
-//! | [`table`] | upsert tables and tables from aggregations: the stream–table duality |
-//! | [`read_model`] | tables and aggregates queryable from other threads while the dataflow runs |
+//! | [`table`] | upsert tables and tables from aggregations: the stream–table duality; [`table::read_model`]: tables queryable from other threads while the dataflow runs |
 //! | [`sink`] | sinks that write a time once it is complete; the collecting sink |
-//! | [`control`] | out-of-band control channels between the workers of all processes |
-//! | [`flow`] | flow control: sources wait for slow sinks instead of buffering |
-//! | [`metrics`] | source counters and operator state gauges, readable while running |
-//! | [`run`] | worker / cluster configuration and helpers that run dataflows |
+//! | [`runtime`] | worker / cluster configuration and helpers that run dataflows; control channels ([`runtime::control`]), flow control ([`runtime::flow`]), metrics ([`runtime::metrics`]) |
 //! | [`error`] | the engine's error type |
 //!
 //! Every collection is a differential [`VecCollection`] with timestamp [`Time`] (ms of event
@@ -36,7 +31,7 @@
 //! use tideline::window::aggregate::Sum;
 //!
 //! let events = vec![Event::new(1_000, 1u32, 5i64), Event::new(2_000, 1, 7), Event::new(11_000, 1, 1)];
-//! let sums = tideline::run::collect(1, move |scope| {
+//! let sums = tideline::runtime::collect(1, move |scope| {
 //!     let events = events.clone();
 //!     memory::from_iter(scope, SourceConfig::new("events"), move || events.into_iter())
 //!         .data
@@ -47,26 +42,21 @@
 //! assert_eq!(values, vec![12, 1]);
 //! ```
 
-pub mod control;
-pub mod dedup;
 pub mod error;
-pub mod flow;
 pub mod join;
-mod keyed;
-pub mod late;
-pub mod metrics;
-pub mod read_model;
-pub mod run;
+pub mod keyed;
+pub mod runtime;
 pub mod sink;
 pub mod source;
+pub(crate) mod state;
 pub mod table;
 pub mod time;
-pub mod topn;
 pub mod window;
 
 pub use differential_dataflow;
 pub use differential_dataflow::VecCollection;
 pub use error::{Error, Result};
+pub use runtime::ExchangeData;
 pub use time::{Event, EventTime, Time};
 pub use timely;
 
@@ -81,26 +71,17 @@ mod guide_concepts {}
 #[doc = include_str!("../../docs/operators.md")]
 mod guide_operators {}
 
-/// Hash maps with a fast, fixed-seed hasher for operator state (keys come from the data, so
-/// iteration order never decides results; a fixed seed keeps runs reproducible).
-pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;
-
-/// Data that can live in a collection and travel between workers and processes: the bounds
-/// of differential's `ExchangeData`, plus `Hash` (for exchange by key).
-pub trait ExchangeData: differential_dataflow::ExchangeData + std::hash::Hash {}
-impl<T: differential_dataflow::ExchangeData + std::hash::Hash> ExchangeData for T {}
-
 /// The operator traits and core types, for `use tideline::prelude::*`.
 pub mod prelude {
-    pub use crate::dedup::{Dedup, Keep};
     pub use crate::join::{AsOfJoin, IntervalBounds, IntervalJoin, Joins, WindowJoin};
-    pub use crate::late::{DeadLetter, LatePolicy, LateRecord};
-    pub use crate::read_model::{Publish, ReadModel};
+    pub use crate::keyed::dedup::{Dedup, Keep};
+    pub use crate::keyed::topn::{Ranked, TopN};
     pub use crate::sink::Sink;
+    pub use crate::table::read_model::{Publish, ReadModel};
     pub use crate::table::{Table, Tables, Upsert};
+    pub use crate::time::late::{DeadLetter, LatePolicy, LateRecord};
     pub use crate::time::watermark::WatermarkStrategy;
     pub use crate::time::{Event, EventTime, Time};
-    pub use crate::topn::{Ranked, TopN};
     pub use crate::window::session::Sessions;
     pub use crate::window::{Emit, Window, WindowResult, WindowSpec, Windows};
     pub use differential_dataflow::VecCollection;

@@ -58,7 +58,7 @@ pub struct FileSinkBuilder<D> {
 /// let sink = FileSink::<(String, i64)>::csv(&path).header(["name", "score"]).mode(SinkMode::Changelog).build().unwrap();
 /// let handle = SinkHandle::new("scores");
 /// let h = handle.clone();
-/// tideline::run::collect(1, move |scope| {
+/// tideline::runtime::collect(1, move |scope| {
 ///     use tideline::differential_dataflow::input::Input;
 ///     let (_, rows) = scope.new_collection_from(vec![("ada".to_string(), 3i64), ("bob".to_string(), 5)]);
 ///     sink.write(rows.clone(), &h);

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use csv::ByteRecord;
 use serde::de::DeserializeOwned;
-use tideline::control::Broadcast;
-use tideline::late::DeadLetter;
+use tideline::runtime::control::Broadcast;
 use tideline::source::{ReadContext, ReadStatus, SourceConfig, SourceReader, SourceSetup, SourceStreams, source};
+use tideline::time::late::DeadLetter;
 use tideline::time::watermark::PartitionId;
 use tideline::timely::dataflow::Scope;
 use tideline::{EventTime, Time};
@@ -66,7 +66,7 @@ pub struct FileSourceBuilder<D> {
 /// std::fs::write(&path, "event_time_ms,sensor,value\n1000,a,5\n2000,b,oops\n3000,a,7\n").unwrap();
 ///
 /// let files = FileSource::<Reading>::csv([&path]).time_field("event_time_ms").build().unwrap();
-/// let dead = tideline::run::collect(2, move |scope| files.read(scope, SourceConfig::new("readings")).dead_letters);
+/// let dead = tideline::runtime::collect(2, move |scope| files.read(scope, SourceConfig::new("readings")).dead_letters);
 /// assert_eq!(dead.len(), 1);
 /// assert_eq!(dead[0].0.position, 3);
 /// assert!(dead[0].0.reason.contains("value"));

@@ -8,7 +8,7 @@ use std::time::Duration;
 use rdkafka::ClientContext;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
-use tideline::late::DeadLetter;
+use tideline::time::late::DeadLetter;
 use tideline::time::watermark::PartitionId;
 
 use crate::error::ConnectorError;

@@ -35,7 +35,7 @@
 //!     .value(|r: &WindowResult<String, i64>| r.value)
 //!     .build()?;
 //! let handle = SinkHandle::new("click-counts");
-//! tideline::run::execute(&tideline::run::Cluster::threads(2), move |worker| {
+//! tideline::runtime::execute(&tideline::runtime::Cluster::threads(2), move |worker| {
 //!     let (clicks, counts, handle) = (clicks.clone(), counts.clone(), handle.clone());
 //!     worker.dataflow::<Time, _, _>(move |scope| {
 //!         let config = SourceConfig::new("clicks")

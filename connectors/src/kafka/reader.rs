@@ -12,8 +12,8 @@ use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::{ClientContext, Message};
 use tideline::Time;
-use tideline::late::{DeadLetter, LateDecision};
 use tideline::source::{FinishContext, ReadContext, ReadStatus, SourceReader};
+use tideline::time::late::{DeadLetter, LateDecision};
 use tideline::time::watermark::PartitionId;
 
 use crate::error::ConnectorError;

@@ -118,7 +118,7 @@ pub struct KafkaSourceBuilder<D> {
 /// # Bad input
 ///
 /// A message that fails to decode (or has no timestamp when event time comes from it) goes
-/// to the `dead_letters` collection as a [`DeadLetter`](tideline::late::DeadLetter) with the topic, the partition id, the
+/// to the `dead_letters` collection as a [`DeadLetter`](tideline::time::late::DeadLetter) with the topic, the partition id, the
 /// offset, the raw key and value and the reason, and is counted; with a
 /// [`dead_letter_topic`](KafkaSourceBuilder::dead_letter_topic) it is also produced there
 /// (same key and value, with headers `tideline.topic`, `tideline.partition`,

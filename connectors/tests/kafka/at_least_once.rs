@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tideline::prelude::*;
-use tideline::run::{Cluster, execute};
+use tideline::runtime::{Cluster, execute};
 use tideline::sink::{Collected, SinkHandle, SinkParallelism, SinkWriter};
 use tideline::source::SourceConfig;
 use tideline_connectors::kafka::{KafkaConfig, KafkaSource, StartOffsets};
@@ -139,7 +139,7 @@ fn committed_offsets_never_pass_the_durable_output_and_a_restart_loses_nothing()
     let source = tagged_source(&brokers, &topic, &group).start(StartOffsets::Committed).bounded().build().unwrap();
     let collected = Collected::new();
     let (c, stats) = (collected.clone(), Arc::clone(source.stats()));
-    let metrics = tideline::metrics::SourceMetrics::new("tagged");
+    let metrics = tideline::runtime::metrics::SourceMetrics::new("tagged");
     let m = Arc::clone(&metrics);
     within(Duration::from_secs(60), move || {
         execute(&Cluster::threads(2), move |worker| {

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tideline::prelude::*;
-use tideline::run::{Cluster, execute};
+use tideline::runtime::{Cluster, execute};
 use tideline::sink::{SinkHandle, SinkParallelism, SinkWriter};
 use tideline::source::SourceConfig;
 use tideline_connectors::kafka::{KafkaConfig, KafkaSource};
@@ -57,7 +57,7 @@ fn with_a_slow_sink_the_source_stops_polling_and_memory_stays_bounded() {
         .set("max.partition.fetch.bytes", "262144")
         .set("statistics.interval.ms", "100");
     let source = KafkaSource::<Reading>::json(config).topic(&topic).record_event_time().build().unwrap();
-    let metrics = tideline::metrics::SourceMetrics::new("readings");
+    let metrics = tideline::runtime::metrics::SourceMetrics::new("readings");
     let m = Arc::clone(&metrics);
     let stats = Arc::clone(source.stats());
     let (read, written) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));

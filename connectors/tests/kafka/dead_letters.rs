@@ -6,9 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tideline::metrics::SourceMetrics;
 use tideline::prelude::*;
-use tideline::run::{Cluster, execute};
+use tideline::runtime::metrics::SourceMetrics;
+use tideline::runtime::{Cluster, execute};
 use tideline::sink::Collected;
 use tideline::source::SourceConfig;
 use tideline_connectors::kafka::{KafkaConfig, KafkaSource};

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tideline::differential_dataflow::consolidation::consolidate;
-use tideline::late::LatePolicy;
 use tideline::prelude::*;
-use tideline::run::{Cluster, execute};
+use tideline::runtime::{Cluster, execute};
 use tideline::sink::{Collected, SinkHandle};
 use tideline::source::SourceConfig;
+use tideline::time::late::LatePolicy;
 use tideline::window::aggregate::{AllStats, Stats};
 use tideline_connectors::file::FileSource;
 use tideline_connectors::kafka::{KafkaConfig, KafkaSink, KafkaSource};
@@ -109,7 +109,7 @@ fn windowed_counts_from_kafka_to_kafka_equal_the_file_based_run() {
     let handle = SinkHandle::new("windows");
     let late = Collected::new();
     let (h, l, stats) = (handle.clone(), late.clone(), Arc::clone(source.stats()));
-    let metrics = tideline::metrics::SourceMetrics::new("readings");
+    let metrics = tideline::runtime::metrics::SourceMetrics::new("readings");
     let m = Arc::clone(&metrics);
     within(Duration::from_secs(120), move || {
         execute(&Cluster::threads(2), move |worker| {

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use tideline::prelude::*;
-use tideline::run::{Cluster, execute};
+use tideline::runtime::{Cluster, execute};
 use tideline::sink::SinkHandle;
 use tideline::source::SourceConfig;
 use tideline_connectors::kafka::{KafkaConfig, KafkaSink, KafkaSinkStats, KafkaSource, KafkaSourceStats};

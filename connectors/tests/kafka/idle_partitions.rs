@@ -7,11 +7,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tideline::late::LatePolicy;
 use tideline::prelude::*;
-use tideline::run::{Cluster, execute};
+use tideline::runtime::{Cluster, execute};
 use tideline::sink::Collected;
 use tideline::source::SourceConfig;
+use tideline::time::late::LatePolicy;
 use tideline::timely::dataflow::operators::probe::Handle;
 use tideline_connectors::kafka::{KafkaConfig, KafkaSource};
 

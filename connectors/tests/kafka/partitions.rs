@@ -8,10 +8,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tideline::late::LatePolicy;
 use tideline::prelude::*;
-use tideline::run::{Cluster, execute};
+use tideline::runtime::{Cluster, execute};
 use tideline::source::SourceConfig;
+use tideline::time::late::LatePolicy;
 use tideline_connectors::kafka::{KafkaConfig, KafkaSource};
 
 use crate::common::{Reading, add_partitions, brokers, create, flush, producer, send, unique, within};
@@ -132,7 +132,7 @@ fn a_bounded_read_of_a_missing_topic_fails_and_names_it() {
         .request_timeout(Duration::from_secs(1))
         .build()
         .unwrap();
-    let metrics = tideline::metrics::SourceMetrics::new("readings");
+    let metrics = tideline::runtime::metrics::SourceMetrics::new("readings");
     let m = Arc::clone(&metrics);
     // Not an empty result: a bounded read that finished at once would look like one.
     within(Duration::from_secs(30), move || {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tideline::differential_dataflow::input::Input;
 use tideline::prelude::*;
-use tideline::run::{Cluster, execute};
+use tideline::runtime::{Cluster, execute};
 use tideline::sink::SinkHandle;
 use tideline_connectors::kafka::{KafkaConfig, KafkaSink, SinkFormat};
 

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tideline::prelude::*;
-use tideline::run::{Cluster, execute};
+use tideline::runtime::{Cluster, execute};
 use tideline::sink::Collected;
 use tideline::source::SourceConfig;
 use tideline_connectors::kafka::{KafkaConfig, KafkaSource, StartOffsets};

@@ -14,7 +14,7 @@
 //! // Orders priced with the exchange rate in force when they were placed.
 //! let rates = vec![Event::new(1_000, 'E', Some(110)), Event::new(5_000, 'E', Some(120))];
 //! let orders = vec![Event::new(500, 'E', 1u32), Event::new(3_000, 'E', 2), Event::new(7_000, 'E', 3)];
-//! let priced = tideline::run::collect(2, move |scope| {
+//! let priced = tideline::runtime::collect(2, move |scope| {
 //!     let (rates, orders) = (rates.clone(), orders.clone());
 //!     let rates = memory::from_iter(scope, SourceConfig::new("rates"), move || rates.into_iter());
 //!     let orders = memory::from_iter(scope, SourceConfig::new("orders"), move || orders.into_iter());
@@ -78,10 +78,11 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::core::OkErr;
 use timely::dataflow::operators::generic::Operator;
 
-use crate::metrics::StateMetrics;
+use crate::runtime::ExchangeData;
+use crate::runtime::metrics::StateMetrics;
+use crate::state::FastMap;
 use crate::table::Table;
 use crate::time::{Event, Time, millis};
-use crate::{ExchangeData, FastMap};
 
 type Update<D> = (D, Time, isize);
 

@@ -39,9 +39,10 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::{Operator, OutputBuilder};
 use timely::progress::frontier::MutableAntichain;
 
-use crate::metrics::StateMetrics;
+use crate::runtime::ExchangeData;
+use crate::runtime::metrics::StateMetrics;
+use crate::state::FastMap;
 use crate::time::Time;
-use crate::{ExchangeData, FastMap};
 
 pub(crate) type Update<D> = (D, Time, isize);
 

@@ -14,7 +14,7 @@
 //! use tideline::timely::dataflow::Scope;
 //!
 //! // Nexmark q3's shape: people joined with the auctions they sell, keyed by person id.
-//! let rows = tideline::run::collect(1, |scope: Scope<'_, Time>| {
+//! let rows = tideline::runtime::collect(1, |scope: Scope<'_, Time>| {
 //!     let (_, persons) = scope.new_collection_from(vec![(1u32, 'p'), (2, 'q')]);
 //!     let (_, auctions) = scope.new_collection_from(vec![(1u32, 'a'), (1, 'b'), (3, 'c')]);
 //!     persons.full_join(auctions)
@@ -48,7 +48,7 @@
 //! frontier advances). For joins whose state must expire with time, use an
 //! [interval](crate::join::interval) or [window](crate::join::window) join, or retract the
 //! inputs upstream. To see the state's size, put a
-//! [`live_records`](crate::metrics::LiveRecords::live_records) gauge on each input.
+//! [`live_records`](crate::runtime::metrics::LiveRecords::live_records) gauge on each input.
 //!
 //! # Checkpointing
 //!
@@ -57,7 +57,7 @@
 use differential_dataflow::VecCollection;
 use differential_dataflow::collection::concatenate;
 
-use crate::ExchangeData;
+use crate::runtime::ExchangeData;
 use crate::time::Time;
 
 /// Equi-joins on collections of `(key, value)` pairs.

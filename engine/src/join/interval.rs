@@ -15,7 +15,7 @@
 //! // Clicks within 10 s after an impression of the same ad; impressions never clicked.
 //! let impressions = vec![Event::new(1_000, 7u32, 'i'), Event::new(50_000, 7, 'j')];
 //! let clicks = vec![Event::new(4_000, 7u32, 'c'), Event::new(30_000, 7, 'd')];
-//! let joined = tideline::run::collect(2, move |scope| {
+//! let joined = tideline::runtime::collect(2, move |scope| {
 //!     let (impressions, clicks) = (impressions.clone(), clicks.clone());
 //!     let impressions = memory::from_iter(scope, SourceConfig::new("impressions"), move || impressions.into_iter());
 //!     let clicks = memory::from_iter(scope, SourceConfig::new("clicks"), move || clicks.into_iter());
@@ -78,12 +78,13 @@ use std::time::Duration;
 
 use differential_dataflow::VecCollection;
 
+use crate::error::{Error, Result};
 use crate::join::TooLate;
 use crate::join::core::{Item, Shape, prepare, shift, temporal_join};
-use crate::metrics::StateMetrics;
+use crate::runtime::ExchangeData;
+use crate::runtime::metrics::StateMetrics;
 use crate::time::{Event, Time, millis};
 use crate::window::Emit;
-use crate::{Error, ExchangeData, Result};
 
 /// The match condition of an interval join: `left.time + lower ≤ right.time ≤ left.time + upper`,
 /// in milliseconds.

@@ -10,10 +10,10 @@
 //!
 //! Every join's output is a changelog: a deterministic function of the timestamped input
 //! collections, identical for any number of workers. The temporal joins (interval, window,
-//! as-of) read an event's time from its data ([`Event::time`](crate::Event)), decide which
+//! as-of) read an event's time from its data ([`Event::time`](crate::time::Event)), decide which
 //! records are too late from data alone (a record's dataflow time against its event time and
 //! the allowed lateness), send too-late records to an explicit late output and count them in
-//! [`StateMetrics::late_skipped`](crate::metrics::StateMetrics::late_skipped), and release
+//! [`StateMetrics::late_skipped`](crate::runtime::metrics::StateMetrics::late_skipped), and release
 //! their state as the frontier passes the last time it can matter.
 //!
 //! Nexmark's joins map onto them directly: q3 (`person ⋈ auction`, filtered) and q20

@@ -16,7 +16,7 @@
 //! // Nexmark q8: people who opened an auction in the 10 s window in which they registered.
 //! let persons = vec![Event::new(1_000, 1u32, 'p'), Event::new(12_000, 2, 'q')];
 //! let auctions = vec![Event::new(4_000, 1u32, 'a'), Event::new(9_000, 2, 'b'), Event::new(15_000, 2, 'c')];
-//! let joined = tideline::run::collect(2, move |scope| {
+//! let joined = tideline::runtime::collect(2, move |scope| {
 //!     let (persons, auctions) = (persons.clone(), auctions.clone());
 //!     let persons = memory::from_iter(scope, SourceConfig::new("persons"), move || persons.into_iter());
 //!     let auctions = memory::from_iter(scope, SourceConfig::new("auctions"), move || auctions.into_iter());
@@ -68,10 +68,10 @@ use std::time::Duration;
 
 use differential_dataflow::VecCollection;
 
-use crate::ExchangeData;
 use crate::join::TooLate;
 use crate::join::core::{Item, Shape, prepare, temporal_join};
-use crate::metrics::StateMetrics;
+use crate::runtime::ExchangeData;
+use crate::runtime::metrics::StateMetrics;
 use crate::time::{Event, Time, millis};
 use crate::window::{Emit, Window, WindowSpec};
 

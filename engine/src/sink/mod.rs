@@ -12,7 +12,7 @@
 //! # Durability
 //!
 //! What a writer has flushed is durable; the sink tells the dataflow's flow group
-//! ([`crate::flow`]) how far that goes, over all workers, so that sources can acknowledge
+//! ([`crate::runtime::flow`]) how far that goes, over all workers, so that sources can acknowledge
 //! their input (commit offsets) once everything derived from it is durable. Each worker's
 //! part of a sink stays alive after its input completes until it has heard that every
 //! worker's part completed (or one failed), so every worker learns that the whole output is
@@ -29,15 +29,16 @@ use std::rc::Rc;
 use timely::communication::Pull;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
-use crate::control::Broadcast;
-use crate::flow::FlowGroup;
+use crate::runtime::control::Broadcast;
+use crate::runtime::flow::FlowGroup;
 use timely::dataflow::channels::Message;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::InputHandleCore;
 use timely::progress::frontier::MutableAntichain;
 
+use crate::error::{Error, Result};
+use crate::runtime::ExchangeData;
 use crate::time::Time;
-use crate::{Error, ExchangeData, Result};
 
 /// Writes the updates of completed times somewhere.
 pub trait SinkWriter<D>: 'static {
@@ -152,9 +153,9 @@ impl<D: ExchangeData> Sink<D> for VecCollection<'_, Time, D> {
         let name = format!("Sink({})", handle.name());
         let probe = timely::dataflow::operators::probe::Handle::new();
         let collection = self.probe_with(&probe);
-        crate::flow::watch(scope, &probe);
+        crate::runtime::flow::watch(scope, &probe);
         let durable = Rc::new(Cell::new(None));
-        let flow = crate::flow::group(scope);
+        let flow = crate::runtime::flow::group(scope);
         flow.register_durable(Rc::clone(&durable));
         let mut builder = OperatorBuilder::new(name, scope);
         let info = builder.operator_info();
@@ -199,7 +200,7 @@ struct SinkCore<D, W> {
     last_frontier: Option<Option<Time>>,
     failed: bool,
     /// What every worker's part of this sink has durably written (the minimum), for the flow
-    /// group (see [`crate::flow`]).
+    /// group (see [`crate::runtime::flow`]).
     durable: Rc<Cell<Option<Option<Time>>>>,
     flow: Rc<FlowGroup>,
     /// Workers announce their durable frontiers to each other: records read by one worker

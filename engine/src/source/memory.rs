@@ -77,7 +77,7 @@ where
 ///     vec![Event::new(1_000, 'a', 1), Event::new(3_000, 'b', 2)],
 ///     vec![Event::new(2_000, 'a', 5)],
 /// ]);
-/// let out = tideline::run::collect(1, move |scope| {
+/// let out = tideline::runtime::collect(1, move |scope| {
 ///     memory::from_partitions(scope, SourceConfig::new("events"), partitions.clone()).data
 /// });
 /// assert_eq!(out.len(), 3);

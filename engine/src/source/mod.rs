@@ -37,10 +37,10 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
-use crate::control::Broadcast;
-use crate::late::{DeadLetter, LateDecision, LatePolicy, LateRecord};
-use crate::metrics::{PartitionStats, SourceMetrics};
+use crate::runtime::control::Broadcast;
+use crate::runtime::metrics::{PartitionStats, SourceMetrics};
 use crate::time::Time;
+use crate::time::late::{DeadLetter, LateDecision, LatePolicy, LateRecord};
 use crate::time::watermark::{PartitionId, PartitionWatermark, WatermarkStrategy, WatermarkTracker};
 
 /// How a source turns its records into a watermarked collection.
@@ -98,7 +98,7 @@ impl SourceConfig {
         self
     }
 
-    /// Sets the flow-control bound (see [`crate::flow`]).
+    /// Sets the flow-control bound (see [`crate::runtime::flow`]).
     pub fn max_in_flight(mut self, records: u64) -> Self {
         self.max_in_flight = records.max(1);
         self
@@ -144,7 +144,7 @@ pub trait SourceReader: 'static {
 
 /// What a [`SourceReader`] sees after it is done: how far its input is durably processed.
 pub struct FinishContext<'a> {
-    flow: &'a crate::flow::FlowGroup,
+    flow: &'a crate::runtime::flow::FlowGroup,
     metrics: &'a SourceMetrics,
 }
 
@@ -192,7 +192,7 @@ pub struct ReadContext<'a, D> {
     dead: &'a mut Vec<(DeadLetter, Time, isize)>,
     last: Option<(PartitionId, usize)>,
     metrics: &'a SourceMetrics,
-    flow: &'a crate::flow::FlowGroup,
+    flow: &'a crate::runtime::flow::FlowGroup,
 }
 
 impl<D> ReadContext<'_, D> {
@@ -378,7 +378,7 @@ where
     let mut announcements: Broadcast<(usize, Option<Time>)> = setup.broadcast();
     let mut reader = make_reader(&setup);
     let activator = scope.activator_for(info.address);
-    let flow = crate::flow::group(scope);
+    let flow = crate::runtime::flow::group(scope);
     let report_to = Arc::clone(&metrics);
     let idle_timeout = config.watermarks.idle_timeout();
     // The operator says it is incomplete until the reader has finished (see

@@ -12,7 +12,7 @@ use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ExchangeData;
+use crate::runtime::ExchangeData;
 
 /// A mergeable, retractable aggregation of values `V`.
 pub trait Aggregator<V>: Clone + 'static {
@@ -357,7 +357,7 @@ impl<V: ExchangeData> Aggregator<V> for DistinctCount {
 /// Equal values are indistinguishable, so ties need no further order. To rank records by a
 /// field, make the value a tuple that starts with it: `(price, bidder)` ranks by price, then
 /// by bidder; wrap it in [`std::cmp::Reverse`] for the `n` smallest. For top-N across keys,
-/// see [`TopN`](crate::topn::TopN).
+/// see [`TopN`](crate::keyed::topn::TopN).
 ///
 /// ```
 /// use tideline::window::aggregate::{Aggregator, Top};

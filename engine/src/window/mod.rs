@@ -13,7 +13,7 @@
 //!     Event::new(12_000, 'a', 1),
 //!     Event::new(11_000, 'b', 1),
 //! ];
-//! let results = tideline::run::collect(2, move |scope| {
+//! let results = tideline::runtime::collect(2, move |scope| {
 //!     let events = events.clone();
 //!     let config = SourceConfig::new("events")
 //!         .watermarks(WatermarkStrategy::bounded_out_of_orderness(Duration::from_secs(5)));
@@ -71,10 +71,11 @@ use std::time::Duration;
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::StateMetrics;
+use crate::error::{Error, Result};
+use crate::runtime::ExchangeData;
+use crate::runtime::metrics::StateMetrics;
 use crate::time::{Event, Time, millis};
 use crate::window::aggregate::Aggregator;
-use crate::{Error, ExchangeData, Result};
 
 /// A window `[start, end)` of event time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -11,10 +11,11 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::{Operator, OutputBuilder};
 
+use crate::runtime::ExchangeData;
+use crate::state::FastMap;
 use crate::time::{Event, Time};
 use crate::window::aggregate::Aggregator;
 use crate::window::{Emit, Window, WindowResult, WindowedCollection};
-use crate::{ExchangeData, FastMap};
 
 /// Pre-aggregated updates of one key in one pane.
 ///
@@ -111,8 +112,8 @@ where
     // Stage 2 (by key): window state, emission as the frontier passes, release.
     let (worker, peers) = (results_scope.index(), results_scope.peers());
     // A record at time τ affects windows ending at most `size + allowed_lateness` later.
-    crate::flow::group(results_scope)
-        .register_retention(crate::flow::Retention::Bounded(spec.size().saturating_add(allowed_lateness)));
+    crate::runtime::flow::group(results_scope)
+        .register_retention(crate::runtime::flow::Retention::Bounded(spec.size().saturating_add(allowed_lateness)));
     let exchange = Exchange::new(|update: &Update<PaneDelta<K, A::Acc>>| update.0.key.hashed());
     let results = panes.unary_frontier(exchange, &name, move |_capability, _info| {
         let mut windows: BTreeMap<Time, WindowState<K, A::Acc>> = BTreeMap::new();

@@ -13,7 +13,7 @@
 //!     Event::new(2_500, 1, 1),
 //!     Event::new(9_000, 1, 1),
 //! ];
-//! let sessions = tideline::run::collect(2, move |scope| {
+//! let sessions = tideline::runtime::collect(2, move |scope| {
 //!     let events = events.clone();
 //!     memory::from_iter(scope, SourceConfig::new("events"), move || events.into_iter())
 //!         .data
@@ -87,12 +87,13 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
-use crate::keyed::{KeyedLogic, StepOutput, is_applicable, keyed_operator};
-use crate::metrics::StateMetrics;
+use crate::error::{Error, Result};
+use crate::runtime::ExchangeData;
+use crate::runtime::metrics::StateMetrics;
+use crate::state::driver::{KeyedLogic, StepOutput, is_applicable, keyed_operator};
 use crate::time::{Event, Time, millis};
 use crate::window::aggregate::Aggregator;
 use crate::window::{Emit, Window, WindowResult};
-use crate::{Error, ExchangeData, Result};
 
 /// Session windows on collections of [`Event`]s.
 ///

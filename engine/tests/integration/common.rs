@@ -4,12 +4,12 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use tideline::late::{LatePolicy, LateRecord};
-use tideline::metrics::{SourceMetrics, StateMetrics};
 use tideline::prelude::*;
-use tideline::run::{Cluster, execute};
+use tideline::runtime::metrics::{SourceMetrics, StateMetrics};
+use tideline::runtime::{Cluster, execute};
 use tideline::sink::Collected;
 use tideline::source::{SourceConfig, memory};
+use tideline::time::late::{LatePolicy, LateRecord};
 use tideline::time::watermark::WatermarkStrategy;
 use tideline::window::aggregate::Stats;
 use tideline::{Event, ExchangeData, Time};
@@ -211,13 +211,13 @@ pub(crate) fn run_two_with<A, B, F>(
 {
     use tideline::differential_dataflow::input::Input;
     let (a, b) = (Arc::clone(a), Arc::clone(b));
-    tideline::run::execute(&tideline::run::Cluster::threads(workers), move |worker| {
+    tideline::runtime::execute(&tideline::runtime::Cluster::threads(workers), move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
         let (mut input_a, mut input_b, flow) = worker.dataflow::<Time, _, _>(|scope| {
             let (input_a, collection_a) = scope.new_collection::<A, isize>();
             let (input_b, collection_b) = scope.new_collection::<B, isize>();
             build(collection_a, collection_b);
-            (input_a, input_b, tideline::flow::group(scope))
+            (input_a, input_b, tideline::runtime::flow::group(scope))
         });
         let mut rng = SmallRng::seed_from_u64(seed ^ (index as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
         // Half the updates are sent at their own time (the frontier then sits on it), the others

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use tideline::late::LatePolicy;
 use tideline::prelude::*;
+use tideline::time::late::LatePolicy;
 
 use crate::common::*;
 

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use tideline::metrics::{LiveRecords, StateMetrics};
 use tideline::prelude::*;
+use tideline::runtime::metrics::{LiveRecords, StateMetrics};
 use tideline::sink::Collected;
 
 use crate::common::*;

@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tideline::join::TooLate;
-use tideline::late::LatePolicy;
-use tideline::metrics::StateMetrics;
 use tideline::prelude::*;
-use tideline::run::{Cluster, execute};
+use tideline::runtime::metrics::StateMetrics;
+use tideline::runtime::{Cluster, execute};
 use tideline::sink::Collected;
 use tideline::source::{SourceConfig, memory};
+use tideline::time::late::LatePolicy;
 
 use crate::common::*;
 

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tideline::metrics::StateMetrics;
 use tideline::prelude::*;
+use tideline::runtime::metrics::StateMetrics;
 use tideline::sink::Collected;
 
 use crate::common::*;

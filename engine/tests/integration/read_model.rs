@@ -10,8 +10,8 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tideline::differential_dataflow::input::Input;
 use tideline::prelude::*;
-use tideline::read_model::{Read, ReadModel};
-use tideline::run::{Cluster, execute};
+use tideline::runtime::{Cluster, execute};
+use tideline::table::read_model::{Read, ReadModel};
 
 /// Deposits and withdrawals: `(account, amount)` at increasing times.
 fn movements(seed: u64) -> Vec<((u32, i64), Time)> {

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tideline::prelude::*;
-use tideline::run::{Cluster, execute};
+use tideline::runtime::{Cluster, execute};
 use tideline::sink::{Collected, SinkHandle, SinkParallelism, SinkWriter};
 use tideline::source::{FinishContext, ReadContext, ReadStatus, SourceConfig, SourceReader, source};
 use tideline::time::watermark::PartitionId;

@@ -7,11 +7,11 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tideline::late::LatePolicy;
 use tideline::prelude::*;
-use tideline::run::{Cluster, execute};
+use tideline::runtime::{Cluster, execute};
 use tideline::sink::Collected;
 use tideline::source::{ReadContext, ReadStatus, SourceConfig, SourceReader, source};
+use tideline::time::late::LatePolicy;
 use tideline::time::watermark::PartitionId;
 use tideline::timely::dataflow::operators::probe::Handle;
 

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tideline::metrics::StateMetrics;
 use tideline::prelude::*;
-use tideline::run::{Cluster, execute};
+use tideline::runtime::metrics::StateMetrics;
+use tideline::runtime::{Cluster, execute};
 use tideline::sink::Collected;
 use tideline::source::{SourceConfig, memory};
 use tideline::window::aggregate::{AllStats, Count, Stats};

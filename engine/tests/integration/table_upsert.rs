@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use tideline::metrics::StateMetrics;
 use tideline::prelude::*;
+use tideline::runtime::metrics::StateMetrics;
 use tideline::sink::Collected;
 
 use crate::common::*;

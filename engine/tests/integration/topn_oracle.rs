@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tideline::late::LatePolicy;
 use tideline::prelude::*;
+use tideline::time::late::LatePolicy;
 use tideline::window::aggregate::{DistinctCount, Sum, Top};
 
 use crate::common::*;

@@ -6,11 +6,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tideline::late::{LatePolicy, LateRecord};
 use tideline::prelude::*;
-use tideline::run::{Cluster, execute};
+use tideline::runtime::{Cluster, execute};
 use tideline::sink::Collected;
 use tideline::source::{SourceConfig, memory};
+use tideline::time::late::{LatePolicy, LateRecord};
 use tideline::window::aggregate::{AllStats, Stats};
 
 use crate::common::*;
@@ -35,7 +35,7 @@ fn run(
     let results = Collected::new();
     let late = Collected::new();
     let operator_late = Collected::new();
-    let metrics = tideline::metrics::SourceMetrics::new("events");
+    let metrics = tideline::runtime::metrics::SourceMetrics::new("events");
     let (r, l, o, m) = (results.clone(), late.clone(), operator_late.clone(), metrics.clone());
     let (partitions, strategy) = (Arc::clone(partitions), strategy.clone());
     execute(&Cluster::threads(workers), move |worker| {

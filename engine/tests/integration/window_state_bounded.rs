@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tideline::metrics::StateMetrics;
 use tideline::prelude::*;
-use tideline::run::{Cluster, execute};
+use tideline::runtime::metrics::StateMetrics;
+use tideline::runtime::{Cluster, execute};
 use tideline::sink::Collected;
 use tideline::source::{SourceConfig, memory};
 use tideline::timely::dataflow::operators::probe::Handle;

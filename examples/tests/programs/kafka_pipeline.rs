@@ -7,9 +7,9 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tideline::late::LatePolicy;
 use tideline::prelude::*;
 use tideline::source::{SourceConfig, memory};
+use tideline::time::late::LatePolicy;
 use tideline::window::aggregate::AllStats;
 use tideline_connectors::kafka::{KafkaConfig, KafkaSource, Keyed, RawMessage};
 use tideline_examples::{GENERATED_PARTITIONS, InputRow, OutputRow, generated_partition};
@@ -34,7 +34,7 @@ fn read_topic<D: tideline::ExchangeData>(
     decoder: impl Fn(&KafkaConfig) -> tideline_connectors::kafka::KafkaSourceBuilder<D>,
 ) -> Vec<D> {
     let source = decoder(&KafkaConfig::new(brokers)).topic(topic).event_time(|_: &D| 0).bounded().build().unwrap();
-    tideline::run::collect(1, move |scope| source.read(scope, SourceConfig::new(topic_name(&source))).data)
+    tideline::runtime::collect(1, move |scope| source.read(scope, SourceConfig::new(topic_name(&source))).data)
         .into_iter()
         .map(|(d, _, diff)| {
             assert_eq!(diff, 1);
@@ -107,7 +107,7 @@ fn kafka_pipeline_equals_the_in_memory_pipeline() {
             .late(LatePolicy::SideOutput)
     };
     let p = Arc::clone(&partitions);
-    let mut expected: Vec<OutputRow> = tideline::run::collect(2, move |scope| {
+    let mut expected: Vec<OutputRow> = tideline::runtime::collect(2, move |scope| {
         memory::from_partitions(scope, config(), Arc::clone(&p))
             .data
             .map(InputRow::into_event)
@@ -130,7 +130,7 @@ fn kafka_pipeline_equals_the_in_memory_pipeline() {
     })
     .collect();
     let p = Arc::clone(&partitions);
-    let mut expected_late: Vec<InputRow> = tideline::run::collect(2, move |scope| {
+    let mut expected_late: Vec<InputRow> = tideline::runtime::collect(2, move |scope| {
         memory::from_partitions(scope, config(), Arc::clone(&p)).late.map(|l| l.record)
     })
     .into_iter()

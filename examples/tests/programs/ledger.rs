@@ -7,7 +7,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tideline::read_model::{Read, ReadModel};
+use tideline::table::read_model::{Read, ReadModel};
 use tideline_examples::ledger::{Pace, account, balances_before, event_log, overdrafts_of, run};
 
 enum Answer {

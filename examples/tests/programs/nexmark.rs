@@ -18,7 +18,7 @@ fn source() -> NexmarkSource {
 fn run(name: &str, workers: usize) -> Vec<Row> {
     let source = source();
     let name = name.to_string();
-    let changelog = tideline::run::collect(workers, move |scope| {
+    let changelog = tideline::runtime::collect(workers, move |scope| {
         query(&name, source.read(scope, SourceConfig::new("nexmark").watermarks(source.watermarks())).data)
             .expect("known query")
     });

@@ -26,7 +26,7 @@
 //!     Event::new(3_000, 'a', Some(3)),
 //!     Event::new(4_000, 'b', None),
 //! ];
-//! let changes = tideline::run::collect(1, move |scope| {
+//! let changes = tideline::runtime::collect(1, move |scope| {
 //!     let upserts = upserts.clone();
 //!     memory::from_iter(scope, SourceConfig::new("upserts"), move || upserts.into_iter())
 //!         .data
@@ -43,6 +43,8 @@
 //! ]);
 //! ```
 
+pub mod read_model;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,10 +58,11 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::core::OkErr;
 use timely::dataflow::operators::generic::Operator;
 
-use crate::metrics::StateMetrics;
-use crate::read_model::{Publish, ReadModel};
+use crate::runtime::ExchangeData;
+use crate::runtime::metrics::StateMetrics;
+use crate::state::FastMap;
+use crate::table::read_model::{Publish, ReadModel};
 use crate::time::{Event, Time, millis};
-use crate::{ExchangeData, FastMap};
 
 type Update<D> = (D, Time, isize);
 
@@ -100,7 +103,7 @@ impl<'scope, K: ExchangeData, V: ExchangeData> Table<'scope, K, V> {
     /// use tideline::source::{SourceConfig, memory};
     ///
     /// let upserts = vec![Event::new(1, 'k', Some(5)), Event::new(2, 'k', Some(5)), Event::new(3, 'k', None)];
-    /// let changes = tideline::run::collect(1, move |scope| {
+    /// let changes = tideline::runtime::collect(1, move |scope| {
     ///     let upserts = upserts.clone();
     ///     memory::from_iter(scope, SourceConfig::new("upserts"), move || upserts.into_iter())
     ///         .data
@@ -401,7 +404,7 @@ pub trait Tables<'scope, K: 'static, V: 'static> {
     ///
     /// The collection's current contents, arranged by key, and the table's (differential's
     /// `reduce`; history is compacted as the frontier advances). A
-    /// [`live_records`](crate::metrics::LiveRecords::live_records) gauge on the input reports
+    /// [`live_records`](crate::runtime::metrics::LiveRecords::live_records) gauge on the input reports
     /// its size.
     ///
     /// # Checkpointing
@@ -416,7 +419,7 @@ pub trait Tables<'scope, K: 'static, V: 'static> {
     /// use tideline::timely::dataflow::Scope;
     ///
     /// // A KTable of sums per key.
-    /// let sums = tideline::run::collect(1, |scope: Scope<'_, Time>| {
+    /// let sums = tideline::runtime::collect(1, |scope: Scope<'_, Time>| {
     ///     let (_, amounts) = scope.new_collection_from(vec![('a', 5i64), ('a', 7), ('b', 1)]);
     ///     amounts
     ///         .reduce(|_key, values, out| out.push((values.iter().map(|(v, n)| **v * *n as i64).sum::<i64>(), 1)))

@@ -16,7 +16,7 @@
 //!         .into_iter()
 //!         .map(|(time, key)| Event::new(time, key, 0))
 //!         .collect();
-//! let top = tideline::run::collect(2, move |scope| {
+//! let top = tideline::runtime::collect(2, move |scope| {
 //!     let events = events.clone();
 //!     memory::from_iter(scope, SourceConfig::new("events"), move || events.into_iter())
 //!         .data
@@ -75,8 +75,8 @@ use timely::dataflow::operators::core::Filter;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
-use crate::ExchangeData;
-use crate::metrics::StateMetrics;
+use crate::runtime::ExchangeData;
+use crate::runtime::metrics::StateMetrics;
 use crate::time::Time;
 
 /// One row of a ranking: a record, its group, and its rank in the group (1 is the top).

@@ -11,7 +11,7 @@ use crate::time::{Time, millis};
 /// What happens to a record whose event time is below its partition's watermark.
 ///
 /// Whatever the policy, late records are counted per source and per partition
-/// ([`SourceMetrics`](crate::metrics::SourceMetrics)); none is dropped silently.
+/// ([`SourceMetrics`](crate::runtime::metrics::SourceMetrics)); none is dropped silently.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum LatePolicy {
     /// Dropped, and counted.
@@ -46,7 +46,7 @@ impl LatePolicy {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use tideline::late::{LateDecision, LatePolicy};
+    /// use tideline::time::late::{LateDecision, LatePolicy};
     ///
     /// let policy = LatePolicy::Accept { allowed_lateness: Duration::from_millis(100) };
     /// assert_eq!(policy.decide(1_000, 1_000), LateDecision::OnTime);

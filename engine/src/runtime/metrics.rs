@@ -50,7 +50,7 @@ impl PartitionStats {
 /// Counters of a source, per partition, shared by the workers of a process.
 ///
 /// ```
-/// use tideline::metrics::SourceMetrics;
+/// use tideline::runtime::metrics::SourceMetrics;
 ///
 /// let metrics = SourceMetrics::new("events");
 /// assert_eq!(metrics.totals().records, 0);
@@ -243,13 +243,13 @@ impl StateMetrics {
 ///
 /// ```
 /// use tideline::differential_dataflow::input::Input;
-/// use tideline::metrics::{LiveRecords, StateMetrics};
+/// use tideline::runtime::metrics::{LiveRecords, StateMetrics};
 /// use tideline::prelude::*;
 /// use tideline::timely::dataflow::Scope;
 ///
 /// let (people, auctions) = (StateMetrics::new(), StateMetrics::new());
 /// let (p, a) = (people.clone(), auctions.clone());
-/// tideline::run::collect(1, move |scope: Scope<'_, Time>| {
+/// tideline::runtime::collect(1, move |scope: Scope<'_, Time>| {
 ///     let (_, persons) = scope.new_collection_from(vec![(1u32, 'p'), (2, 'q')]);
 ///     let (_, sales) = scope.new_collection_from(vec![(1u32, 'a'), (1, 'b'), (3, 'c')]);
 ///     persons.live_records(p.clone()).inner_join(sales.live_records(a.clone()))
@@ -264,7 +264,9 @@ pub trait LiveRecords<'scope, D> {
     fn live_records(self, metrics: Arc<StateMetrics>) -> differential_dataflow::VecCollection<'scope, Time, D>;
 }
 
-impl<'scope, D: crate::ExchangeData> LiveRecords<'scope, D> for differential_dataflow::VecCollection<'scope, Time, D> {
+impl<'scope, D: crate::runtime::ExchangeData> LiveRecords<'scope, D>
+    for differential_dataflow::VecCollection<'scope, Time, D>
+{
     fn live_records(self, metrics: Arc<StateMetrics>) -> differential_dataflow::VecCollection<'scope, Time, D> {
         let scope = self.inner.scope();
         let (index, peers) = (scope.index(), scope.peers());

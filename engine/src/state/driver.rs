@@ -19,8 +19,8 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::{Operator, OutputBuilder};
 
-use crate::ExchangeData;
-use crate::metrics::StateMetrics;
+use crate::runtime::ExchangeData;
+use crate::runtime::metrics::StateMetrics;
 use crate::time::{Event, Time};
 
 /// A stream of differential updates.
@@ -96,7 +96,7 @@ where
     let operator = name.to_string();
     let output = updates.unary_frontier(exchange, name, move |_capability, _info| {
         let mut times: BTreeMap<Time, Slot<L::Input, L::Timer>> = BTreeMap::new();
-        let mut staged: crate::FastMap<Time, (Capability<Time>, Vec<(L::Input, isize)>)> = Default::default();
+        let mut staged: crate::state::FastMap<Time, (Capability<Time>, Vec<(L::Input, isize)>)> = Default::default();
         let mut step = StepOutput { timers: Vec::new(), updates: Vec::new() };
         move |(input, frontier), output| {
             // Stage this activation's updates by time in a hash map (many updates share a few

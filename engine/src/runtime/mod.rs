@@ -1,11 +1,16 @@
-//! Running dataflows: worker and cluster configuration from the command line, and helpers
-//! that run a dataflow to completion.
+//! The runtime: worker and cluster configuration, helpers that run a dataflow to completion,
+//! and the pieces every dataflow shares — control channels between workers ([`control`]), flow
+//! control and durability bookkeeping ([`flow`]), and metrics ([`metrics`]).
 //!
 //! Any Tideline program runs with N worker threads in one process (`-w N`) and as several
 //! processes forming a cluster through timely's own communication layer
 //! (`-n PROCESSES -p INDEX [-h HOSTFILE]`). [`Cluster::from_args`] takes those flags out of
 //! the command line and leaves the program's own flags, because timely's parser rejects any
 //! flag it does not know.
+
+pub mod control;
+pub mod flow;
+pub mod metrics;
 
 use std::sync::Arc;
 
@@ -14,9 +19,14 @@ use timely::dataflow::Scope;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::{CommunicationConfig, WorkerConfig};
 
+use crate::error::{Error, Result};
 use crate::sink::{Collected, Sink};
 use crate::time::Time;
-use crate::{Error, ExchangeData, Result};
+
+/// Data that can live in a collection and travel between workers and processes: the bounds
+/// of differential's `ExchangeData`, plus `Hash` (for exchange by key).
+pub trait ExchangeData: differential_dataflow::ExchangeData + std::hash::Hash {}
+impl<T: differential_dataflow::ExchangeData + std::hash::Hash> ExchangeData for T {}
 
 /// Worker and process configuration of a run.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,7 +68,7 @@ impl Cluster {
     /// in order.
     ///
     /// ```
-    /// use tideline::run::Cluster;
+    /// use tideline::runtime::Cluster;
     ///
     /// let args = ["--input", "x.csv", "-w", "4", "--tumbling", "10s", "-n2", "-p", "1"];
     /// let (cluster, rest) = Cluster::from_args(args.iter().map(|s| s.to_string())).unwrap();

@@ -12,7 +12,7 @@
 //!     Event::new(1_500, 8, 'c'),
 //!     Event::new(2_100, 7, 'd'), // 1.1 s after 'a': kept anew
 //! ];
-//! let kept = tideline::run::collect(2, move |scope| {
+//! let kept = tideline::runtime::collect(2, move |scope| {
 //!     let events = events.clone();
 //!     memory::from_iter(scope, SourceConfig::new("events"), move || events.into_iter())
 //!         .data
@@ -76,11 +76,13 @@ use std::time::Duration;
 use differential_dataflow::VecCollection;
 use differential_dataflow::hashable::Hashable;
 
-use crate::keyed::{KeyedLogic, StepOutput, keyed_operator, split_applicable};
-use crate::metrics::StateMetrics;
+use crate::error::{Error, Result};
+use crate::runtime::ExchangeData;
+use crate::runtime::metrics::StateMetrics;
+use crate::state::FastMap;
+use crate::state::driver::{KeyedLogic, StepOutput, keyed_operator, split_applicable};
 use crate::time::{Event, Time, millis};
 use crate::window::Emit;
-use crate::{Error, ExchangeData, FastMap, Result};
 
 /// Which occurrence of a key [`Dedup`] keeps in each horizon group.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

@@ -18,8 +18,8 @@
 //!
 //! ```
 //! use tideline::prelude::*;
-//! use tideline::read_model::ReadModel;
-//! use tideline::run::{Cluster, execute};
+//! use tideline::table::read_model::ReadModel;
+//! use tideline::runtime::{Cluster, execute};
 //! use tideline::source::{SourceConfig, memory};
 //!
 //! let balances: ReadModel<char, i64> = ReadModel::new();
@@ -87,7 +87,7 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::Map;
 
-use crate::ExchangeData;
+use crate::runtime::ExchangeData;
 use crate::time::Time;
 
 /// Which workers write a read model.
