@@ -18,11 +18,10 @@ use std::time::{Duration, Instant};
 use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use tideline::prelude::*;
-use tideline::runtime::metrics::SourceMetrics;
+use tideline::runtime::metrics::{SourceMetrics, StateMetrics};
 use tideline::runtime::{CLUSTER_FLAGS_HELP, Cluster, execute};
 use tideline::sink::SinkHandle;
 use tideline::source::SourceConfig;
-use tideline::time::late::LatePolicy;
 use tideline::time::parse_duration;
 use tideline::window::aggregate::AllStats;
 use tideline_connectors::kafka::{KafkaConfig, KafkaSink, KafkaSource, SinkFormat, StartOffsets, create_topic};
@@ -283,30 +282,34 @@ fn run(cluster: Cluster, options: &Options) -> Result<(), String> {
     let metrics = SourceMetrics::new(options.input.clone());
     let sinks = [SinkHandle::new(options.output.clone()), SinkHandle::new(options.late.clone())];
 
-    let (worker_metrics, worker_sinks) = (Arc::clone(&metrics), sinks.clone());
+    let state = StateMetrics::new();
+    let (worker_metrics, worker_sinks, worker_state) = (Arc::clone(&metrics), sinks.clone(), Arc::clone(&state));
     let job = std::thread::spawn(move || {
         execute(&cluster, move |worker| {
             let (source, results, late, sinks) = (source.clone(), results.clone(), late.clone(), worker_sinks.clone());
-            let config = SourceConfig::new("readings")
-                .watermarks(watermarks.clone())
-                .late(LatePolicy::SideOutput)
-                .metrics(Arc::clone(&worker_metrics));
+            let config =
+                SourceConfig::new("readings").watermarks(watermarks.clone()).metrics(Arc::clone(&worker_metrics));
+            let window_state = Arc::clone(&worker_state);
             worker.dataflow::<Time, _, _>(move |scope| {
                 let readings = source.read(scope, config);
-                let stats =
-                    readings.data.map(InputRow::into_event).windows(spec).name("window-stats").aggregate(AllStats).map(
-                        |r| OutputRow {
-                            window_start_ms: r.window.start,
-                            window_end_ms: r.window.end,
-                            key: r.key,
-                            count: r.value.count,
-                            sum: r.value.sum,
-                            min: r.value.min,
-                            max: r.value.max,
-                        },
-                    );
+                let (stats, late_readings) = readings
+                    .data
+                    .map(InputRow::into_event)
+                    .windows(spec)
+                    .name("window-stats")
+                    .state_metrics(window_state)
+                    .aggregate_with_late(AllStats);
+                let stats = stats.map(|r| OutputRow {
+                    window_start_ms: r.window.start,
+                    window_end_ms: r.window.end,
+                    key: r.key,
+                    count: r.value.count,
+                    sum: r.value.sum,
+                    min: r.value.min,
+                    max: r.value.max,
+                });
                 results.write(stats, &sinks[0]);
-                late.write(readings.late.map(|l| l.record), &sinks[1]);
+                late.write(late_readings.map(InputRow::from_event), &sinks[1]);
             });
         })
     });
@@ -343,8 +346,13 @@ fn run(cluster: Cluster, options: &Options) -> Result<(), String> {
     if !options.quiet {
         let totals = metrics.totals();
         eprintln!(
-            "kafka_pipeline: {} readings, {} late (to {}), {} malformed (to {})",
-            totals.records, totals.late_side_output, options.late, totals.dead_letters, options.dead_letters
+            "kafka_pipeline: {} readings ({} behind the watermark), {} late for every window (to {}), {} malformed (to {})",
+            totals.records,
+            totals.behind_watermark,
+            state.late_skipped(),
+            options.late,
+            totals.dead_letters,
+            options.dead_letters
         );
     }
     Ok(())

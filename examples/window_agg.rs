@@ -15,12 +15,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tideline::prelude::*;
-use tideline::runtime::metrics::SourceMetrics;
+use tideline::runtime::metrics::{SourceMetrics, StateMetrics};
 use tideline::runtime::{CLUSTER_FLAGS_HELP, Cluster, execute};
 use tideline::sink::SinkHandle;
 use tideline::source::{SourceConfig, memory};
 use tideline::time::late::LatePolicy;
-use tideline::time::{format_duration, parse_duration};
+use tideline::time::parse_duration;
 use tideline::window::aggregate::AllStats;
 use tideline_connectors::file::{FileSink, FileSource, SinkMode};
 use tideline_examples::{InputRow, OutputRow, generated_partition};
@@ -48,13 +48,16 @@ WINDOWS (exactly one):
 
 TIME AND LATE DATA:
   --out-of-orderness D      watermark = largest event time seen - D (default 5s)
-  --late POLICY             what happens to records behind the watermark:
+  --allowed-lateness L      a window takes records that arrive behind the watermark until
+                            the watermark passes its end + L (default 0s); a window not yet
+                            emitted takes them silently, one already emitted is corrected (a
+                            retraction row and a new row, with a diff column in the output)
+  --late POLICY             what happens to late records, those too late for every window
+                            they belong to (window end + L already behind the watermark):
                               drop    count and drop them (default without --late-output)
                               side    write them to --late-output (default with it)
-                              accept  accept them up to --allowed-lateness behind the
-                                      watermark and correct the windows (retraction row and
-                                      new row, with a diff column); older ones go to the side
-  --allowed-lateness L      with --late accept (default 0s)
+                              accept  the same as side (kept for older scripts; records
+                                      within the allowed lateness are always taken)
   --emit MODE               final (default): one row per window and key, when complete;
                             updates: every change of a window's result, with a diff column
 
@@ -62,7 +65,8 @@ OUTPUT:
   --output OUT.csv          results (default: standard output), header
                             window_start_ms,window_end_ms,key,count,sum,min,max[,diff],
                             rows sorted by (window_start_ms, key)
-  --late-output LATE.csv    late records not accepted, unchanged, in input order
+  --late-output LATE.csv    late records: event_time_ms,key,value as read, in the order they
+                            arrived (by watermark), then by event time, key and value
   --dead-letter-output F    malformed input lines: file,line,reason,raw (default: summary on stderr)
   --quiet                   no progress or summary on stderr
 
@@ -175,15 +179,11 @@ fn parse(args: Vec<String>) -> Result<Option<Options>, Usage> {
     let policy = match late.as_deref() {
         None if late_output.is_some() => LatePolicy::SideOutput,
         None | Some("drop") => LatePolicy::Drop,
-        Some("side") => LatePolicy::SideOutput,
-        Some("accept") => LatePolicy::Accept { allowed_lateness: allowed_lateness.unwrap_or(Duration::ZERO) },
+        Some("side" | "accept") => LatePolicy::SideOutput,
         Some(other) => return Err(Usage(format!("--late expects drop, side or accept, got {other:?}"))),
     };
-    if allowed_lateness.is_some() && !matches!(policy, LatePolicy::Accept { .. }) && !quiet {
-        eprintln!("window_agg: note: --allowed-lateness only matters with --late accept");
-    }
     if late_output.is_some() && policy == LatePolicy::Drop {
-        return Err(Usage("--late drop and --late-output contradict each other: use --late side or accept".into()));
+        return Err(Usage("--late drop and --late-output contradict each other: use --late side".into()));
     }
     if late_output.is_none() && policy == LatePolicy::SideOutput {
         return Err(Usage(
@@ -214,20 +214,6 @@ fn duration_arg(flag: &str, text: &str) -> Result<Duration, Usage> {
         return Err(Usage(format!("{flag}: {what} must be at least 1ms long")));
     }
     Ok(d)
-}
-
-/// A late record, ordered by its input position, written as the input line.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Deserialize)]
-struct LateRow {
-    partition: u64,
-    position: u64,
-    row: InputRow,
-}
-
-impl serde::Serialize for LateRow {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.row.serialize(serializer)
-    }
 }
 
 /// A dead letter as a CSV row.
@@ -322,7 +308,8 @@ fn run(cluster: Cluster, options: Options) -> Result<(), String> {
         ),
         None => None,
     };
-    let changelog = matches!(options.late, LatePolicy::Accept { .. }) || options.emit == Emit::Updates;
+    // Corrections are possible with an allowed lateness: the output is then a changelog.
+    let changelog = !options.allowed_lateness.is_zero() || options.emit == Emit::Updates;
     let by_window_and_key =
         |a: &OutputRow, b: &OutputRow| (a.window_start_ms, &a.key).cmp(&(b.window_start_ms, &b.key));
     let output = match &options.output {
@@ -337,10 +324,10 @@ fn run(cluster: Cluster, options: Options) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     let late_output = match &options.late_output {
         Some(path) => Some(
-            FileSink::<LateRow>::csv(path)
+            FileSink::<InputRow>::csv(path)
                 .header(["event_time_ms", "key", "value"])
                 .mode(SinkMode::AppendOnly)
-                .sort_by(|a, b| (a.partition, a.position).cmp(&(b.partition, b.position)))
+                .sort_by(|a, b| a.cmp(b))
                 .name("late-output")
                 .build()
                 .map_err(|e| e.to_string())?,
@@ -365,6 +352,8 @@ fn run(cluster: Cluster, options: Options) -> Result<(), String> {
     let dead_letters = tideline::sink::Collected::new();
     let started = Instant::now();
 
+    let state = StateMetrics::new();
+    let worker_state = Arc::clone(&state);
     let worker_metrics = Arc::clone(&metrics);
     let worker_sinks = sinks.clone();
     let worker_dead = dead_letters.clone();
@@ -373,8 +362,8 @@ fn run(cluster: Cluster, options: Options) -> Result<(), String> {
         execute(&cluster, move |worker| {
             let config = SourceConfig::new("input")
                 .watermarks(WatermarkStrategy::bounded_out_of_orderness(opts.out_of_orderness))
-                .late(opts.late)
                 .metrics(Arc::clone(&worker_metrics));
+            let window_state = Arc::clone(&worker_state);
             let (files, output, late_output, dead_output) =
                 (files.clone(), output.clone(), late_output.clone(), dead_output.clone());
             let (sinks, dead_letters, opts) = (worker_sinks.clone(), worker_dead.clone(), opts.clone());
@@ -389,19 +378,16 @@ fn run(cluster: Cluster, options: Options) -> Result<(), String> {
                     }
                 };
                 let events = source.data.map(InputRow::into_event);
-                let results = match (spec, session_gap) {
-                    (Some(spec), _) => events
-                        .windows(spec)
-                        .emit(opts.emit)
-                        .allowed_lateness(opts.allowed_lateness)
-                        .name("window_agg")
-                        .aggregate(AllStats),
-                    (None, Some(gap)) => events
-                        .sessions(gap)
-                        .emit(opts.emit)
-                        .allowed_lateness(opts.allowed_lateness)
-                        .name("window_agg sessions")
-                        .aggregate(AllStats),
+                let options = Temporal {
+                    emit: opts.emit,
+                    allowed_lateness: tideline::time::millis(opts.allowed_lateness),
+                    late: opts.late,
+                    name: Some("window_agg".into()),
+                    metrics: Some(window_state),
+                };
+                let (results, late) = match (spec, session_gap) {
+                    (Some(spec), _) => events.windows(spec).options(options).aggregate_with_late(AllStats),
+                    (None, Some(gap)) => events.sessions(gap).options(options).aggregate_with_late(AllStats),
                     (None, None) => unreachable!("a window kind was parsed"),
                 };
                 let results = results.map(|r| OutputRow {
@@ -415,9 +401,7 @@ fn run(cluster: Cluster, options: Options) -> Result<(), String> {
                 });
                 output.write(results, &sinks[0]);
                 if let Some(late_output) = &late_output {
-                    let late =
-                        source.late.map(|l| LateRow { partition: l.partition, position: l.position, row: l.record });
-                    late_output.write(late, &sinks[1]);
+                    late_output.write(late.map(InputRow::from_event), &sinks[1]);
                 }
                 let dead = source.dead_letters.map(|d| DeadRow {
                     raw: d.payload_text(),
@@ -462,20 +446,10 @@ fn run(cluster: Cluster, options: Options) -> Result<(), String> {
     if !options.quiet {
         let elapsed = started.elapsed().as_secs_f64();
         let late = match options.late {
-            LatePolicy::Drop => format!("{} late dropped", totals.late_dropped),
-            LatePolicy::SideOutput => format!("{} late to the side output", totals.late_side_output),
-            LatePolicy::Accept { allowed_lateness } => format!(
-                "{} late accepted within {}, {} too late {}",
-                totals.late_accepted,
-                format_duration(allowed_lateness),
-                totals.late_side_output,
-                if options.late_output.is_some() {
-                    "to the side output"
-                } else {
-                    "and not written anywhere (add --late-output LATE.csv to keep them)"
-                }
-            ),
+            LatePolicy::Drop => format!("{} late dropped", state.late_skipped()),
+            LatePolicy::SideOutput => format!("{} late to the side output", state.late_skipped()),
         };
+        let late = format!("{} behind the watermark, {late}", totals.behind_watermark);
         eprintln!(
             "window_agg: {} events in {:.2}s ({:.0} events/s), {}, {} malformed",
             totals.records,

@@ -10,7 +10,6 @@ use tideline::prelude::*;
 use tideline::runtime::metrics::StateMetrics;
 use tideline::runtime::{Cluster, execute};
 use tideline::source::{SourceConfig, memory};
-use tideline::time::late::LatePolicy;
 use tideline::timely::dataflow::operators::probe::Handle;
 
 use crate::{BOUND_MS, Digest, DigestInto, JITTER_MS, Kind, PARTITIONS, RoundRobin};
@@ -60,9 +59,7 @@ pub fn generate(events: u64) -> Vec<Vec<Ref>> {
 }
 
 fn config() -> SourceConfig {
-    SourceConfig::new("refs")
-        .watermarks(WatermarkStrategy::bounded_out_of_orderness(Duration::from_millis(BOUND_MS)))
-        .late(LatePolicy::Drop)
+    SourceConfig::new("refs").watermarks(WatermarkStrategy::bounded_out_of_orderness(Duration::from_millis(BOUND_MS)))
 }
 
 /// E: the Tideline pipeline. Returns the rows and, where the operator reports it, its peak

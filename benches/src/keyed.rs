@@ -9,7 +9,6 @@ use tideline::prelude::*;
 use tideline::runtime::metrics::StateMetrics;
 use tideline::runtime::{Cluster, execute};
 use tideline::source::{SourceConfig, memory};
-use tideline::time::late::LatePolicy;
 use tideline::timely::dataflow::operators::probe::Handle;
 use tideline::window::aggregate::Count;
 
@@ -56,9 +55,7 @@ pub enum Op {
 }
 
 fn config() -> SourceConfig {
-    SourceConfig::new("bids")
-        .watermarks(WatermarkStrategy::bounded_out_of_orderness(Duration::from_millis(BOUND_MS)))
-        .late(LatePolicy::Drop)
+    SourceConfig::new("bids").watermarks(WatermarkStrategy::bounded_out_of_orderness(Duration::from_millis(BOUND_MS)))
 }
 
 /// E: the Tideline pipeline.

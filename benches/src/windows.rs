@@ -10,7 +10,6 @@ use tideline::prelude::*;
 use tideline::runtime::metrics::StateMetrics;
 use tideline::runtime::{Cluster, execute};
 use tideline::source::{SourceConfig, memory};
-use tideline::time::late::LatePolicy;
 use tideline::timely::dataflow::operators::probe::Handle;
 use tideline::window::aggregate::Count;
 
@@ -30,8 +29,7 @@ pub fn engine(size: u64, slide: u64, input: &Arc<Vec<Vec<Bid>>>, workers: usize)
         let (r, s, input) = (r.clone(), Arc::clone(&s), Arc::clone(&input));
         worker.dataflow::<Time, _, _>(move |scope| {
             let config = SourceConfig::new("bids")
-                .watermarks(WatermarkStrategy::bounded_out_of_orderness(Duration::from_millis(BOUND_MS)))
-                .late(LatePolicy::Drop);
+                .watermarks(WatermarkStrategy::bounded_out_of_orderness(Duration::from_millis(BOUND_MS)));
             memory::from_partitions(scope, config, input)
                 .data
                 .windows(spec)
@@ -158,8 +156,7 @@ pub fn state_size(keys: u64) -> (u64, u64) {
         let spec = spec(3_600_000, 3_600_000);
         worker.dataflow::<Time, _, _>(move |scope| {
             let config = SourceConfig::new("keys")
-                .watermarks(WatermarkStrategy::bounded_out_of_orderness(Duration::from_millis(BOUND_MS)))
-                .late(LatePolicy::Drop);
+                .watermarks(WatermarkStrategy::bounded_out_of_orderness(Duration::from_millis(BOUND_MS)));
             memory::from_partitions(scope, config, i)
                 .data
                 .windows(spec)

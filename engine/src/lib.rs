@@ -12,7 +12,7 @@
 //! |---|---|
 //! | [`time`] | event time ([`Time`]), [`Event`], durations; [`time::watermark`]: strategies and per-partition tracking; [`time::late`]: the late policy and the late / dead-letter record types |
 //! | [`source`] | the generic watermarked source operator, and in-memory sources |
-//! | `state` (crate-private) | the temporal driver every stateful operator runs on |
+//! | [`state`] | the options every stateful operator shares ([`state::Temporal`]), and the temporal driver they all run on |
 //! | [`window`] | tumbling, sliding and session windows, aggregators |
 //! | [`keyed`] | deduplication by key within a horizon ([`keyed::dedup`]), top-N per group ([`keyed::topn`]) |
 //! | [`join`] | equi, interval, window and as-of joins |
@@ -38,7 +38,7 @@
 //!         .tumbling(Duration::from_secs(10))
 //!         .aggregate(Sum)
 //! });
-//! let values: Vec<i64> = sums.iter().map(|(r, _, _)| r.value).collect();
+//! let values: Vec<i128> = sums.iter().map(|(r, _, _)| r.value).collect();
 //! assert_eq!(values, vec![12, 1]);
 //! ```
 
@@ -48,7 +48,7 @@ pub mod keyed;
 pub mod runtime;
 pub mod sink;
 pub mod source;
-pub(crate) mod state;
+pub mod state;
 pub mod table;
 pub mod time;
 pub mod window;
@@ -77,12 +77,13 @@ pub mod prelude {
     pub use crate::keyed::dedup::{Dedup, Keep};
     pub use crate::keyed::topn::{Ranked, TopN};
     pub use crate::sink::Sink;
+    pub use crate::state::{Emit, Temporal, TemporalBuilder};
     pub use crate::table::read_model::{Publish, ReadModel};
     pub use crate::table::{Table, Tables, Upsert};
-    pub use crate::time::late::{DeadLetter, LatePolicy, LateRecord};
+    pub use crate::time::late::{DeadLetter, LatePolicy};
     pub use crate::time::watermark::WatermarkStrategy;
     pub use crate::time::{Event, EventTime, Time};
     pub use crate::window::session::Sessions;
-    pub use crate::window::{Emit, Window, WindowResult, WindowSpec, Windows};
+    pub use crate::window::{Window, WindowResult, WindowSpec, Windows};
     pub use differential_dataflow::VecCollection;
 }

@@ -31,6 +31,11 @@ impl InputRow {
     pub fn into_event(self) -> Event<String, i64> {
         Event::new(self.event_time_ms, self.key, self.value)
     }
+
+    /// From an engine event (the inverse of [`into_event`](Self::into_event)).
+    pub fn from_event(event: Event<String, i64>) -> Self {
+        InputRow { event_time_ms: event.time, key: event.key, value: event.value }
+    }
 }
 
 /// A line of `window_agg`'s output CSV (plus a `diff` column when the output is a changelog).
@@ -44,8 +49,8 @@ pub struct OutputRow {
     pub key: String,
     /// Number of records.
     pub count: i64,
-    /// Sum of values.
-    pub sum: i64,
+    /// Sum of values (in `i128`: it cannot overflow).
+    pub sum: i128,
     /// Smallest value.
     pub min: i64,
     /// Largest value.

@@ -13,7 +13,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::{ClientContext, Message};
 use tideline::Time;
 use tideline::source::{FinishContext, ReadContext, ReadStatus, SourceReader};
-use tideline::time::late::{DeadLetter, LateDecision};
+use tideline::time::late::DeadLetter;
 use tideline::time::watermark::PartitionId;
 
 use crate::error::ConnectorError;
@@ -419,13 +419,8 @@ fn handle_message<D>(
     });
     match decoded {
         Ok((record, time)) => {
-            let assigned = match ctx.record(id, offset as u64, time, record) {
-                LateDecision::OnTime => Some(time),
-                LateDecision::Accept(at) => Some(at),
-                LateDecision::SideOutput => ctx.partition_watermark(id),
-                LateDecision::Drop => None,
-            };
-            state.ledger.record(offset, assigned);
+            let assigned = ctx.record(id, offset as u64, time, record);
+            state.ledger.record(offset, Some(assigned));
         }
         Err(reason) => {
             let letter = DeadLetter {

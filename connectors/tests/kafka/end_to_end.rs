@@ -12,7 +12,6 @@ use tideline::prelude::*;
 use tideline::runtime::{Cluster, execute};
 use tideline::sink::{Collected, SinkHandle};
 use tideline::source::SourceConfig;
-use tideline::time::late::LatePolicy;
 use tideline::window::aggregate::{AllStats, Stats};
 use tideline_connectors::file::FileSource;
 use tideline_connectors::kafka::{KafkaConfig, KafkaSink, KafkaSource};
@@ -23,15 +22,18 @@ use crate::common::{
 
 pub(crate) type Row = WindowResult<String, Stats>;
 
-/// The pipeline under test: 2-second tumbling windows of count, sum, min and max per key.
-pub(crate) fn windowed<'s>(data: VecCollection<'s, Time, Reading>) -> VecCollection<'s, Time, Row> {
-    data.map(|r| Event::new(r.time, r.key, r.value)).tumbling(Duration::from_secs(2)).aggregate(AllStats)
+/// The pipeline under test: 2-second tumbling windows of count, sum, min and max per key, and
+/// the readings late for their window.
+pub(crate) fn windowed<'s>(
+    data: VecCollection<'s, Time, Reading>,
+) -> (VecCollection<'s, Time, Row>, VecCollection<'s, Time, Reading>) {
+    let (rows, late) =
+        data.map(|r| Event::new(r.time, r.key, r.value)).tumbling(Duration::from_secs(2)).aggregate_with_late(AllStats);
+    (rows, late.map(|e| Reading { time: e.time, key: e.key, value: e.value }))
 }
 
 pub(crate) fn source_config() -> SourceConfig {
-    SourceConfig::new("readings")
-        .watermarks(WatermarkStrategy::bounded_out_of_orderness(Duration::from_secs(1)))
-        .late(LatePolicy::SideOutput)
+    SourceConfig::new("readings").watermarks(WatermarkStrategy::bounded_out_of_orderness(Duration::from_secs(1)))
 }
 
 /// The same pipeline over the same records written to files, one JSON Lines file per
@@ -57,8 +59,9 @@ pub(crate) fn file_based(name: &str, partitions: &[Vec<Reading>]) -> (Vec<(Row, 
         let (source, r, l) = (source.clone(), r.clone(), l.clone());
         worker.dataflow::<Time, _, _>(move |scope| {
             let streams = source.read(scope, source_config());
-            windowed(streams.data).collect_into(&r);
-            streams.late.map(|l| l.record).collect_into(&l);
+            let (rows, late) = windowed(streams.data);
+            rows.collect_into(&r);
+            late.collect_into(&l);
         });
     })
     .unwrap();
@@ -116,8 +119,9 @@ fn windowed_counts_from_kafka_to_kafka_equal_the_file_based_run() {
             let (source, sink, handle, late, m) = (source.clone(), sink.clone(), h.clone(), l.clone(), Arc::clone(&m));
             worker.dataflow::<Time, _, _>(move |scope| {
                 let streams = source.read(scope, source_config().metrics(Arc::clone(&m)));
-                sink.write(windowed(streams.data), &handle);
-                streams.late.map(|l| l.record).collect_into(&late);
+                let (rows, late_readings) = windowed(streams.data);
+                sink.write(rows, &handle);
+                late_readings.collect_into(&late);
             });
         })
         .unwrap();

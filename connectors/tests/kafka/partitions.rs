@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use tideline::prelude::*;
 use tideline::runtime::{Cluster, execute};
 use tideline::source::SourceConfig;
-use tideline::time::late::LatePolicy;
 use tideline_connectors::kafka::{KafkaConfig, KafkaSource};
 
 use crate::common::{Reading, add_partitions, brokers, create, flush, producer, send, unique, within};
@@ -74,22 +73,18 @@ fn every_partition_is_read_by_one_worker_and_new_partitions_are_found() {
     assert_eq!(source.topic_partition((1 << 32) | 2), Some((b.as_str(), 2)));
     let stats = Arc::clone(source.stats());
 
-    // Every record read, data or late, counted by where it came from.
+    // Every record read counted by where it came from.
     let seen: Seen = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let (s, st) = (Arc::clone(&seen), Arc::clone(&stop));
     let run = std::thread::spawn(move || {
         execute(&Cluster::threads(3), move |worker| {
-            let (source, seen, seen_late) = (source.clone(), Arc::clone(&s), Arc::clone(&s));
+            let (source, seen) = (source.clone(), Arc::clone(&s));
             let id = worker.next_dataflow_index();
             worker.dataflow::<Time, _, _>(move |scope| {
-                let streams = source.read(scope, SourceConfig::new("tags").late(LatePolicy::SideOutput));
+                let streams = source.read(scope, SourceConfig::new("tags"));
                 streams.data.inspect(move |(t, _, _)| {
                     *seen.lock().unwrap().entry((t.topic.clone(), t.partition, t.offset)).or_default() += 1;
-                });
-                streams.late.inspect(move |(l, _, _)| {
-                    let t = &l.record;
-                    *seen_late.lock().unwrap().entry((t.topic.clone(), t.partition, t.offset)).or_default() += 1;
                 });
             });
             while !st.load(Ordering::Relaxed) {

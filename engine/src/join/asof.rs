@@ -45,11 +45,14 @@
 //!
 //! # Late data
 //!
-//! An update of an event with event time `t` arriving at dataflow time `τ` is admitted if
-//! `τ ≤ t + allowed_lateness`; later ones are too late: they go unchanged to the late output
-//! ([`AsOfJoinBuilder::inner_with_late`], [`AsOfJoinBuilder::left_with_late`]) and are counted
-//! in [`StateMetrics::late_skipped`]. Table changes are never too late: they take effect when
-//! they arrive.
+//! An event's window is the instant of its lookup, its event time `t` (DESIGN §3): an update of
+//! an event arriving at dataflow time `τ` — an event behind the watermark arrives at the
+//! watermark — is admitted if `τ ≤ t + allowed_lateness`, and looks the table up as of `t`;
+//! later ones are **late**: they go unchanged to the late output
+//! ([`AsOfJoinBuilder::inner_with_late`], [`AsOfJoinBuilder::left_with_late`], per the
+//! [`LatePolicy`](crate::time::late::LatePolicy)) and are counted in
+//! [`StateMetrics::late_skipped`]. Table changes are never late: they take effect when they
+//! arrive.
 //!
 //! # State
 //!
@@ -57,34 +60,28 @@
 //! allowed lateness of the stream's frontier (older versions are released except each key's
 //! latest, which later events still see), and the events waiting for the table to be complete
 //! up to their time. Keys absent from the table with no recent history hold nothing. Release
-//! emits nothing downstream. Table values and changes held are reported to [`StateMetrics`] if
-//! one is attached.
+//! emits nothing downstream. Table values, changes and waiting events are reported to the
+//! operator's [`StateMetrics`].
 //!
 //! # Checkpointing
 //!
-//! The state is the table's contents and recent history at the checkpoint's frontier, and the
-//! waiting events: a checkpoint records those inputs (DESIGN §8).
+//! The state is the table's contents and recent history per key; a checkpoint records them.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
 
 use differential_dataflow::consolidation::consolidate;
 use differential_dataflow::hashable::Hashable;
 use differential_dataflow::{AsCollection, VecCollection};
-use timely::container::CapacityContainerBuilder;
-use timely::dataflow::channels::pact::Exchange;
-use timely::dataflow::operators::Capability;
-use timely::dataflow::operators::core::OkErr;
-use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::core::{Filter, OkErr};
 
 use crate::runtime::ExchangeData;
 use crate::runtime::metrics::StateMetrics;
-use crate::state::FastMap;
+use crate::state::driver::{Holds, Side, Step, TemporalLogic, binary};
+use crate::state::{FastMap, Temporal, temporal_builder};
 use crate::table::Table;
-use crate::time::{Event, Time, millis};
-
-type Update<D> = (D, Time, isize);
+use crate::time::late::LatePolicy;
+use crate::time::{Event, Time};
 
 /// As-of joins of event streams with tables.
 pub trait AsOfJoin<'scope, K: 'static, V1: 'static> {
@@ -95,24 +92,29 @@ pub trait AsOfJoin<'scope, K: 'static, V1: 'static> {
 
 impl<'scope, K: ExchangeData, V1: ExchangeData> AsOfJoin<'scope, K, V1> for VecCollection<'scope, Time, Event<K, V1>> {
     fn asof_join<V2: ExchangeData>(self, table: Table<'scope, K, V2>) -> AsOfJoinBuilder<'scope, K, V1, V2> {
-        AsOfJoinBuilder { events: self, table, allowed_lateness: 0, name: None, state: None }
+        AsOfJoinBuilder { events: self, table, temporal: Temporal::default() }
     }
 }
 
-/// An as-of join being configured: see [the module documentation](self) for its semantics.
+/// An as-of join being configured (allowed lateness, late policy, name, metrics:
+/// [`TemporalBuilder`](crate::state::TemporalBuilder); there is no emission mode, an event's
+/// result is final when it appears): see [the module documentation](self) for its semantics.
 pub struct AsOfJoinBuilder<'scope, K: 'static, V1: 'static, V2: 'static> {
     events: VecCollection<'scope, Time, Event<K, V1>>,
     table: Table<'scope, K, V2>,
-    allowed_lateness: u64,
-    name: Option<String>,
-    state: Option<Arc<StateMetrics>>,
+    temporal: Temporal,
 }
+
+temporal_builder!(AsOfJoinBuilder<'scope, K, V1, V2>);
 
 /// One key of the table: its values now, and its value after each recent change.
 struct KeyHistory<V> {
     values: BTreeMap<V, isize>,
     /// `(dataflow time, value after the change)`, in time order.
     changes: VecDeque<(Time, Option<V>)>,
+    /// When the key was first seen (what at-least-once sources may not acknowledge while it
+    /// is held).
+    since: Time,
 }
 
 impl<V: Clone> KeyHistory<V> {
@@ -128,26 +130,6 @@ impl<V: Clone> KeyHistory<V> {
 }
 
 impl<'scope, K: ExchangeData, V1: ExchangeData, V2: ExchangeData> AsOfJoinBuilder<'scope, K, V1, V2> {
-    /// Admits event updates up to `lateness` after their event time, and keeps the table's
-    /// history that long. Match the event source's `LatePolicy::Accept { allowed_lateness }`.
-    pub fn allowed_lateness(mut self, lateness: Duration) -> Self {
-        self.allowed_lateness = millis(lateness);
-        self
-    }
-
-    /// Names the operator (for logs, diagnostics and metrics).
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = Some(name.into());
-        self
-    }
-
-    /// Reports entries held (the table's values and recent changes; not the events waiting for
-    /// the table's frontier) and too-late events to `metrics`.
-    pub fn state_metrics(mut self, metrics: Arc<StateMetrics>) -> Self {
-        self.state = Some(metrics);
-        self
-    }
-
     /// Each event with its key's value as of its time; events whose key has no value then
     /// produce nothing.
     pub fn inner(self) -> VecCollection<'scope, Time, (Event<K, V1>, V2)> {
@@ -171,150 +153,146 @@ impl<'scope, K: ExchangeData, V1: ExchangeData, V2: ExchangeData> AsOfJoinBuilde
     pub fn left_with_late(
         self,
     ) -> (VecCollection<'scope, Time, (Event<K, V1>, Option<V2>)>, VecCollection<'scope, Time, Event<K, V1>>) {
-        let AsOfJoinBuilder { events, table, allowed_lateness: lateness, name, state } = self;
-        let name = name.unwrap_or_else(|| "AsOfJoin".to_string());
-        let scope = events.inner.scope();
-        let (worker, peers) = (scope.index(), scope.peers());
-        let counter = state.clone();
+        let AsOfJoinBuilder { events, table, mut temporal } = self;
+        let name = temporal.name_or(|| "AsOfJoin".to_string());
+        let metrics = Arc::clone(temporal.metrics.get_or_insert_with(StateMetrics::new));
+        let (lateness, policy) = (temporal.allowed_lateness, temporal.late);
         let (admitted, late) = events.inner.ok_err::<Vec<_>, _, Vec<_>, _, _>(move |(event, at, diff)| {
             if at <= event.time.saturating_add(lateness) {
                 Ok((event, at, diff))
             } else {
-                if let Some(metrics) = &counter {
-                    metrics.add_late_skipped(1);
-                }
+                metrics.add_late_skipped(1);
                 Err((event, at, diff))
             }
         });
-        let event_pact = Exchange::new(|update: &Update<Event<K, V1>>| update.0.key.hashed());
-        let table_pact = Exchange::new(|update: &Update<(K, V2)>| update.0.0.hashed());
-        let joined = admitted
-            .binary_frontier::<_, CapacityContainerBuilder<Vec<Update<(Event<K, V1>, Option<V2>)>>>, _, _, _, _>(
-                table.into_collection().inner,
-                event_pact,
-                table_pact,
-                &name,
-                move |_capability, _info| {
-                    let mut keys: FastMap<K, KeyHistory<V2>> = FastMap::default();
-                    let mut table_pending: BTreeMap<Time, Vec<((K, V2), isize)>> = BTreeMap::new();
-                    // Admitted event updates by event time, waiting for the table to be complete.
-                    let mut waiting: BTreeMap<Time, Vec<(Event<K, V1>, Time, isize)>> = BTreeMap::new();
-                    let mut caps: BTreeMap<Time, (Capability<Time>, usize)> = BTreeMap::new();
-                    // Keys that changed at each time: their older changes become releasable.
-                    let mut changed: BTreeMap<Time, Vec<K>> = BTreeMap::new();
-                    let mut live: usize = 0;
-                    move |(event_input, event_frontier), (table_input, table_frontier), output| {
-                        event_input.for_each(|cap, data| {
-                            for (event, at, diff) in data.drain(..) {
-                                caps.entry(at).or_insert_with(|| (cap.delayed(&at, 0), 0)).1 += 1;
-                                waiting.entry(event.time).or_default().push((event, at, diff));
-                            }
-                        });
-                        table_input.for_each(|_cap, data| {
-                            for (row, at, diff) in data.drain(..) {
-                                table_pending.entry(at).or_default().push((row, diff));
-                            }
-                        });
+        let keep_late = policy == LatePolicy::SideOutput;
+        let late = late.filter(move |_| keep_late);
+        let logic = AsOfLogic {
+            lateness,
+            keys: FastMap::default(),
+            changed: BTreeMap::new(),
+            live: 0,
+            holds: Holds::default(),
+            events: std::marker::PhantomData,
+        };
+        let (joined, _) = binary(
+            admitted,
+            table.into_collection().inner,
+            temporal.driven(name),
+            |event: &Event<K, V1>| event.key.hashed(),
+            |row: &(K, V2)| row.0.hashed(),
+            logic,
+        );
+        (joined, late.as_collection())
+    }
+}
 
-                        // Apply the table's complete times, in order, recording each key's changes.
-                        while let Some(entry) = table_pending.first_entry() {
-                            if table_frontier.less_equal(entry.key()) {
-                                break;
-                            }
-                            let (at, mut updates) = entry.remove_entry();
-                            consolidate(&mut updates);
-                            let mut updates = updates.into_iter().peekable();
-                            while let Some(((key, value), diff)) = updates.next() {
-                                let history = keys.entry(key.clone()).or_insert_with(|| KeyHistory {
-                                    values: BTreeMap::new(),
-                                    changes: VecDeque::new(),
-                                });
-                                let before = history.value();
-                                let mut apply = |value: V2, diff: isize| {
-                                    let count = history.values.entry(value.clone()).or_insert(0);
-                                    if *count == 0 {
-                                        live += 1;
-                                    }
-                                    *count += diff;
-                                    if *count == 0 {
-                                        history.values.remove(&value);
-                                        live -= 1;
-                                    }
-                                };
-                                apply(value, diff);
-                                while let Some(((next, _), _)) = updates.peek()
-                                    && *next == key
-                                {
-                                    let ((_, value), diff) = updates.next().expect("peeked");
-                                    apply(value, diff);
-                                }
-                                let after = history.value();
-                                if after != before {
-                                    history.changes.push_back((at, after));
-                                    live += 1;
-                                    changed.entry(at).or_default().push(key);
-                                }
-                            }
-                        }
+struct AsOfLogic<K, V1, V2> {
+    lateness: u64,
+    keys: FastMap<K, KeyHistory<V2>>,
+    /// Keys that changed at each time: their older changes become releasable.
+    changed: BTreeMap<Time, Vec<K>>,
+    live: usize,
+    holds: Holds,
+    events: std::marker::PhantomData<fn(V1)>,
+}
 
-                        // Join the events whose time the table has completed.
-                        let mut results: BTreeMap<Time, Vec<Update<(Event<K, V1>, Option<V2>)>>> = BTreeMap::new();
-                        while let Some(entry) = waiting.first_entry() {
-                            if table_frontier.less_equal(entry.key()) {
-                                break;
-                            }
-                            let (time, events) = entry.remove_entry();
-                            for (event, at, diff) in events {
-                                let value = keys.get(&event.key).and_then(|history| history.value_at(time));
-                                results.entry(at).or_default().push(((event, value), at, diff));
-                            }
-                        }
-                        for (at, mut rows) in results {
-                            let (cap, count) = caps.get_mut(&at).expect("a waiting event holds its time");
-                            *count -= rows.len();
-                            output.session(&*cap).give_container(&mut rows);
-                            if *count == 0 {
-                                caps.remove(&at);
-                            }
-                        }
+impl<K: ExchangeData, V1: ExchangeData, V2: ExchangeData> TemporalLogic for AsOfLogic<K, V1, V2> {
+    type Input = Side<Event<K, V1>, (K, V2)>;
+    type Timer = ();
+    type Output = (Event<K, V1>, Option<V2>);
+    type Late = ();
 
-                        // Release history no future lookup can reach: lookups happen at event times
-                        // at least `horizon`. Each key keeps its last change at or before it.
-                        let future = event_frontier.frontier().first().map(|f| f.saturating_sub(lateness));
-                        let horizon = match (future, waiting.keys().next()) {
-                            (Some(f), Some(w)) => Some(f.min(*w)),
-                            (Some(f), None) => Some(f),
-                            (None, Some(w)) => Some(*w),
-                            (None, None) => None,
-                        };
-                        while let Some(entry) = changed.first_entry() {
-                            if horizon.is_some_and(|h| *entry.key() > h) {
-                                break;
-                            }
-                            for key in entry.remove() {
-                                let Some(history) = keys.get_mut(&key) else { continue };
-                                let reachable = match horizon {
-                                    Some(h) => history.changes.partition_point(|(time, _)| *time <= h),
-                                    None => history.changes.len(),
-                                };
-                                // Keep the last change at or before the horizon.
-                                let drop = reachable.saturating_sub(1);
-                                history.changes.drain(..drop);
-                                live -= drop;
-                                if history.values.is_empty() && history.changes.len() == 1 && reachable >= 1 {
-                                    // Absent now and at every reachable time: nothing to keep.
-                                    history.changes.clear();
-                                    live -= 1;
-                                    keys.remove(&key);
-                                }
-                            }
-                        }
-                        if let Some(metrics) = &state {
-                            metrics.set(worker, peers, live);
-                        }
-                    }
-                },
-            );
-        (joined.as_collection(), late.as_collection())
+    fn step(&mut self, inputs: &mut Vec<(Self::Input, isize)>, _timers: &mut Vec<()>, step: &mut Step<'_, Self>) {
+        let at = step.time();
+        let mut rows = Vec::new();
+        let mut events = Vec::new();
+        for (input, diff) in inputs.drain(..) {
+            match input {
+                Side::Left(event) => events.push((event, diff)),
+                Side::Right(row) => rows.push((row, diff)),
+            }
+        }
+        // The table's changes at `at` first: an event at `at` sees them.
+        consolidate(&mut rows);
+        let mut rows = rows.into_iter().peekable();
+        while let Some(((key, value), diff)) = rows.next() {
+            let history = match self.keys.get_mut(&key) {
+                Some(history) => history,
+                None => {
+                    self.holds.hold(at);
+                    self.keys.entry(key.clone()).or_insert_with(|| KeyHistory {
+                        values: BTreeMap::new(),
+                        changes: VecDeque::new(),
+                        since: at,
+                    })
+                }
+            };
+            let before = history.value();
+            let live = &mut self.live;
+            let mut apply = |value: V2, diff: isize| {
+                let count = history.values.entry(value.clone()).or_insert(0);
+                if *count == 0 {
+                    *live += 1;
+                }
+                *count += diff;
+                if *count == 0 {
+                    history.values.remove(&value);
+                    *live -= 1;
+                }
+            };
+            apply(value, diff);
+            while let Some(((_, value), diff)) = rows.next_if(|((next, _), _)| *next == key) {
+                apply(value, diff);
+            }
+            let after = history.value();
+            if after != before {
+                history.changes.push_back((at, after));
+                self.live += 1;
+                self.changed.entry(at).or_default().push(key);
+            }
+        }
+        for (event, diff) in events {
+            let value = self.keys.get(&event.key).and_then(|history| history.value_at(event.time));
+            step.give((event, value), diff);
+        }
+    }
+
+    fn release(&mut self, frontier: Option<Time>) {
+        // Release history no future lookup can reach: future events arrive at or after the
+        // frontier, so they look up times at or after `frontier - lateness`. Each key keeps its
+        // last change at or before that horizon.
+        let horizon = frontier.map(|f| f.saturating_sub(self.lateness));
+        while let Some(entry) = self.changed.first_entry() {
+            if horizon.is_some_and(|h| *entry.key() > h) {
+                break;
+            }
+            for key in entry.remove() {
+                let Some(history) = self.keys.get_mut(&key) else { continue };
+                let reachable = match horizon {
+                    Some(h) => history.changes.partition_point(|(time, _)| *time <= h),
+                    None => history.changes.len(),
+                };
+                // Keep the last change at or before the horizon.
+                let drop = reachable.saturating_sub(1);
+                history.changes.drain(..drop);
+                self.live -= drop;
+                if history.values.is_empty() && history.changes.len() == 1 && reachable >= 1 {
+                    // Absent now and at every reachable time: nothing to keep.
+                    history.changes.clear();
+                    self.live -= 1;
+                    self.holds.release(history.since);
+                    self.keys.remove(&key);
+                }
+            }
+        }
+    }
+
+    fn live_entries(&self) -> usize {
+        self.live
+    }
+
+    fn oldest(&self) -> Option<Time> {
+        self.holds.oldest()
     }
 }

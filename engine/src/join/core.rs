@@ -17,9 +17,9 @@
 //!   and final, updates pairs and unmatched rows exactly (both are linear in the count), and
 //!   is released again at once.
 //!
-//! The keyed operator ([`temporal_join`]) buffers updates by dataflow time and, once the frontier
-//! has passed a time, applies that time's updates in order and emits the change of the join's
-//! output at that time: new pairs (`ΔL ⋈ R_old + L_new ⋈ ΔR`), and for outer sides the change of
+//! The keyed logic ([`temporal_join`], on the temporal driver) applies, once the frontier has
+//! passed a time, that time's updates in order and emits the change of the join's output at
+//! that time: new pairs (`ΔL ⋈ R_old + L_new ⋈ ΔR`), and for outer sides the change of
 //! each affected record's unmatched row. The output is thereby a deterministic function of the
 //! timestamped inputs, identical for any number of workers.
 
@@ -33,16 +33,16 @@ use differential_dataflow::{AsCollection, VecCollection};
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::StreamVec;
-use timely::dataflow::channels::pact::{Exchange, Pipeline};
-use timely::dataflow::operators::Capability;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
-use timely::dataflow::operators::generic::{Operator, OutputBuilder};
-use timely::progress::frontier::MutableAntichain;
 
 use crate::runtime::ExchangeData;
 use crate::runtime::metrics::StateMetrics;
 use crate::state::FastMap;
+use crate::state::driver::{Driven, Holds, Side, Step, TemporalLogic, binary};
 use crate::time::Time;
+use crate::time::late::LatePolicy;
 
 pub(crate) type Update<D> = (D, Time, isize);
 
@@ -82,19 +82,21 @@ fn partner_range(time: Time, lower: i64, upper: i64) -> Option<(Time, Time)> {
 }
 
 /// The family pre-stage: maps every record to the items it contributes (with their dataflow
-/// times, possibly delayed) and says how many of its groups admitted it and how many skipped it.
-/// A record no group admits goes, unchanged, to the returned late collection.
+/// times, possibly delayed) and says how many of its groups admitted it. A record no group
+/// admits is late: counted in `metrics`, and sent unchanged to the returned late collection
+/// unless the policy drops it.
 pub(crate) fn prepare<'scope, D, G, V, L>(
     input: VecCollection<'scope, Time, D>,
     name: &str,
-    state: Option<Arc<StateMetrics>>,
+    metrics: Arc<StateMetrics>,
+    policy: LatePolicy,
     mut logic: L,
 ) -> (StreamVec<'scope, Time, Update<Item<G, V>>>, VecCollection<'scope, Time, D>)
 where
     D: ExchangeData,
     G: ExchangeData,
     V: ExchangeData,
-    L: FnMut(&D, Time, &mut Vec<(Item<G, V>, Time)>) -> (usize, usize) + 'static,
+    L: FnMut(&D, Time, &mut Vec<(Item<G, V>, Time)>) -> usize + 'static,
 {
     let scope = input.inner.scope();
     let mut builder = OperatorBuilder::new(name.to_string(), scope);
@@ -108,27 +110,25 @@ where
         move |_frontiers| {
             let mut items_handle = items_output.activate();
             let mut late_handle = late_output.activate();
-            let mut skipped = 0;
+            let mut late = 0;
             input.for_each(|cap, data| {
                 let mut items_session = items_handle.session(&cap);
                 let mut too_late = Vec::new();
                 for (record, at, diff) in data.drain(..) {
-                    let (admitted, skips) = logic(&record, at, &mut assigned);
-                    skipped += skips as u64;
+                    let admitted = logic(&record, at, &mut assigned);
                     items_session.give_iterator(assigned.drain(..).map(|(item, time)| (item, time, diff)));
                     if admitted == 0 {
-                        too_late.push((record, at, diff));
+                        late += 1;
+                        if policy == LatePolicy::SideOutput {
+                            too_late.push((record, at, diff));
+                        }
                     }
                 }
                 if !too_late.is_empty() {
                     late_handle.session(&cap).give_container(&mut too_late);
                 }
             });
-            if let Some(metrics) = &state
-                && skipped > 0
-            {
-                metrics.add_late_skipped(skipped);
-            }
+            metrics.add_late_skipped(late);
         }
     });
     (items, late.as_collection())
@@ -142,6 +142,9 @@ struct Entry {
     partners: isize,
     close: Time,
     release: Time,
+    /// The dataflow time it arrived at (what at-least-once sources may not acknowledge while
+    /// it is held).
+    since: Time,
 }
 
 impl Entry {
@@ -181,8 +184,8 @@ impl<V: Ord> SideState<V> {
     }
 
     /// Adds `diff` to the record's count, creating it with `entry` if absent; `found` is
-    /// [`SideState::search`]'s answer for the record, unchanged since. Returns the change in
-    /// the number of live entries (+1 created, -1 removed, 0).
+    /// [`SideState::search`]'s answer for the record, unchanged since. Returns the entry it
+    /// removed, if its count fell to zero.
     fn update(
         &mut self,
         found: Result<usize, usize>,
@@ -190,19 +193,18 @@ impl<V: Ord> SideState<V> {
         value: V,
         diff: isize,
         entry: impl FnOnce() -> Entry,
-    ) -> isize {
+    ) -> Option<Entry> {
         match found {
             Err(position) => {
                 self.entries.insert(position, (time, value, entry()));
-                1
+                None
             }
             Ok(found) => {
                 self.entries[found].2.count += diff;
                 if self.entries[found].2.count == 0 {
-                    self.entries.remove(found);
-                    -1
+                    self.entries.remove(found).map(|(_, _, entry)| entry)
                 } else {
-                    0
+                    None
                 }
             }
         }
@@ -230,49 +232,40 @@ impl<V1, V2> Default for Group<V1, V2> {
     }
 }
 
-/// The work of one dataflow time.
-struct Work<G, V1, V2> {
-    cap: Capability<Time>,
-    left: Vec<(Item<G, V1>, isize)>,
-    right: Vec<(Item<G, V2>, isize)>,
-    close_left: Vec<(G, Time, V1)>,
-    close_right: Vec<(G, Time, V2)>,
-}
-
-impl<G, V1, V2> Work<G, V1, V2> {
-    fn new(cap: Capability<Time>) -> Self {
-        Work { cap, left: Vec::new(), right: Vec::new(), close_left: Vec::new(), close_right: Vec::new() }
-    }
+/// A record of an outer side whose unmatched row may appear at a later time.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Closing<G, V1, V2> {
+    Left(G, Time, V1),
+    Right(G, Time, V2),
 }
 
 struct JoinState<G, V1, V2> {
     shape: Shape,
     groups: FastMap<G, Group<V1, V2>>,
-    times: BTreeMap<Time, Work<G, V1, V2>>,
     /// Groups with entries to release at (after) each time; may hold stale duplicates.
     expiry: BTreeMap<Time, Vec<G>>,
     live: usize,
-    /// Updates buffered until the frontier passes their time (state too: in `Final` window
-    /// joins, a window's records wait here until its end).
-    pending: usize,
+    holds: Holds,
 }
 
-/// Whether both inputs' frontiers have passed `time`.
-fn passed(time: Time, frontiers: [&MutableAntichain<Time>; 2]) -> bool {
-    frontiers.iter().all(|f| !f.less_equal(&time))
+/// Whether the frontier has passed `time`.
+fn passed(time: Time, frontier: Option<Time>) -> bool {
+    frontier.is_none_or(|f| time < f)
 }
 
 /// Where the join emits a row: `(group, left, right, diff)`.
 type Emit<'a, G, V1, V2> = dyn FnMut(&G, Option<(Time, &V1)>, Option<(Time, &V2)>, isize) + 'a;
 
 impl<G: ExchangeData, V1: ExchangeData, V2: ExchangeData> JoinState<G, V1, V2> {
-    fn work_at(&mut self, at: Time, delay: impl FnOnce(&Time) -> Capability<Time>) -> &mut Work<G, V1, V2> {
-        self.times.entry(at).or_insert_with(|| Work::new(delay(&at)))
-    }
-
-    /// Applies the updates of time `at` and emits the output's change at `at`.
-    fn process(&mut self, at: Time, work: Work<G, V1, V2>, emit: &mut Emit<'_, G, V1, V2>) {
-        let Work { cap, mut left, mut right, close_left, close_right } = work;
+    /// Applies the updates and closings of time `at`, emits the output's change at `at`, and
+    /// returns the closings it files for later times.
+    fn process(
+        &mut self,
+        at: Time,
+        (mut left, mut right): (Vec<(Item<G, V1>, isize)>, Vec<(Item<G, V2>, isize)>),
+        (close_left, close_right): (Vec<(G, Time, V1)>, Vec<(G, Time, V2)>),
+        emit: &mut Emit<'_, G, V1, V2>,
+    ) -> Vec<(Time, Closing<G, V1, V2>)> {
         let shape = self.shape;
         // Consolidation only matters when updates may cancel; insert-only batches (the common
         // case) are applied as they come, which gives the same output.
@@ -285,9 +278,9 @@ impl<G: ExchangeData, V1: ExchangeData, V2: ExchangeData> JoinState<G, V1, V2> {
         // The unmatched-row contribution of each affected record of an outer side, before `at`.
         let mut before_left: BTreeMap<(G, Time, V1), isize> = BTreeMap::new();
         let mut before_right: BTreeMap<(G, Time, V2), isize> = BTreeMap::new();
-        let mut new_closings: Vec<(Time, Side<G, V1, V2>)> = Vec::new();
+        let mut new_closings: Vec<(Time, Closing<G, V1, V2>)> = Vec::new();
 
-        let (groups, live, expiry) = (&mut self.groups, &mut self.live, &mut self.expiry);
+        let (groups, live, expiry, holds) = (&mut self.groups, &mut self.live, &mut self.expiry, &mut self.holds);
         let mut left_side = Applying {
             at,
             partner_bounds: (shape.lower, shape.upper),
@@ -297,10 +290,11 @@ impl<G: ExchangeData, V1: ExchangeData, V2: ExchangeData> JoinState<G, V1, V2> {
             before: (&mut before_left, &mut before_right),
             live: &mut *live,
             expiry: &mut *expiry,
+            holds: &mut *holds,
         };
         left_side.apply(
             left,
-            |close, g, time, value| new_closings.push((close, Side::Left(g, time, value))),
+            |close, g, time, value| new_closings.push((close, Closing::Left(g, time, value))),
             |g, l, r, d| emit(g, Some(l), Some(r), d),
         );
         // Left partners of a right record at `time - [lower, upper]`, i.e. `time + [-upper, -lower]`.
@@ -313,10 +307,11 @@ impl<G: ExchangeData, V1: ExchangeData, V2: ExchangeData> JoinState<G, V1, V2> {
             before: (&mut before_right, &mut before_left),
             live,
             expiry,
+            holds,
         };
         right_side.apply(
             right,
-            |close, g, time, value| new_closings.push((close, Side::Right(g, time, value))),
+            |close, g, time, value| new_closings.push((close, Closing::Right(g, time, value))),
             |g, r, l, d| emit(g, Some(l), Some(r), d),
         );
 
@@ -349,26 +344,20 @@ impl<G: ExchangeData, V1: ExchangeData, V2: ExchangeData> JoinState<G, V1, V2> {
             }
         }
 
-        for (close, side) in new_closings {
-            let work = self.times.entry(close).or_insert_with(|| Work::new(cap.delayed(&close)));
-            match side {
-                Side::Left(g, time, value) => work.close_left.push((g, time, value)),
-                Side::Right(g, time, value) => work.close_right.push((g, time, value)),
-            }
-        }
+        new_closings
     }
 
-    /// Drops the state of records whose release time both frontiers have passed.
-    fn release(&mut self, frontiers: [&MutableAntichain<Time>; 2]) {
+    /// Drops the state of records whose release time the frontier has passed.
+    fn release(&mut self, frontier: Option<Time>) {
         while let Some(entry) = self.expiry.first_entry() {
-            if !passed(*entry.key(), frontiers) {
+            if !passed(*entry.key(), frontier) {
                 break;
             }
             for g in entry.remove() {
                 let HashEntry::Occupied(mut group) = self.groups.entry(g) else { continue };
                 let state = group.get_mut();
-                self.live -= release_side(&mut state.left, frontiers);
-                self.live -= release_side(&mut state.right, frontiers);
+                self.live -= release_side(&mut state.left, frontier, &mut self.holds);
+                self.live -= release_side(&mut state.right, frontier, &mut self.holds);
                 if state.left.is_empty() && state.right.is_empty() {
                     group.remove();
                 }
@@ -395,6 +384,7 @@ where
     before: (&'a mut BTreeMap<(G, Time, Vm), isize>, &'a mut BTreeMap<(G, Time, Vo), isize>),
     live: &'a mut usize,
     expiry: &'a mut BTreeMap<Time, Vec<G>>,
+    holds: &'a mut Holds,
 }
 
 impl<G, V1, V2, Vm, Vo, S> Applying<'_, G, V1, V2, Vm, Vo, S>
@@ -441,6 +431,7 @@ where
             }
             if !exists {
                 *self.live += 1;
+                self.holds.hold(at);
                 if filed.is_none_or(|f| f < release || f < at) {
                     *filed = Some(release);
                     self.expiry.entry(release).or_default().push(g.clone());
@@ -449,27 +440,25 @@ where
                     closing(close, g.clone(), time, value.clone());
                 }
             }
-            if mine.update(found, time, value, diff, || Entry { count: diff, partners, close, release }) < 0 {
+            let entry = || Entry { count: diff, partners, close, release, since: at };
+            if let Some(removed) = mine.update(found, time, value, diff, entry) {
                 *self.live -= 1;
+                self.holds.release(removed.since);
             }
         }
     }
 }
 
-enum Side<G, V1, V2> {
-    Left(G, Time, V1),
-    Right(G, Time, V2),
-}
-
 /// Releases the earliest entries of one side while their release time has passed; release times
 /// do not decrease with event time within a group and side. Returns how many were released.
-fn release_side<V>(side: &mut SideState<V>, frontiers: [&MutableAntichain<Time>; 2]) -> usize {
+fn release_side<V>(side: &mut SideState<V>, frontier: Option<Time>, holds: &mut Holds) -> usize {
     let mut released = 0;
     while let Some((_, _, first)) = side.entries.front() {
-        if !passed(first.release, frontiers) {
+        if !passed(first.release, frontier) {
             break;
         }
-        side.entries.pop_front();
+        let (_, _, entry) = side.entries.pop_front().expect("peeked");
+        holds.release(entry.since);
         released += 1;
     }
     if side.entries.is_empty() {
@@ -485,9 +474,8 @@ pub(crate) fn temporal_join<'scope, G, V1, V2, D, F>(
     left: StreamVec<'scope, Time, Update<Item<G, V1>>>,
     right: StreamVec<'scope, Time, Update<Item<G, V2>>>,
     shape: Shape,
-    name: &str,
-    state: Option<Arc<StateMetrics>>,
-    mut result: F,
+    driven: Driven,
+    result: F,
 ) -> VecCollection<'scope, Time, D>
 where
     G: ExchangeData,
@@ -496,56 +484,79 @@ where
     D: ExchangeData,
     F: FnMut(&G, Option<(Time, &V1)>, Option<(Time, &V2)>) -> D + 'static,
 {
-    let scope = left.scope();
-    let (worker, peers) = (scope.index(), scope.peers());
-    let left_pact = Exchange::new(|update: &Update<Item<G, V1>>| update.0.group.hashed());
-    let right_pact = Exchange::new(|update: &Update<Item<G, V2>>| update.0.group.hashed());
-    let stream = left.binary_frontier::<_, CapacityContainerBuilder<Vec<Update<D>>>, _, _, _, _>(
+    let state =
+        JoinState { shape, groups: FastMap::default(), expiry: BTreeMap::new(), live: 0, holds: Holds::default() };
+    let logic = JoinLogic { state, result };
+    let (joined, _) = binary(
+        left,
         right,
-        left_pact,
-        right_pact,
-        name,
-        move |_capability, _info| {
-            let mut join = JoinState {
-                shape,
-                groups: FastMap::default(),
-                times: BTreeMap::new(),
-                expiry: BTreeMap::new(),
-                live: 0,
-                pending: 0,
-            };
-            move |(left_input, left_frontier), (right_input, right_frontier), output| {
-                left_input.for_each(|cap, data| {
-                    join.pending += data.len();
-                    for (item, at, diff) in data.drain(..) {
-                        join.work_at(at, |t| cap.delayed(t, 0)).left.push((item, diff));
-                    }
-                });
-                right_input.for_each(|cap, data| {
-                    join.pending += data.len();
-                    for (item, at, diff) in data.drain(..) {
-                        join.work_at(at, |t| cap.delayed(t, 0)).right.push((item, diff));
-                    }
-                });
-                let frontiers = [left_frontier, right_frontier];
-                while let Some(entry) = join.times.first_entry() {
-                    if !passed(*entry.key(), frontiers) {
-                        break;
-                    }
-                    let (at, work) = entry.remove_entry();
-                    join.pending -= work.left.len() + work.right.len();
-                    let cap = work.cap.clone();
-                    let mut session = output.session(&cap);
-                    join.process(at, work, &mut |g, l, r, diff| session.give((result(g, l, r), at, diff)));
-                }
-                join.release(frontiers);
-                if let Some(metrics) = &state {
-                    metrics.set(worker, peers, join.live + join.pending);
-                }
-            }
-        },
+        driven,
+        |item: &Item<G, V1>| item.group.hashed(),
+        |item: &Item<G, V2>| item.group.hashed(),
+        logic,
     );
-    stream.as_collection()
+    joined
+}
+
+struct JoinLogic<G, V1, V2, F> {
+    state: JoinState<G, V1, V2>,
+    result: F,
+}
+
+impl<G, V1, V2, D, F> TemporalLogic for JoinLogic<G, V1, V2, F>
+where
+    G: ExchangeData,
+    V1: ExchangeData,
+    V2: ExchangeData,
+    D: ExchangeData,
+    F: FnMut(&G, Option<(Time, &V1)>, Option<(Time, &V2)>) -> D + 'static,
+{
+    type Input = Side<Item<G, V1>, Item<G, V2>>;
+    type Timer = Closing<G, V1, V2>;
+    type Output = D;
+    type Late = ();
+
+    fn step(
+        &mut self,
+        inputs: &mut Vec<(Self::Input, isize)>,
+        timers: &mut Vec<Self::Timer>,
+        step: &mut Step<'_, Self>,
+    ) {
+        let at = step.time();
+        let (mut left, mut right) = (Vec::new(), Vec::new());
+        for (input, diff) in inputs.drain(..) {
+            match input {
+                Side::Left(item) => left.push((item, diff)),
+                Side::Right(item) => right.push((item, diff)),
+            }
+        }
+        let (mut close_left, mut close_right) = (Vec::new(), Vec::new());
+        for closing in timers.drain(..) {
+            match closing {
+                Closing::Left(g, t, v) => close_left.push((g, t, v)),
+                Closing::Right(g, t, v) => close_right.push((g, t, v)),
+            }
+        }
+        let result = &mut self.result;
+        let closings = self.state.process(at, (left, right), (close_left, close_right), &mut |g, l, r, diff| {
+            step.give(result(g, l, r), diff)
+        });
+        for (close, closing) in closings {
+            step.schedule(close, closing);
+        }
+    }
+
+    fn release(&mut self, frontier: Option<Time>) {
+        self.state.release(frontier);
+    }
+
+    fn live_entries(&self) -> usize {
+        self.state.live
+    }
+
+    fn oldest(&self) -> Option<Time> {
+        self.state.holds.oldest()
+    }
 }
 
 #[cfg(test)]

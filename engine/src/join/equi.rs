@@ -96,6 +96,7 @@ impl<'scope, K: ExchangeData, V1: ExchangeData> Joins<'scope, K, V1> for VecColl
         self,
         other: VecCollection<'scope, Time, (K, V2)>,
     ) -> VecCollection<'scope, Time, (K, (V1, V2))> {
+        unbounded(self.scope());
         self.join(other)
     }
 
@@ -142,6 +143,7 @@ fn outer<'scope, K: ExchangeData, V1: ExchangeData, V2: ExchangeData>(
     VecCollection<'scope, Time, (K, V2)>,
 ) {
     let scope = left.scope();
+    unbounded(scope);
     let left_arranged = left.clone().arrange_by_key_named("OuterJoin: arrange left");
     let right_arranged = right.clone().arrange_by_key_named("OuterJoin: arrange right");
     let pairs = left_arranged
@@ -162,4 +164,11 @@ fn outer<'scope, K: ExchangeData, V1: ExchangeData, V2: ExchangeData>(
         concatenate(scope, std::iter::empty())
     };
     (pairs, left_unmatched, right_unmatched)
+}
+
+/// Declares that the join's arrangements may refer to any input until it is retracted: an
+/// at-least-once source acknowledges nothing before its sinks are complete (see
+/// [`crate::runtime::flow`]).
+fn unbounded(scope: timely::dataflow::Scope<'_, Time>) {
+    crate::runtime::flow::group(scope).register_retention(crate::runtime::flow::Retention::Unbounded);
 }

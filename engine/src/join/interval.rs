@@ -37,13 +37,15 @@
 //! retraction of one of its records retracts it). The unmatched row `(a, None)` of a left
 //! record depends on the mode ([`Emit`]):
 //!
-//! - [`Emit::Final`] (default): it appears at `a.time + upper` (or at `a`'s own dataflow time,
-//!   if later), the last event time of a possible partner, if `a` has no partner then; it is
-//!   retracted if a (late) partner arrives afterwards, and comes back if all partners are
-//!   retracted.
+//! - [`Emit::Final`] (default): it appears once no partner can arrive any more — at
+//!   `a.time + upper − lower + allowed_lateness` (the last time a partner behind the watermark
+//!   is still admitted; `a.time + upper` with `lower = 0` and no allowed lateness), or at `a`'s
+//!   own dataflow time, if later — if `a` has no partner then. It is never corrected (only a
+//!   retraction of all of `a`'s partners brings it back).
 //! - [`Emit::Updates`]: it appears together with `a`, and is retracted when a partner arrives.
 //!
-//! Right records' unmatched rows `(None, b)` are symmetric, with `b.time − lower`.
+//! Right records' unmatched rows `(None, b)` are symmetric, at `b.time − lower + upper +
+//! allowed_lateness`.
 //!
 //! Formally, with `L(τ)`, `R(τ)` the admitted records (see below) present at dataflow time `τ`,
 //! the output as of `τ` holds every matching pair of `L(τ) × R(τ)`, and for outer sides each
@@ -51,27 +53,34 @@
 //!
 //! # Late data
 //!
-//! An update (insertion or retraction) of a record with event time `t` arriving at dataflow
-//! time `τ` is *admitted* if `τ ≤ t + allowed_lateness`; otherwise it is too late: it takes no
-//! part in the join, goes to the late output ([`IntervalJoinBuilder::inner_with_late`] and
-//! siblings) and is counted in [`StateMetrics::late_skipped`]. Records accepted late by a
-//! source (`LatePolicy::Accept { allowed_lateness }`) arrive at the watermark `W ≤ t + L`, so a
-//! join with the same allowed lateness admits them all; they match as any record does, at `W`,
-//! and correct the unmatched rows they affect.
+//! Lateness is decided per record's interval (DESIGN §3): a record's interval is the event
+//! times of its possible partners, `[t + lower, t + upper]` for a left record at `t` and
+//! `[t − upper, t − lower]` for a right one. An update (insertion or retraction) arriving at
+//! dataflow time `τ` — a record behind the watermark arrives at the watermark — is *admitted*
+//! while its interval's end plus the allowed lateness has not passed (`τ ≤ t + upper +
+//! allowed_lateness` on the left, `τ ≤ t − lower + allowed_lateness` on the right): it matches
+//! every partner as any record does, at `τ`. Otherwise it is **late**: it takes no part in the
+//! join, goes to the late output ([`IntervalJoinBuilder::inner_with_late`] and siblings, per the
+//! [`LatePolicy`](crate::time::late::LatePolicy)) and is counted in
+//! [`StateMetrics::late_skipped`](crate::runtime::metrics::StateMetrics::late_skipped). For
+//! example, with `IntervalBounds::after(10 s)` and no allowed lateness, a click at 8 000
+//! arriving behind watermark 12 000 still pairs with impressions in `[−2 000, 8 000]`
+//! that are held; an impression at 1 000 arriving behind watermark 12 000 is late (its clicks
+//! were due by 11 000).
 //!
 //! # State
 //!
-//! Each side's live records (one entry per distinct key, event time and value). A left record
-//! is released once the frontier passes `t + upper + allowed_lateness` and a right one once it
-//! passes `t − lower + allowed_lateness`: after that no admitted partner can arrive. (A late
-//! retraction of the record itself may still come, up to `t + allowed_lateness`; it is applied
-//! against the partners, which are still held.) Release emits nothing downstream. Live entries
-//! are reported to [`StateMetrics`] if one is attached.
+//! Each side's live records (one entry per distinct key, event time and value). A record is
+//! released once the frontier passes `t + (upper − lower) + allowed_lateness` (on the left
+//! `t + upper − lower + L`, on the right `t − lower + upper + L`): after that no admitted
+//! partner can arrive. (A late retraction of the record itself may still come while its own
+//! interval admits it; it is applied against the partners, which are still held.) Release
+//! emits nothing downstream. Live entries are reported to the operator's
+//! [`StateMetrics`](crate::runtime::metrics::StateMetrics).
 //!
 //! # Checkpointing
 //!
-//! The state is a function of the admitted input records that are not yet released: a
-//! checkpoint records those inputs (DESIGN §8).
+//! The state is each side's held records; a checkpoint records them per key.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,11 +89,11 @@ use differential_dataflow::VecCollection;
 
 use crate::error::{Error, Result};
 use crate::join::TooLate;
-use crate::join::core::{Item, Shape, prepare, shift, temporal_join};
+use crate::join::core::{Item, Shape, prepare, temporal_join};
 use crate::runtime::ExchangeData;
 use crate::runtime::metrics::StateMetrics;
+use crate::state::{Emit, Temporal, temporal_builder};
 use crate::time::{Event, Time, millis};
-use crate::window::Emit;
 
 /// The match condition of an interval join: `left.time + lower ≤ right.time ≤ left.time + upper`,
 /// in milliseconds.
@@ -171,58 +180,25 @@ impl<'scope, K: ExchangeData, V1: ExchangeData> IntervalJoin<'scope, K, V1>
         other: VecCollection<'scope, Time, Event<K, V2>>,
         bounds: IntervalBounds,
     ) -> IntervalJoinBuilder<'scope, K, V1, V2> {
-        IntervalJoinBuilder {
-            left: self,
-            right: other,
-            bounds,
-            emit: Emit::Final,
-            allowed_lateness: 0,
-            name: None,
-            state: None,
-        }
+        IntervalJoinBuilder { left: self, right: other, bounds, temporal: Temporal::default() }
     }
 }
 
-/// An interval join being configured: see [the module documentation](self) for its semantics.
+/// An interval join being configured (emission, allowed lateness, late policy, name, metrics:
+/// [`TemporalBuilder`](crate::state::TemporalBuilder)): see [the module documentation](self)
+/// for its semantics; pick the join's kind (`inner`, `left`, `right`, `full`) to build it.
 pub struct IntervalJoinBuilder<'scope, K: 'static, V1: 'static, V2: 'static> {
     left: VecCollection<'scope, Time, Event<K, V1>>,
     right: VecCollection<'scope, Time, Event<K, V2>>,
     bounds: IntervalBounds,
-    emit: Emit,
-    allowed_lateness: u64,
-    name: Option<String>,
-    state: Option<Arc<StateMetrics>>,
+    temporal: Temporal,
 }
 
-/// The output of a two-sided join with its too-late records.
+temporal_builder!(IntervalJoinBuilder<'scope, K, V1, V2>);
+
 type WithLate<'scope, D, K, V1, V2> = (VecCollection<'scope, Time, D>, TooLate<'scope, Event<K, V1>, Event<K, V2>>);
 
 impl<'scope, K: ExchangeData, V1: ExchangeData, V2: ExchangeData> IntervalJoinBuilder<'scope, K, V1, V2> {
-    /// When unmatched rows of outer joins appear (default [`Emit::Final`]).
-    pub fn emit(mut self, emit: Emit) -> Self {
-        self.emit = emit;
-        self
-    }
-
-    /// Admits updates up to `lateness` after their event time, and keeps state that long.
-    /// Match the sources' `LatePolicy::Accept { allowed_lateness }`.
-    pub fn allowed_lateness(mut self, lateness: Duration) -> Self {
-        self.allowed_lateness = millis(lateness);
-        self
-    }
-
-    /// Names the operators (for logs, diagnostics and metrics).
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = Some(name.into());
-        self
-    }
-
-    /// Reports live state entries (records held, both sides) and too-late records to `metrics`.
-    pub fn state_metrics(mut self, metrics: Arc<StateMetrics>) -> Self {
-        self.state = Some(metrics);
-        self
-    }
-
     /// Matching pairs.
     pub fn inner(self) -> VecCollection<'scope, Time, (Event<K, V1>, Event<K, V2>)> {
         self.inner_with_late().0
@@ -279,43 +255,56 @@ impl<'scope, K: ExchangeData, V1: ExchangeData, V2: ExchangeData> IntervalJoinBu
         D: ExchangeData,
         F: FnMut(&K, Option<(Time, &V1)>, Option<(Time, &V2)>) -> D + 'static,
     {
-        let IntervalJoinBuilder { left, right, bounds, emit, allowed_lateness, name, state } = self;
+        let IntervalJoinBuilder { left, right, bounds, mut temporal } = self;
         let IntervalBounds { lower, upper } = bounds;
-        let name = name.unwrap_or_else(|| format!("IntervalJoin([{lower}ms, {upper}ms])"));
-        let lateness = allowed_lateness;
-        // A record's unmatched row appears at the last event time of a possible partner (Final),
-        // or at once (Updates). Its state is needed until the last admissible arrival of a
-        // partner, `t + upper + L` (left) or `t − lower + L` (right). Its own retractions may
-        // arrive later (up to `t + L`): they re-create the entry, and since its partners'
-        // entries are still held and no partner update can come any more, pairs and unmatched
-        // rows (both linear in the record's count) are retracted exactly.
-        let final_mode = emit == Emit::Final;
-        let left_items =
-            prepare(left, &format!("{name}: left"), state.clone(), move |event: &Event<K, V1>, at, out| {
-                if at > event.time.saturating_add(lateness) {
-                    return (0, 1);
-                }
-                let close = if final_mode { shift(event.time, upper).unwrap_or(0) } else { 0 };
-                let release = shift(event.time.saturating_add(lateness), upper).unwrap_or(0);
+        let name = temporal.name_or(|| format!("IntervalJoin([{lower}ms, {upper}ms])"));
+        let metrics = Arc::clone(temporal.metrics.get_or_insert_with(StateMetrics::new));
+        let (lateness, policy) = (temporal.allowed_lateness, temporal.late);
+        // A record is admitted while its interval's end plus the allowed lateness has not
+        // passed; it is held until the last time a partner can be admitted, and in Final mode
+        // its unmatched row appears then (so it is never corrected). Times in i128: bounds are
+        // within ±2⁶² ms.
+        let final_mode = temporal.emit == Emit::Final;
+        let width = i128::from(upper) - i128::from(lower);
+        let clamp = |t: i128| Time::try_from(t.max(0)).unwrap_or(Time::MAX);
+        let admit = move |time: Time, end_offset: i64, at: Time| -> Option<(Time, Time)> {
+            let end = i128::from(time) + i128::from(end_offset) + i128::from(lateness);
+            if i128::from(at) > end {
+                return None;
+            }
+            // The last admission of a partner: its interval ends `width - end_offset` after ours.
+            let release = clamp(end + width - i128::from(end_offset));
+            let close = if final_mode { release } else { 0 };
+            Some((close, release))
+        };
+        let left_items = prepare(
+            left,
+            &format!("{name}: left"),
+            Arc::clone(&metrics),
+            policy,
+            move |event: &Event<K, V1>, at, out| {
+                let Some((close, release)) = admit(event.time, upper, at) else { return 0 };
                 let item =
                     Item { group: event.key.clone(), time: event.time, value: event.value.clone(), close, release };
                 out.push((item, at));
-                (1, 0)
-            });
-        let right_items =
-            prepare(right, &format!("{name}: right"), state.clone(), move |event: &Event<K, V2>, at, out| {
-                if at > event.time.saturating_add(lateness) {
-                    return (0, 1);
-                }
-                let close = if final_mode { shift(event.time, -lower).unwrap_or(0) } else { 0 };
-                let release = shift(event.time.saturating_add(lateness), -lower).unwrap_or(0);
+                1
+            },
+        );
+        let right_items = prepare(
+            right,
+            &format!("{name}: right"),
+            Arc::clone(&metrics),
+            policy,
+            move |event: &Event<K, V2>, at, out| {
+                let Some((close, release)) = admit(event.time, -lower, at) else { return 0 };
                 let item =
                     Item { group: event.key.clone(), time: event.time, value: event.value.clone(), close, release };
                 out.push((item, at));
-                (1, 0)
-            });
+                1
+            },
+        );
         let shape = Shape { lower, upper, outer_left, outer_right };
-        let joined = temporal_join(left_items.0, right_items.0, shape, &name, state, result);
+        let joined = temporal_join(left_items.0, right_items.0, shape, temporal.driven(name), result);
         (joined, TooLate { left: left_items.1, right: right_items.1 })
     }
 }

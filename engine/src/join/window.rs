@@ -46,17 +46,22 @@
 //!
 //! # Late data
 //!
-//! An update arriving at dataflow time `τ ≥ w.end + allowed_lateness` is too late for window
-//! `w`: `w` skips it, and [`StateMetrics::late_skipped`] counts it. A record too late for every
-//! window it belongs to goes, unchanged, to the late output
-//! ([`WindowJoinBuilder::inner_with_late`] and siblings). Records accepted late by their source
-//! at the watermark `W` correct the windows they reach at `W`, within the allowed lateness.
+//! Lateness is decided per window (DESIGN §3). A record behind the watermark arrives at the
+//! watermark `W`. A window not yet emitted (`W ≤ w.end − 1`) takes it silently; an emitted
+//! window whose `end + allowed_lateness` is still ahead of `W` takes it and corrects its rows
+//! at `W`; an expired window (`W ≥ w.end + allowed_lateness`) skips it. A record every window
+//! of which has expired is **late**: it goes, unchanged, to the late output
+//! ([`WindowJoinBuilder::inner_with_late`] and siblings, per the
+//! [`LatePolicy`](crate::time::late::LatePolicy)) and is counted in
+//! [`StateMetrics::late_skipped`](crate::runtime::metrics::StateMetrics::late_skipped).
 //!
 //! # State
 //!
 //! The records of live windows (one entry per window, key, event time and value). A window's
 //! records are released once the frontier passes `end + allowed_lateness − 1`, without any
-//! retraction downstream. Live entries are reported to [`StateMetrics`] if one is attached.
+//! retraction downstream. Live entries (held records, including those waiting for their
+//! window's end) are reported to the operator's
+//! [`StateMetrics`](crate::runtime::metrics::StateMetrics).
 //!
 //! # Checkpointing
 //!
@@ -64,7 +69,6 @@
 //! those inputs (DESIGN §8).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use differential_dataflow::VecCollection;
 
@@ -72,8 +76,9 @@ use crate::join::TooLate;
 use crate::join::core::{Item, Shape, prepare, temporal_join};
 use crate::runtime::ExchangeData;
 use crate::runtime::metrics::StateMetrics;
-use crate::time::{Event, Time, millis};
-use crate::window::{Emit, Window, WindowSpec};
+use crate::state::{Emit, Temporal, temporal_builder};
+use crate::time::{Event, Time};
+use crate::window::{Window, WindowSpec};
 
 /// Window joins on collections of [`Event`]s.
 pub trait WindowJoin<'scope, K: 'static, V1: 'static> {
@@ -94,32 +99,25 @@ impl<'scope, K: ExchangeData, V1: ExchangeData> WindowJoin<'scope, K, V1>
         other: VecCollection<'scope, Time, Event<K, V2>>,
         spec: WindowSpec,
     ) -> WindowJoinBuilder<'scope, K, V1, V2> {
-        WindowJoinBuilder {
-            left: self,
-            right: other,
-            spec,
-            emit: Emit::Final,
-            allowed_lateness: 0,
-            name: None,
-            state: None,
-        }
+        WindowJoinBuilder { left: self, right: other, spec, temporal: Temporal::default() }
     }
 }
 
-/// A window join being configured: see [the module documentation](self) for its semantics.
+/// A window join being configured (emission, allowed lateness, late policy, name, metrics:
+/// [`TemporalBuilder`](crate::state::TemporalBuilder)): see [the module documentation](self)
+/// for its semantics; pick the join's kind (`inner`, `left`, `right`, `full`) to build it.
 pub struct WindowJoinBuilder<'scope, K: 'static, V1: 'static, V2: 'static> {
     left: VecCollection<'scope, Time, Event<K, V1>>,
     right: VecCollection<'scope, Time, Event<K, V2>>,
     spec: WindowSpec,
-    emit: Emit,
-    allowed_lateness: u64,
-    name: Option<String>,
-    state: Option<Arc<StateMetrics>>,
+    temporal: Temporal,
 }
+
+temporal_builder!(WindowJoinBuilder<'scope, K, V1, V2>);
 
 type WithLate<'scope, D, K, V1, V2> = (VecCollection<'scope, Time, D>, TooLate<'scope, Event<K, V1>, Event<K, V2>>);
 
-/// Assigns an event to the windows that admit it; returns (admitted, skipped).
+/// Assigns an event to the windows that admit it; returns how many did.
 fn assign<K: ExchangeData, V: ExchangeData>(
     spec: WindowSpec,
     emit: Emit,
@@ -127,12 +125,11 @@ fn assign<K: ExchangeData, V: ExchangeData>(
     event: &Event<K, V>,
     at: Time,
     out: &mut Vec<(Item<(K, Window), V>, Time)>,
-) -> (usize, usize) {
-    let (mut admitted, mut skipped) = (0, 0);
+) -> usize {
+    let mut admitted = 0;
     for window in spec.windows_of(event.time) {
         let release = window.end.saturating_add(lateness) - 1;
         if at > release {
-            skipped += 1;
             continue;
         }
         let (time, close) = match emit {
@@ -143,7 +140,7 @@ fn assign<K: ExchangeData, V: ExchangeData>(
         out.push((Item { group, time: event.time, value: event.value.clone(), close, release }, time));
         admitted += 1;
     }
-    (admitted, skipped)
+    admitted
 }
 
 fn pair<K: Clone, V: Clone>(key: &(K, Window), record: (Time, &V)) -> Event<K, V> {
@@ -151,31 +148,6 @@ fn pair<K: Clone, V: Clone>(key: &(K, Window), record: (Time, &V)) -> Event<K, V
 }
 
 impl<'scope, K: ExchangeData, V1: ExchangeData, V2: ExchangeData> WindowJoinBuilder<'scope, K, V1, V2> {
-    /// When results are emitted (default [`Emit::Final`]).
-    pub fn emit(mut self, emit: Emit) -> Self {
-        self.emit = emit;
-        self
-    }
-
-    /// Keeps each window's state for `lateness` after its end, to apply late corrections.
-    /// Match the sources' `LatePolicy::Accept { allowed_lateness }`.
-    pub fn allowed_lateness(mut self, lateness: Duration) -> Self {
-        self.allowed_lateness = millis(lateness);
-        self
-    }
-
-    /// Names the operators (for logs, diagnostics and metrics).
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = Some(name.into());
-        self
-    }
-
-    /// Reports live state entries (records held, both sides) and too-late records to `metrics`.
-    pub fn state_metrics(mut self, metrics: Arc<StateMetrics>) -> Self {
-        self.state = Some(metrics);
-        self
-    }
-
     /// Pairs of each window.
     pub fn inner(self) -> VecCollection<'scope, Time, (Window, Event<K, V1>, Event<K, V2>)> {
         self.inner_with_late().0
@@ -227,19 +199,22 @@ impl<'scope, K: ExchangeData, V1: ExchangeData, V2: ExchangeData> WindowJoinBuil
         D: ExchangeData,
         F: FnMut(&(K, Window), Option<(Time, &V1)>, Option<(Time, &V2)>) -> D + 'static,
     {
-        let WindowJoinBuilder { left, right, spec, emit, allowed_lateness, name, state } = self;
-        let name = name.unwrap_or_else(|| format!("WindowJoin(size={}ms, slide={}ms)", spec.size(), spec.slide()));
-        let lateness = allowed_lateness;
-        let (left_items, left_late) = prepare(left, &format!("{name}: left"), state.clone(), move |e, at, out| {
-            assign(spec, emit, lateness, e, at, out)
-        });
-        let (right_items, right_late) = prepare(right, &format!("{name}: right"), state.clone(), move |e, at, out| {
-            assign(spec, emit, lateness, e, at, out)
-        });
+        let WindowJoinBuilder { left, right, spec, mut temporal } = self;
+        let name = temporal.name_or(|| format!("WindowJoin(size={}ms, slide={}ms)", spec.size(), spec.slide()));
+        let metrics = Arc::clone(temporal.metrics.get_or_insert_with(StateMetrics::new));
+        let (emit, lateness, policy) = (temporal.emit, temporal.allowed_lateness, temporal.late);
+        let (left_items, left_late) =
+            prepare(left, &format!("{name}: left"), Arc::clone(&metrics), policy, move |e, at, out| {
+                assign(spec, emit, lateness, e, at, out)
+            });
+        let (right_items, right_late) =
+            prepare(right, &format!("{name}: right"), metrics, policy, move |e, at, out| {
+                assign(spec, emit, lateness, e, at, out)
+            });
         // Within a window every pair matches: event times differ by less than the window size.
         let size = i64::try_from(spec.size()).unwrap_or(i64::MAX);
         let shape = Shape { lower: -size, upper: size, outer_left, outer_right };
-        let joined = temporal_join(left_items, right_items, shape, &name, state, result);
+        let joined = temporal_join(left_items, right_items, shape, temporal.driven(name), result);
         (joined, TooLate { left: left_late, right: right_late })
     }
 }

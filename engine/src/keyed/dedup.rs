@@ -43,44 +43,56 @@
 //!
 //! # Late data
 //!
-//! A record accepted late by its source arrives at the watermark `W` with event time `t < W`.
-//! It may join a group (and become its first or last event), or start a new group that
-//! takes over the groups starting less than `within` after it, and so on down the key's
-//! groups: the output retracts the kept events that changed at `W` and inserts the new ones.
-//! A record at dataflow time `τ > t + allowed_lateness` is too late: it goes to the late
-//! output ([`DedupCollection::build_with_late`]) and is counted in
-//! [`StateMetrics::late_skipped`]. Retractions (negative diffs) are not applied either: they
-//! go to the late output too. Source collections never carry retractions.
+//! Lateness is decided per horizon group (DESIGN §3). A record behind the watermark arrives at
+//! the watermark `W` with event time `t < W`. If a group of its key covers `t` (`a ≤ t < a +
+//! within`), the record joins it while the group is correctable — `W < a + within +
+//! allowed_lateness` — and is late otherwise. If none does, it starts a group `[t, t + within)`
+//! — which takes over the groups starting less than `within` after it, and so on down the key's
+//! groups — unless that group would already have expired (`t + within + allowed_lateness ≤
+//! W`): then it is late. Joining or re-forming groups retracts the kept events that changed at
+//! `W` and inserts the new ones. [`Keep::First`] shows a group's first event as soon as it is
+//! known, so a record behind the watermark that becomes a group's first event corrects it,
+//! whatever the allowed lateness, as long as the group is correctable; [`Keep::Last`] with
+//! [`Emit::Final`] shows the last event at the group's last instant, and a record joining a group
+//! before then does so silently. Late records go to the late output
+//! ([`DedupCollection::build_with_late`], per the [`LatePolicy`](crate::time::late::LatePolicy))
+//! and are counted in [`StateMetrics::late_skipped`](crate::runtime::metrics::StateMetrics::late_skipped).
+//! Retractions (negative diffs) are not applied: they go to the late output too (uncounted).
+//! Source collections never carry retractions.
 //!
 //! # State
 //!
-//! Per key: the groups whose horizon plus the allowed lateness has not passed (start, first
-//! and last event), the events a late record could still promote to the start of a group
-//! (those after `frontier - allowed_lateness + within`: none when `within` is at least the
-//! lateness), and the latest event before them. A group is released when the frontier passes
-//! `a + within + allowed_lateness - 1`, and a key with it when it has no group left, without
-//! any retraction downstream. A record costs `O(log n)`; a late record that starts a group
-//! also re-forms the groups after it, at most `allowed_lateness / within + 1`. Live entries
-//! (groups and retained events) are reported to [`StateMetrics`] if one is attached.
+//! Per key: the groups a record that is not late could still reach (start, first and last
+//! event), the events a record behind the watermark could still promote to the start of a
+//! group (those after `frontier - allowed_lateness`), and the latest event before them. A
+//! group `[a, a + within)` takes records until `a + within + allowed_lateness - 1`; it is kept
+//! `within` longer, until the frontier passes `a + 2·within + allowed_lateness - 1`, so that a
+//! record of its horizon arriving in between is known to be late (a record after that is
+//! late for its own horizon too), and a key is released with its last group, without any
+//! retraction downstream. A record costs `O(log n)`; a record behind the watermark that starts
+//! a group also re-forms the groups after it, at most `allowed_lateness / within + 2`. Live
+//! entries (groups and retained events) are reported to the operator's
+//! [`StateMetrics`](crate::runtime::metrics::StateMetrics).
 //!
 //! # Checkpointing
 //!
-//! Dedup state is a function of the input records of live groups; a checkpoint records those
-//! inputs (DESIGN §8).
+//! Dedup state is per key; a checkpoint records each key's groups and retained events.
 
 use std::collections::BTreeMap;
 use std::ops::Bound::Excluded;
-use std::sync::Arc;
 use std::time::Duration;
 
+use differential_dataflow::AsCollection;
 use differential_dataflow::VecCollection;
 use differential_dataflow::hashable::Hashable;
+use timely::dataflow::operators::Concat;
+use timely::dataflow::operators::core::OkErr;
 
 use crate::error::{Error, Result};
 use crate::runtime::ExchangeData;
-use crate::runtime::metrics::StateMetrics;
 use crate::state::FastMap;
-use crate::state::driver::{KeyedLogic, StepOutput, keyed_operator, split_applicable};
+use crate::state::driver::{Holds, Step, TemporalLogic, unary};
+use crate::state::{Temporal, temporal_builder};
 use crate::time::{Event, Time, millis};
 use crate::window::Emit;
 
@@ -121,28 +133,20 @@ where
         if within == 0 {
             return Err(Error::Config("dedup horizon must be at least 1ms".into()));
         }
-        Ok(DedupCollection {
-            events: self,
-            within,
-            keep: Keep::First,
-            emit: Emit::Final,
-            allowed_lateness: 0,
-            name: None,
-            state: None,
-        })
+        Ok(DedupCollection { events: self, within, keep: Keep::First, temporal: Temporal::default() })
     }
 }
 
-/// A deduplication, configured fluently and then built.
+/// A deduplication, configured fluently (emission, allowed lateness, late policy, name,
+/// metrics: [`TemporalBuilder`](crate::state::TemporalBuilder)) and then built.
 pub struct DedupCollection<'scope, K: 'static, V: 'static> {
     events: VecCollection<'scope, Time, Event<K, V>>,
     within: u64,
     keep: Keep,
-    emit: Emit,
-    allowed_lateness: u64,
-    name: Option<String>,
-    state: Option<Arc<StateMetrics>>,
+    temporal: Temporal,
 }
+
+temporal_builder!(DedupCollection<'scope, K, V>);
 
 impl<'scope, K, V> DedupCollection<'scope, K, V>
 where
@@ -155,58 +159,36 @@ where
         self
     }
 
-    /// Sets the emission mode (default [`Emit::Final`]).
-    pub fn emit(mut self, emit: Emit) -> Self {
-        self.emit = emit;
-        self
-    }
-
-    /// Keeps each group's state for `lateness` after its horizon, to apply late corrections.
-    /// Match the source's `LatePolicy::Accept { allowed_lateness }`.
-    pub fn allowed_lateness(mut self, lateness: Duration) -> Self {
-        self.allowed_lateness = millis(lateness);
-        self
-    }
-
-    /// Names the operator (for logs, diagnostics and metrics).
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = Some(name.into());
-        self
-    }
-
-    /// Reports live entries (groups and retained events) and too-late records to `metrics`.
-    pub fn state_metrics(mut self, metrics: Arc<StateMetrics>) -> Self {
-        self.state = Some(metrics);
-        self
-    }
-
     /// The kept events, each with multiplicity one.
     pub fn build(self) -> VecCollection<'scope, Time, Event<K, V>> {
         self.build_with_late().0
     }
 
-    /// The kept events, and the records that could not be applied, unchanged: those too late
-    /// (at a time after `event time + allowed_lateness`) and retractions.
+    /// The kept events, and the records that could not be applied, unchanged: late ones and
+    /// retractions.
     pub fn build_with_late(
         self,
     ) -> (VecCollection<'scope, Time, Event<K, V>>, VecCollection<'scope, Time, Event<K, V>>) {
-        let DedupCollection { events, within, keep, emit, allowed_lateness, name, state } = self;
-        let name = name.unwrap_or_else(|| format!("Dedup(within={within}ms, keep={keep:?})"));
-        let (applicable, late) = split_applicable(events, &name, allowed_lateness, state.clone());
+        let DedupCollection { events, within, keep, temporal } = self;
+        let name = temporal.name_or(|| format!("Dedup(within={within}ms, keep={keep:?})"));
+        let (insertions, retractions) = events.inner.ok_err::<Vec<_>, _, Vec<_>, _, _>(|(event, at, diff)| {
+            if diff < 0 { Err((event, at, diff)) } else { Ok((event, at, diff)) }
+        });
         let logic = DedupLogic {
             within,
-            allowed_lateness,
+            allowed_lateness: temporal.allowed_lateness,
             keep,
-            emit,
+            emit: temporal.emit,
             keys: FastMap::default(),
             expiries: BTreeMap::new(),
             prunes: BTreeMap::new(),
             dirty: Vec::new(),
             swallowed: Vec::new(),
             live: 0,
+            holds: Holds::default(),
         };
-        let kept = keyed_operator(applicable, &name, |event: &Event<K, V>| event.key.hashed(), logic, state);
-        (kept, late)
+        let (kept, late) = unary(insertions, temporal.driven(name), |event: &Event<K, V>| event.key.hashed(), logic);
+        (kept, late.inner.concat(retractions).as_collection())
     }
 }
 
@@ -218,6 +200,8 @@ struct Group<V> {
     last: (Time, V),
     /// The event downstream currently holds for this group, if any.
     emitted: Option<(Time, V)>,
+    /// The dataflow time it was formed at (what at-least-once sources may not acknowledge).
+    since: Time,
 }
 
 struct KeyState<V> {
@@ -225,8 +209,8 @@ struct KeyState<V> {
     groups: BTreeMap<Time, Group<V>>,
     /// Retained events: every event a late record could still make the start of a group.
     events: BTreeMap<Time, Values<V>>,
-    /// The latest event no longer retained.
-    latest_pruned: Option<(Time, V)>,
+    /// The latest event no longer retained, and the dataflow time it arrived at.
+    latest_pruned: Option<(Time, V, Time)>,
     /// The prune bucket the key was last filed under.
     prune_bucket: Option<Time>,
 }
@@ -243,7 +227,7 @@ struct DedupLogic<K, V> {
     keep: Keep,
     emit: Emit,
     keys: FastMap<K, KeyState<V>>,
-    /// When groups may be released: `(key, start)` by `start + within + allowed_lateness - 1`.
+    /// When groups may be released: `(key, start)` by `start + 2·within + allowed_lateness - 1`.
     expiries: BTreeMap<Time, Vec<(K, Time)>>,
     /// Keys with retained events, by event time.
     prunes: BTreeMap<Time, Vec<K>>,
@@ -252,21 +236,38 @@ struct DedupLogic<K, V> {
     swallowed: Vec<Time>,
     /// Groups plus retained events.
     live: usize,
+    holds: Holds,
 }
 
 impl<K: ExchangeData, V: ExchangeData> DedupLogic<K, V> {
-    /// Applies one event. Keeps the invariant: a key's groups are exactly the horizon groups
-    /// of all its applied events.
-    fn insert(&mut self, time: Time, event: Event<K, V>, out: &mut StepOutput<(K, Time), Event<K, V>>) {
+    /// Applies one event arriving at `time`, or reports it late. Keeps the invariant: a key's
+    /// groups are exactly the horizon groups of all its applied events.
+    fn insert(&mut self, time: Time, event: Event<K, V>, step: &mut Step<'_, Self>) {
         let Event { time: t, key, value } = event;
-        let within = self.within;
+        let (within, lateness) = (self.within, self.allowed_lateness);
         let state = self.keys.entry(key.clone()).or_default();
+        // Late unless the group covering `t` — or, if none does, the group `t` would start —
+        // can still be corrected at `time`.
+        let covering =
+            state.groups.range(..=t).next_back().map(|(start, _)| *start).filter(|s| t < s.saturating_add(within));
+        let start = covering.unwrap_or(t);
+        if start.saturating_add(within).saturating_add(lateness) <= time {
+            if state.groups.is_empty() && state.events.is_empty() && state.latest_pruned.is_none() {
+                self.keys.remove(&key);
+            }
+            step.late(Event::new(t, key, value), 1);
+            return;
+        }
         // An event that the next release would prune anyway is not retained: it only counts
         // as the latest pruned event. `time` is at most every future frontier and step time,
         // so `prunable` against it is what `release` would decide. (Events at a time that
         // already has retained events stay together with them.)
-        if !prunable(t, Some(time), within, self.allowed_lateness) || state.events.contains_key(&t) {
-            if !state.events.entry(t).or_default().insert(value.clone()) {
+        if !prunable(t, Some(time), lateness) || state.events.contains_key(&t) {
+            let values = state.events.entry(t).or_insert_with(|| {
+                self.holds.hold(time);
+                Values { values: Vec::new(), at: time }
+            });
+            if !values.insert(value.clone()) {
                 return; // an identical event is retained: nothing changes
             }
             self.live += 1;
@@ -278,7 +279,10 @@ impl<K: ExchangeData, V: ExchangeData> DedupLogic<K, V> {
                 self.prunes.entry(bucket).or_default().push(key.clone());
             }
         } else if state.latest_pruned.as_ref().is_none_or(|p| (p.0, &p.1) < (t, &value)) {
-            state.latest_pruned = Some((t, value.clone()));
+            if let Some((_, _, at)) = state.latest_pruned.replace((t, value.clone(), time)) {
+                self.holds.release(at);
+            }
+            self.holds.hold(time);
         }
 
         // Inside an existing group: only its first or last event can change.
@@ -309,8 +313,8 @@ impl<K: ExchangeData, V: ExchangeData> DedupLogic<K, V> {
         // one started before: from there on, the groups are unchanged.
         //
         // Every event read here is retained: group starts after the first are at or after
-        // `t + within`, and `t ≥ frontier - allowed_lateness` (the record is not too late),
-        // while events are pruned only below `frontier - allowed_lateness + within`.
+        // `t + within > time - allowed_lateness` (the record is not late), while events are
+        // pruned only at or below `frontier - allowed_lateness`.
         //
         // The new event may not be retained (see above): it is then the first group's start
         // and a candidate for its last event. No other event has time `t` (a group would
@@ -324,11 +328,14 @@ impl<K: ExchangeData, V: ExchangeData> DedupLogic<K, V> {
             if end > start {
                 self.swallowed.extend(state.groups.range((Excluded(start), Excluded(end))).map(|(s, _)| *s));
             }
+            let mut since = time;
             for old in self.swallowed.drain(..) {
                 let group = state.groups.remove(&old).expect("swallowed group is live");
                 self.live -= 1;
+                self.holds.release(group.since);
+                since = since.min(group.since);
                 if let Some((time, value)) = group.emitted {
-                    out.give(Event::new(time, key.clone(), value), -1);
+                    step.give(Event::new(time, key.clone(), value), -1);
                 }
             }
             // The group's last event: the latest event before `end`, retained or pruned.
@@ -342,22 +349,26 @@ impl<K: ExchangeData, V: ExchangeData> DedupLogic<K, V> {
                 (Some(event), None) | (None, Some(event)) => event,
                 (None, None) => unreachable!("a group's start is retained or the new event"),
             };
-            if let Some(pruned) = &state.latest_pruned
-                && pruned.0 >= start
-                && pruned.0 < end
-                && *pruned > last
+            if let Some((pruned_time, pruned_value, _)) = &state.latest_pruned
+                && *pruned_time >= start
+                && *pruned_time < end
+                && (*pruned_time, pruned_value) > (last.0, &last.1)
             {
-                last = pruned.clone();
+                last = (*pruned_time, pruned_value.clone());
             }
-            state.groups.insert(start, Group { first, last, emitted: None });
+            state.groups.insert(start, Group { first, last, emitted: None, since });
+            self.holds.hold(since);
             self.live += 1;
             self.dirty.push((key.clone(), start));
             if self.keep == Keep::Last && self.emit == Emit::Final && end - 1 > time {
-                out.schedule(end - 1, (key.clone(), start));
+                step.schedule(end - 1, (key.clone(), start));
             }
-            // Filed by bucket (rounded up), so that one expiry entry serves many groups: a group
-            // released a little later than it could be changes nothing downstream.
-            let release = (end.saturating_add(self.allowed_lateness) - 1) | (PRUNE_BUCKET_MS - 1);
+            // Kept `within` after it can no longer be corrected, so that a record of its horizon
+            // arriving then finds it and is late. Filed by bucket (rounded up), so that one
+            // expiry entry serves many groups: a group released a little later than it could be
+            // changes nothing downstream.
+            let release =
+                (end.saturating_add(within).saturating_add(self.allowed_lateness) - 1) | (PRUNE_BUCKET_MS - 1);
             self.expiries.entry(release).or_default().push((key.clone(), start));
 
             let Some((next, values)) = state.events.range(end..).next() else { break };
@@ -373,69 +384,65 @@ impl<K: ExchangeData, V: ExchangeData> DedupLogic<K, V> {
 /// Width of the time buckets retained events are pruned by (a power of two).
 const PRUNE_BUCKET_MS: Time = 64;
 
-/// The distinct values of a key's events at one time, sorted: almost always one.
-struct Values<V>(Vec<V>);
-
-impl<V> Default for Values<V> {
-    fn default() -> Self {
-        Values(Vec::new())
-    }
+/// The distinct values of a key's events at one time, sorted (almost always one), and the
+/// earliest dataflow time one of them arrived at.
+struct Values<V> {
+    values: Vec<V>,
+    at: Time,
 }
 
 impl<V: Ord> Values<V> {
     /// Adds `value`; false if it was present.
     fn insert(&mut self, value: V) -> bool {
-        match self.0.binary_search(&value) {
+        match self.values.binary_search(&value) {
             Ok(_) => false,
             Err(position) => {
-                self.0.insert(position, value);
+                self.values.insert(position, value);
                 true
             }
         }
     }
 
     fn first(&self) -> Option<&V> {
-        self.0.first()
+        self.values.first()
     }
 
     fn last(&self) -> Option<&V> {
-        self.0.last()
+        self.values.last()
     }
 
     fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    fn into_iter(self) -> std::vec::IntoIter<V> {
-        self.0.into_iter()
+        self.values.len()
     }
 }
 
-/// Whether a retained event at `t` can be pruned: no record at or after `frontier` can make
-/// it the start of a group, since new group starts are at a late record's own time or at or
-/// after `frontier - allowed_lateness + within`. (The latest pruned event is still kept, as
-/// the last event of a group a late record may start before it.)
-fn prunable(t: Time, frontier: Option<Time>, within: u64, allowed_lateness: u64) -> bool {
-    frontier.is_none_or(|f| u128::from(t) + u128::from(allowed_lateness) < u128::from(f) + u128::from(within))
+/// Whether a retained event at `t` can be pruned: no record arriving at or after `frontier`
+/// can make it the start of a group. A record arriving at `τ ≥ frontier` is not late only if
+/// its group ends after `τ - allowed_lateness`, and the group after it starts at or after that
+/// end: at or after `frontier - allowed_lateness + 1`. (The latest pruned event is still kept,
+/// as the last event of a group a record behind the watermark may start before it.)
+fn prunable(t: Time, frontier: Option<Time>, allowed_lateness: u64) -> bool {
+    frontier.is_none_or(|f| u128::from(t) + u128::from(allowed_lateness) <= u128::from(f))
 }
 
-impl<K: ExchangeData, V: ExchangeData> KeyedLogic for DedupLogic<K, V> {
+impl<K: ExchangeData, V: ExchangeData> TemporalLogic for DedupLogic<K, V> {
     type Input = Event<K, V>;
     type Timer = (K, Time);
     type Output = Event<K, V>;
+    type Late = Event<K, V>;
 
     fn step(
         &mut self,
-        time: Time,
-        inputs: Vec<(Event<K, V>, isize)>,
-        timers: Vec<(K, Time)>,
-        out: &mut StepOutput<(K, Time), Event<K, V>>,
+        inputs: &mut Vec<(Self::Input, isize)>,
+        timers: &mut Vec<Self::Timer>,
+        step: &mut Step<'_, Self>,
     ) {
-        for (event, _diff) in inputs {
-            self.insert(time, event, out);
+        let time = step.time();
+        for (event, _diff) in inputs.drain(..) {
+            self.insert(time, event, step);
         }
         let mut dirty = std::mem::take(&mut self.dirty);
-        dirty.extend(timers);
+        dirty.append(timers);
         dirty.sort_unstable();
         dirty.dedup();
         for (key, start) in dirty.drain(..) {
@@ -451,10 +458,10 @@ impl<K: ExchangeData, V: ExchangeData> KeyedLogic for DedupLogic<K, V> {
             };
             if now != group.emitted {
                 if let Some((t, value)) = group.emitted.take() {
-                    out.give(Event::new(t, key.clone(), value), -1);
+                    step.give(Event::new(t, key.clone(), value), -1);
                 }
                 if let Some((t, value)) = &now {
-                    out.give(Event::new(*t, key.clone(), value.clone()), 1);
+                    step.give(Event::new(*t, key.clone(), value.clone()), 1);
                 }
                 group.emitted = now;
             }
@@ -463,10 +470,10 @@ impl<K: ExchangeData, V: ExchangeData> KeyedLogic for DedupLogic<K, V> {
     }
 
     fn release(&mut self, frontier: Option<Time>) {
-        // Prune retained events no late record can promote.
-        let (within, lateness) = (self.within, self.allowed_lateness);
+        // Prune retained events no record behind the watermark can promote.
+        let lateness = self.allowed_lateness;
         while let Some(entry) = self.prunes.first_entry() {
-            if !prunable(*entry.key(), frontier, within, lateness) {
+            if !prunable(*entry.key(), frontier, lateness) {
                 break;
             }
             let keys = entry.remove();
@@ -474,36 +481,48 @@ impl<K: ExchangeData, V: ExchangeData> KeyedLogic for DedupLogic<K, V> {
                 let Some(state) = self.keys.get_mut(&key) else { continue };
                 while let Some(first) = state.events.first_entry() {
                     let t = *first.key();
-                    if !prunable(t, frontier, within, lateness) {
+                    if !prunable(t, frontier, lateness) {
                         break;
                     }
-                    let values = first.remove();
+                    let mut values = first.remove();
                     self.live -= values.len();
-                    let latest = (t, values.into_iter().next_back().expect("retained times have events"));
-                    if state.latest_pruned.as_ref().is_none_or(|p| *p < latest) {
-                        state.latest_pruned = Some(latest);
+                    let latest = values.values.pop().expect("retained times have events");
+                    if state.latest_pruned.as_ref().is_none_or(|p| (p.0, &p.1) < (t, &latest)) {
+                        if let Some((_, _, at)) = state.latest_pruned.replace((t, latest, values.at)) {
+                            self.holds.release(at);
+                        }
+                    } else {
+                        self.holds.release(values.at);
                     }
                 }
             }
         }
         // Release groups no record can reach any more: once the frontier passes
-        // `start + within + L - 1`, every record that is not too late has
-        // `t ≥ frontier - L ≥ start + within`, so it can neither join the group nor start a
-        // group before it.
+        // `start + 2·within + L - 1`, a record of the group's horizon (`t < start + within`) is
+        // late for its own horizon too (`t + within + L ≤ frontier`), so the group need not be
+        // known to find it late, and a record that is not late has `t ≥ start + within`: it
+        // can neither join the group nor start a group before it.
         while let Some(entry) = self.expiries.first_entry() {
             if frontier.is_some_and(|f| f <= *entry.key()) {
                 break;
             }
             for (key, start) in entry.remove() {
                 let Some(state) = self.keys.get_mut(&key) else { continue };
-                if state.groups.remove(&start).is_some() {
+                if let Some(group) = state.groups.remove(&start) {
                     self.live -= 1;
+                    self.holds.release(group.since);
                 }
                 if state.groups.is_empty() {
                     // Every event belongs to a group, so once all of a key's groups are
                     // released its retained events can no longer matter either (pruning, done
                     // in buckets of event time, may not have reached them yet).
-                    self.live -= state.events.values().map(Values::len).sum::<usize>();
+                    for values in state.events.values() {
+                        self.live -= values.len();
+                        self.holds.release(values.at);
+                    }
+                    if let Some((_, _, at)) = state.latest_pruned {
+                        self.holds.release(at);
+                    }
                     self.keys.remove(&key);
                 }
             }
@@ -512,5 +531,9 @@ impl<K: ExchangeData, V: ExchangeData> KeyedLogic for DedupLogic<K, V> {
 
     fn live_entries(&self) -> usize {
         self.live
+    }
+
+    fn oldest(&self) -> Option<Time> {
+        self.holds.oldest()
     }
 }

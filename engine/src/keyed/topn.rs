@@ -51,16 +51,15 @@
 //!
 //! # State
 //!
-//! The input records of each group, in differential arrangements (the ranking is a
-//! differential `reduce`). Without [`TopNCollection::release_at`] they are kept forever. With
-//! it, each group's inputs are retracted at its release time, so the arrangements
-//! consolidate them away; the resulting retractions of the ranking are not emitted. Live
-//! input records per worker are reported to [`StateMetrics`] if one is attached.
+//! The input records of each group, with their scores and multiplicities, and the ranking last
+//! emitted. Without [`TopNCollection::release_at`] they are kept forever. With it, a group's
+//! state is dropped once the frontier passes its release time, without any retraction
+//! downstream. Live input records per worker are reported to the operator's
+//! [`StateMetrics`].
 //!
 //! # Checkpointing
 //!
-//! The ranking is a function of the input records of live groups; a checkpoint records those
-//! inputs (DESIGN §8).
+//! The state is each group's input records; a checkpoint records them per group.
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -69,15 +68,14 @@ use std::sync::Arc;
 use differential_dataflow::hashable::Hashable;
 use differential_dataflow::{AsCollection, VecCollection};
 use serde::{Deserialize, Serialize};
-use timely::container::CapacityContainerBuilder;
-use timely::dataflow::channels::pact::Exchange;
-use timely::dataflow::operators::core::Filter;
-use timely::dataflow::operators::generic::OutputBuilder;
-use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::core::{Filter, OkErr};
 
 use crate::runtime::ExchangeData;
 use crate::runtime::metrics::StateMetrics;
+use crate::state::driver::{Holds, Step, TemporalLogic, unary};
+use crate::state::{FastMap, Temporal};
 use crate::time::Time;
+use crate::time::late::LatePolicy;
 
 /// One row of a ranking: a record, its group, and its rank in the group (1 is the top).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -125,21 +123,30 @@ impl<'scope, D: ExchangeData> TopN<'scope, D> for VecCollection<'scope, Time, D>
             group: Rc::new(group),
             score: Rc::new(score),
             release: None,
-            name: None,
-            state: None,
+            temporal: Temporal::default(),
         }
     }
 }
 
 /// A top-N ranking, configured fluently and then built.
+///
+/// Of the shared options ([`TemporalBuilder`](crate::state::TemporalBuilder)), the late policy,
+/// the name and the metrics apply; the allowed lateness extends every group's release time
+/// ([`release_at`](Self::release_at)); the emission mode does not apply (the ranking changes
+/// at the times its input does).
 pub struct TopNCollection<'scope, D: 'static, G: 'static, S: 'static> {
     collection: VecCollection<'scope, Time, D>,
     n: usize,
     group: Rc<dyn Fn(&D) -> G>,
     score: Rc<dyn Fn(&D) -> S>,
     release: Option<Rc<dyn Fn(&G) -> Time>>,
-    name: Option<String>,
-    state: Option<Arc<StateMetrics>>,
+    temporal: Temporal,
+}
+
+impl<D, G, S> crate::state::TemporalBuilder for TopNCollection<'_, D, G, S> {
+    fn temporal(&mut self) -> &mut Temporal {
+        &mut self.temporal
+    }
 }
 
 impl<'scope, D, G, S> TopNCollection<'scope, D, G, S>
@@ -157,18 +164,6 @@ where
         self
     }
 
-    /// Names the operator (for logs, diagnostics and metrics).
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = Some(name.into());
-        self
-    }
-
-    /// Reports live input records (and too-late updates) to `metrics`.
-    pub fn state_metrics(mut self, metrics: Arc<StateMetrics>) -> Self {
-        self.state = Some(metrics);
-        self
-    }
-
     /// The ranking: the top `n` rows of each group.
     pub fn build(self) -> VecCollection<'scope, Time, Ranked<G, D>> {
         self.build_with_late().0
@@ -177,103 +172,150 @@ where
     /// The ranking, and the updates that arrived at or after their group's release time,
     /// unchanged.
     pub fn build_with_late(self) -> (VecCollection<'scope, Time, Ranked<G, D>>, VecCollection<'scope, Time, D>) {
-        let TopNCollection { collection, n, group, score, release, name, state } = self;
-        let name = name.unwrap_or_else(|| format!("TopN(n={n})"));
-        let keyed = collection.map(move |record| (group(&record), record));
-
-        // Stage 1 (by group): split off too-late updates, retract each input at its group's
-        // release time, and count live inputs.
-        let scope = keyed.inner.scope();
-        let (worker, peers) = (scope.index(), scope.peers());
-        let mut builder = OperatorBuilder::new(format!("{name}: release"), scope);
-        let exchange = Exchange::new(|update: &((G, D), Time, isize)| update.0.0.hashed());
-        let mut input = builder.new_input(keyed.inner, exchange);
-        let (kept_output, kept) = builder.new_output();
-        let (late_output, late) = builder.new_output();
-        let mut kept_output =
-            OutputBuilder::<_, CapacityContainerBuilder<Vec<((G, D), Time, isize)>>>::from(kept_output);
-        let mut late_output = OutputBuilder::<_, CapacityContainerBuilder<Vec<(D, Time, isize)>>>::from(late_output);
-        let release_input = release.clone();
-        let metrics = state.clone();
-        builder.build(move |_capabilities| {
-            let mut live: i64 = 0;
-            let mut expiring: BTreeMap<Time, i64> = BTreeMap::new();
-            let mut kept_buffer = Vec::new();
-            let mut late_buffer = Vec::new();
-            move |frontiers| {
-                let mut kept_handle = kept_output.activate();
-                let mut late_handle = late_output.activate();
-                input.for_each(|cap, data| {
-                    for ((group, record), time, diff) in data.drain(..) {
-                        let Some(release) = &release_input else {
-                            live += diff as i64;
-                            kept_buffer.push(((group, record), time, diff));
-                            continue;
-                        };
-                        let expiry = release(&group);
-                        if time >= expiry {
-                            late_buffer.push((record, time, diff));
-                            continue;
-                        }
-                        live += diff as i64;
-                        *expiring.entry(expiry).or_default() += diff as i64;
-                        // The retraction travels at a later time than its message: allowed,
-                        // as differential's `delay` does.
-                        kept_buffer.push(((group.clone(), record.clone()), expiry, -diff));
-                        kept_buffer.push(((group, record), time, diff));
-                    }
-                    if !kept_buffer.is_empty() {
-                        kept_handle.session(&cap).give_container(&mut kept_buffer);
-                        kept_buffer.clear();
-                    }
-                    if !late_buffer.is_empty() {
-                        if let Some(metrics) = &metrics {
-                            metrics.add_late_skipped(late_buffer.len() as u64);
-                        }
-                        late_handle.session(&cap).give_container(&mut late_buffer);
-                        late_buffer.clear();
-                    }
-                });
-                let frontier = frontiers[0].frontier().first().copied();
-                while let Some(entry) = expiring.first_entry() {
-                    if frontier.is_some_and(|f| f <= *entry.key()) {
-                        break;
-                    }
-                    live -= entry.remove();
-                }
-                if let Some(metrics) = &metrics {
-                    metrics.set(worker, peers, usize::try_from(live).unwrap_or(0));
-                }
-            }
-        });
-
-        // Stage 2: the ranking, exact at every time.
-        let ranked = kept.as_collection().reduce_named(&name, move |_group, input: &[(&D, isize)], output| {
-            let mut rows: Vec<(S, &D, isize)> = input
-                .iter()
-                .filter(|(_, count)| *count > 0)
-                .map(|(record, count)| (score(record), *record, *count))
-                .collect();
-            rows.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
-            let mut rank = 0;
-            'rows: for (_, record, count) in rows {
-                for _ in 0..count {
-                    if rank == n {
-                        break 'rows;
-                    }
-                    rank += 1;
-                    output.push(((rank, record.clone()), 1));
-                }
-            }
-        });
-
-        // Released groups' rankings are retracted at their release time: not a change of the
-        // ranking, so not emitted.
-        let ranked = match release {
-            Some(release) => ranked.inner.filter(move |((group, _), time, _)| *time < release(group)).as_collection(),
-            None => ranked,
+        let TopNCollection { collection, n, group, score, release, mut temporal } = self;
+        let name = temporal.name_or(|| format!("TopN(n={n})"));
+        let metrics = Arc::clone(temporal.metrics.get_or_insert_with(StateMetrics::new));
+        let (lateness, policy) = (temporal.allowed_lateness, temporal.late);
+        let release: Option<Rc<dyn Fn(&G) -> Time>> = match release {
+            Some(release) if lateness > 0 => Some(Rc::new(move |g: &G| release(g).saturating_add(lateness))),
+            other => other,
         };
-        let ranked = ranked.map(|(group, (rank, record))| Ranked { group, rank, record });
-        (ranked, late.as_collection())
+        // Updates at or after their group's release time are late: decided by time alone.
+        let keyed = collection.map(move |record| (group(&record), record));
+        let late_metrics = Arc::clone(&metrics);
+        let release_input = release.clone();
+        let (admitted, late) =
+            keyed.inner.ok_err::<Vec<_>, _, Vec<_>, _, _>(move |((group, record), at, diff)| match &release_input {
+                Some(release) if at >= release(&group) => {
+                    late_metrics.add_late_skipped(1);
+                    Err((record, at, diff))
+                }
+                _ => Ok(((group, record), at, diff)),
+            });
+        let logic = TopNLogic {
+            n,
+            score,
+            release,
+            groups: FastMap::default(),
+            touched: Vec::new(),
+            live: 0,
+            holds: Holds::default(),
+        };
+        let (ranked, _) = unary(admitted, temporal.driven(name), |(group, _): &(G, D)| group.hashed(), logic);
+        let keep_late = policy == LatePolicy::SideOutput;
+        (ranked, late.filter(move |_| keep_late).as_collection())
+    }
+}
+
+/// One group's records, by (score, record), and the ranking last emitted.
+struct GroupState<S, D> {
+    records: BTreeMap<(std::cmp::Reverse<S>, D), isize>,
+    ranked: Vec<D>,
+    /// The earliest dataflow time of the records it holds.
+    since: Time,
+}
+
+struct TopNLogic<G, D, S> {
+    n: usize,
+    score: Rc<dyn Fn(&D) -> S>,
+    release: Option<Rc<dyn Fn(&G) -> Time>>,
+    groups: FastMap<G, GroupState<S, D>>,
+    touched: Vec<G>,
+    live: usize,
+    holds: Holds,
+}
+
+impl<G: ExchangeData, D: ExchangeData, S: Ord + 'static> TemporalLogic for TopNLogic<G, D, S> {
+    type Input = (G, D);
+    type Timer = G;
+    type Output = Ranked<G, D>;
+    type Late = ();
+
+    fn step(
+        &mut self,
+        inputs: &mut Vec<(Self::Input, isize)>,
+        timers: &mut Vec<Self::Timer>,
+        step: &mut Step<'_, Self>,
+    ) {
+        let time = step.time();
+        for ((group, record), diff) in inputs.drain(..) {
+            let state = match self.groups.get_mut(&group) {
+                Some(state) => state,
+                None => {
+                    if let Some(release) = &self.release {
+                        step.schedule(release(&group).max(time), group.clone());
+                    }
+                    self.holds.hold(time);
+                    self.groups.entry(group.clone()).or_insert(GroupState {
+                        records: BTreeMap::new(),
+                        ranked: Vec::new(),
+                        since: time,
+                    })
+                }
+            };
+            let entry = state.records.entry((std::cmp::Reverse((self.score)(&record)), record));
+            match entry {
+                std::collections::btree_map::Entry::Vacant(vacant) => {
+                    vacant.insert(diff);
+                    self.live += 1;
+                }
+                std::collections::btree_map::Entry::Occupied(mut occupied) => {
+                    *occupied.get_mut() += diff;
+                    if *occupied.get() == 0 {
+                        occupied.remove();
+                        self.live -= 1;
+                    }
+                }
+            }
+            self.touched.push(group);
+        }
+        self.touched.sort_unstable();
+        self.touched.dedup();
+        for group in self.touched.drain(..) {
+            let Some(state) = self.groups.get_mut(&group) else { continue };
+            let mut ranked = Vec::with_capacity(self.n);
+            'records: for ((_, record), count) in &state.records {
+                for _ in 0..(*count).max(0) {
+                    if ranked.len() == self.n {
+                        break 'records;
+                    }
+                    ranked.push(record.clone());
+                }
+            }
+            if ranked != state.ranked {
+                for (rank, record) in state.ranked.iter().enumerate() {
+                    if ranked.get(rank) != Some(record) {
+                        step.give(Ranked { group: group.clone(), rank: rank + 1, record: record.clone() }, -1);
+                    }
+                }
+                for (rank, record) in ranked.iter().enumerate() {
+                    if state.ranked.get(rank) != Some(record) {
+                        step.give(Ranked { group: group.clone(), rank: rank + 1, record: record.clone() }, 1);
+                    }
+                }
+                state.ranked = ranked;
+            }
+            if state.records.is_empty() && self.release.is_none() {
+                self.holds.release(state.since);
+                self.groups.remove(&group);
+            }
+        }
+        // Released groups: nothing can reach them any more; dropping them shows nothing.
+        for group in timers.drain(..) {
+            if let Some(state) = self.groups.remove(&group) {
+                self.live -= state.records.len();
+                self.holds.release(state.since);
+            }
+        }
+    }
+
+    fn release(&mut self, _frontier: Option<Time>) {}
+
+    fn live_entries(&self) -> usize {
+        self.live
+    }
+
+    fn oldest(&self) -> Option<Time> {
+        self.holds.oldest()
     }
 }

@@ -16,14 +16,11 @@ use crate::time::watermark::PartitionId;
 /// Counters of one source partition.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PartitionStats {
-    /// Records read (on time or late, decoded).
+    /// Records read (decoded), whether on time or behind the watermark.
     pub records: u64,
-    /// Late records dropped by `LatePolicy::Drop`.
-    pub late_dropped: u64,
-    /// Late records sent to the late collection.
-    pub late_side_output: u64,
-    /// Late records accepted and inserted at the watermark.
-    pub late_accepted: u64,
+    /// Records whose event time was below the partition's watermark: emitted at the watermark
+    /// for the operators to decide, per window, whether they are late (DESIGN §3).
+    pub behind_watermark: u64,
     /// Records that failed to decode (dead letters).
     pub dead_letters: u64,
     /// The partition's current watermark.
@@ -33,16 +30,9 @@ pub struct PartitionStats {
 }
 
 impl PartitionStats {
-    /// All late records, whatever happened to them.
-    pub fn late(&self) -> u64 {
-        self.late_dropped + self.late_side_output + self.late_accepted
-    }
-
     fn add(&mut self, other: &PartitionStats) {
         self.records += other.records;
-        self.late_dropped += other.late_dropped;
-        self.late_side_output += other.late_side_output;
-        self.late_accepted += other.late_accepted;
+        self.behind_watermark += other.behind_watermark;
         self.dead_letters += other.dead_letters;
     }
 }
@@ -151,7 +141,8 @@ impl SourceMetrics {
         if secs > 0.0 { self.records() as f64 / secs } else { 0.0 }
     }
 
-    /// A one-line progress report: records read, watermark, late, dead letters, records/s.
+    /// A one-line progress report: records read, watermark, records behind the watermark, dead
+    /// letters, records/s.
     pub fn progress_line(&self) -> String {
         let totals = self.totals();
         let watermark = match self.watermark() {
@@ -159,11 +150,11 @@ impl SourceMetrics {
             None => "-".to_string(),
         };
         format!(
-            "{}: {} records, watermark {}, {} late, {} dead letters, {:.0} records/s",
+            "{}: {} records, watermark {}, {} behind the watermark, {} dead letters, {:.0} records/s",
             self.name,
             totals.records,
             watermark,
-            totals.late(),
+            totals.behind_watermark,
             totals.dead_letters,
             self.rate()
         )
@@ -203,14 +194,15 @@ impl StateMetrics {
         }
     }
 
-    /// Counts updates an operator skipped because the state they belonged to had already been
-    /// released (they arrived at or after `end + allowed_lateness`; for sessions and dedup,
-    /// after `event time + allowed_lateness`; for top-N, at or after the group's release).
+    /// Counts records an operator found late: too late for every window (session, dedup
+    /// horizon, join interval) they belong to, which had all expired (`end + allowed_lateness`
+    /// at or before the time they arrived). Whether they were dropped or sent to the operator's
+    /// late output depends on its [`LatePolicy`](crate::time::late::LatePolicy).
     pub fn add_late_skipped(&self, n: u64) {
         self.late_skipped.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Updates skipped because their state had already been released.
+    /// Records found late (see [`add_late_skipped`](Self::add_late_skipped)).
     pub fn late_skipped(&self) -> u64 {
         self.late_skipped.load(Ordering::Relaxed)
     }

@@ -23,14 +23,13 @@ use std::sync::{Arc, Mutex};
 
 use differential_dataflow::VecCollection;
 use differential_dataflow::consolidation::consolidate;
-use std::cell::Cell;
 use std::rc::Rc;
 
 use timely::communication::Pull;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
 use crate::runtime::control::Broadcast;
-use crate::runtime::flow::FlowGroup;
+use crate::runtime::flow::{FlowGroup, SinkProgress, min_frontier};
 use timely::dataflow::channels::Message;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::InputHandleCore;
@@ -154,22 +153,27 @@ impl<D: ExchangeData> Sink<D> for VecCollection<'_, Time, D> {
         let probe = timely::dataflow::operators::probe::Handle::new();
         let collection = self.probe_with(&probe);
         crate::runtime::flow::watch(scope, &probe);
-        let durable = Rc::new(Cell::new(None));
+        let progress = Rc::new(SinkProgress::default());
         let flow = crate::runtime::flow::group(scope);
-        flow.register_durable(Rc::clone(&durable));
+        flow.register_sink(Rc::clone(&progress));
         let mut builder = OperatorBuilder::new(name, scope);
         let info = builder.operator_info();
         let mut core = SinkCore {
             index,
             writer: make_writer(index, peers),
             handle: handle.clone(),
-            pending: BTreeMap::new(),
+            pending: Vec::new(),
+            pending_min: None,
+            ready: Vec::new(),
+            updates: Vec::new(),
             last_frontier: None,
             failed: false,
-            durable,
+            progress,
             flow,
             announcements: Broadcast::new(scope.worker(), Rc::clone(&info.address)),
-            peers_durable: vec![Some(Some(0)); peers],
+            activator: scope.activator_for(Rc::clone(&info.address)),
+            peers: vec![None; peers],
+            announced: None,
             peer_failed: false,
             announced_failure: false,
         };
@@ -196,27 +200,40 @@ struct SinkCore<D, W> {
     index: usize,
     writer: Option<W>,
     handle: SinkHandle,
-    pending: BTreeMap<Time, Vec<(D, isize)>>,
+    /// Updates whose time the frontier has not passed, in arrival order.
+    pending: Vec<(D, Time, isize)>,
+    pending_min: Option<Time>,
+    /// Updates being written, sorted by time and data.
+    ready: Vec<((Time, D), isize)>,
+    /// One time's updates, for the writer.
+    updates: Vec<(D, isize)>,
     last_frontier: Option<Option<Time>>,
     failed: bool,
-    /// What every worker's part of this sink has durably written (the minimum), for the flow
-    /// group (see [`crate::runtime::flow`]).
-    durable: Rc<Cell<Option<Option<Time>>>>,
+    /// What every worker's part of this sink has durably written, and what their operators
+    /// still retain, for the flow group (see [`crate::runtime::flow`]).
+    progress: Rc<SinkProgress>,
     flow: Rc<FlowGroup>,
-    /// Workers announce their durable frontiers to each other: records read by one worker
-    /// may be written by another.
+    /// Workers announce their durable frontiers and retention bounds to each other: records
+    /// read by one worker may be written, or held in state, by another.
     announcements: Broadcast<(usize, Durable)>,
-    peers_durable: Vec<Option<Option<Time>>>,
+    /// What each worker last announced: (durable frontier, retention bound).
+    peers: Vec<Option<(Option<Time>, Option<Time>)>>,
+    announced: Option<(Option<Time>, Option<Time>)>,
     /// Some worker's part of this sink failed (it announced so).
     peer_failed: bool,
     announced_failure: bool,
+    /// Schedules this operator: once its input is complete it waits for what other sinks and
+    /// other workers' operators report, which does not schedule it.
+    activator: timely::scheduling::Activator,
 }
 
 /// What a worker's part of a sink tells the others.
-#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum Durable {
-    /// Everything before this frontier is durably written (`None`: everything).
-    Upto(Option<Time>),
+    /// Everything before the first frontier is durably written (`None`: everything), and the
+    /// worker's operators retain no input before the second, given the durable frontier it
+    /// knew ([`FlowGroup::local_safe`]).
+    Upto(Option<Time>, Option<Time>),
     /// The writer failed: its output stops where it was.
     Failed,
 }
@@ -236,27 +253,47 @@ impl<D: ExchangeData, W: SinkWriter<D>> SinkCore<D, W> {
     where
         P: Pull<Message<Time, Vec<(D, Time, isize)>>>,
     {
-        let pending = &mut self.pending;
         input.for_each(|_cap, data| {
-            for (datum, time, diff) in data.drain(..) {
-                pending.entry(time).or_default().push((datum, diff));
+            for update in data.drain(..) {
+                self.pending_min = Some(self.pending_min.map_or(update.1, |m| m.min(update.1)));
+                self.pending.push(update);
             }
         });
         let current = frontier.frontier().first().copied();
-        while let Some(entry) = self.pending.first_entry() {
-            if current.is_some_and(|f| f <= *entry.key()) {
-                break;
+        let passed = |t: Time| current.is_none_or(|f| t < f);
+        if self.pending_min.is_some_and(passed) {
+            // One pass over everything the frontier has passed: sorted by time and data, and
+            // consolidated once, then handed to the writer one time at a time.
+            let mut min = None;
+            let mut kept = 0;
+            for i in 0..self.pending.len() {
+                let t = self.pending[i].1;
+                if passed(t) {
+                    continue;
+                }
+                min = Some(min.map_or(t, |m: Time| m.min(t)));
+                self.pending.swap(kept, i);
+                kept += 1;
             }
-            let (time, mut updates) = entry.remove_entry();
-            consolidate(&mut updates);
-            if self.failed || updates.is_empty() {
-                continue;
-            }
-            if let Some(writer) = self.writer.as_mut()
-                && let Err(error) = writer.write(time, &updates)
-            {
-                self.handle.record_error(&error);
-                self.failed = true;
+            self.ready.extend(self.pending.drain(kept..).map(|(d, t, r)| ((t, d), r)));
+            self.pending_min = min;
+            consolidate(&mut self.ready);
+            let mut ready = self.ready.drain(..).peekable();
+            while let Some(((time, datum), diff)) = ready.next() {
+                self.updates.clear();
+                self.updates.push((datum, diff));
+                while let Some(((_, datum), diff)) = ready.next_if(|((t, _), _)| *t == time) {
+                    self.updates.push((datum, diff));
+                }
+                if self.failed {
+                    continue;
+                }
+                if let Some(writer) = self.writer.as_mut()
+                    && let Err(error) = writer.write(time, &self.updates)
+                {
+                    self.handle.record_error(&error);
+                    self.failed = true;
+                }
             }
         }
         if self.last_frontier != Some(current) {
@@ -268,10 +305,6 @@ impl<D: ExchangeData, W: SinkWriter<D>> SinkCore<D, W> {
                 self.handle.record_error(&error);
                 self.failed = true;
             }
-            if !self.failed {
-                // Everything before `current` is written and flushed: durable. Tell the peers.
-                self.announcements.send((self.index, Durable::Upto(current)));
-            }
             self.handle.record_frontier(self.index, current);
         }
         if self.failed && !self.announced_failure {
@@ -279,28 +312,46 @@ impl<D: ExchangeData, W: SinkWriter<D>> SinkCore<D, W> {
             self.announced_failure = true;
             self.flow.record_sink_failure();
         }
+        if !self.failed {
+            // Everything before `current` is written and flushed: durable. Tell the peers, with
+            // what this worker's operators still retain given the durability it knows of.
+            let written = self.flow.durable().unwrap_or(Some(0));
+            let announce = (current, self.flow.local_safe(written));
+            if self.announced != Some(announce) {
+                self.announcements.send((self.index, Durable::Upto(announce.0, announce.1)));
+                self.announced = Some(announce);
+            }
+        }
         while let Some((peer, durable)) = self.announcements.recv() {
             match durable {
-                Durable::Upto(frontier) => self.peers_durable[peer] = Some(frontier),
+                Durable::Upto(frontier, retained) => self.peers[peer] = Some((frontier, retained)),
                 Durable::Failed => {
                     self.peer_failed = true;
                     self.flow.record_sink_failure();
                 }
             }
         }
-        let mut all: Option<Option<Time>> = Some(None);
-        for peer in &self.peers_durable {
+        let mut all: Option<(Option<Time>, Option<Time>)> = Some((None, None));
+        for peer in &self.peers {
             all = match (all, peer) {
-                (_, None) | (None, _) => None,
-                (Some(a), Some(p)) => Some(match (a, p) {
-                    (None, p) => *p,
-                    (a, None) => a,
-                    (Some(a), Some(p)) => Some(a.min(*p)),
-                }),
+                (Some((d, r)), Some((pd, pr))) => Some((min_frontier(d, *pd), min_frontier(r, *pr))),
+                _ => None,
             };
         }
-        self.durable.set(all);
-        !(current.is_none() && (all == Some(None) || self.failed || self.peer_failed))
+        self.progress.durable.set(all.map(|(d, _)| d));
+        self.progress.retained.set(all.map(|(_, r)| r));
+        let done = current.is_none()
+            && (all.is_some_and(|(d, r)| d.is_none() && r.is_none())
+                || self.failed
+                || self.peer_failed
+                // Another sink of the dataflow failed: nothing will be safe to the end any more.
+                || self.flow.sink_failed());
+        if current.is_none() && !done {
+            // What it waits for (other sinks completing, operators releasing state) arrives
+            // without scheduling it: look again shortly.
+            self.activator.activate_after(std::time::Duration::from_millis(1));
+        }
+        !done
     }
 }
 

@@ -2,11 +2,12 @@
 //!
 //! Every source is a [`SourceReader`] driven by one generic timely operator, [`source`]. The
 //! reader owns the partitions a worker reads and hands records to a [`ReadContext`]; the
-//! context applies the watermark strategy per partition and the late policy, counts
-//! everything, and the operator emits three collections ([`SourceStreams`]):
+//! context applies the watermark strategy per partition, counts everything, and the operator
+//! emits two collections ([`SourceStreams`]):
 //!
-//! - `data`: on-time records at their event time, accepted late records at the watermark;
-//! - `late`: late records not accepted ([`LateRecord`]), at the watermark;
+//! - `data`: every decoded record, at its event time — or, if it is behind its partition's
+//!   watermark, at the watermark (its event time stays in its data; the operators whose state
+//!   it reaches decide, per window, whether it is late: DESIGN §3);
 //! - `dead_letters`: records that failed to decode ([`DeadLetter`]).
 //!
 //! The operator holds a capability at the worker's watermark (the minimum over its active
@@ -16,14 +17,15 @@
 //! [`finish`](SourceReader::finish) — e.g. commit its final positions once the sinks have
 //! durably written everything derived from them — before the dataflow completes.
 //!
-//! # Lateness is decided per partition
+//! # Behind the watermark is decided per partition
 //!
-//! A record is late when its event time is below its *partition's* watermark. That makes the
-//! decision a deterministic function of each partition's order, independent of how many
-//! workers read the source and of how their reads interleave: results are identical for any
-//! number of workers and processes (DESIGN §9). (The one exception is a partition that
-//! returns from idleness behind the source's published watermark: what it sends below that
-//! watermark is late, which depends on processing time, as idleness itself does.)
+//! A record is behind the watermark when its event time is below its *partition's* watermark.
+//! That makes its dataflow time a deterministic function of each partition's order,
+//! independent of how many workers read the source and of how their reads interleave: results
+//! are identical for any number of workers and processes (DESIGN §9). (The one exception is a
+//! partition that returns from idleness behind the source's published watermark: what it sends
+//! below that watermark is behind it, which depends on processing time, as idleness itself
+//! does.)
 
 pub mod memory;
 
@@ -40,7 +42,7 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use crate::runtime::control::Broadcast;
 use crate::runtime::metrics::{PartitionStats, SourceMetrics};
 use crate::time::Time;
-use crate::time::late::{DeadLetter, LateDecision, LatePolicy, LateRecord};
+use crate::time::late::DeadLetter;
 use crate::time::watermark::{PartitionId, PartitionWatermark, WatermarkStrategy, WatermarkTracker};
 
 /// How a source turns its records into a watermarked collection.
@@ -50,8 +52,6 @@ pub struct SourceConfig {
     pub name: String,
     /// How each partition's watermark follows its records.
     pub watermarks: WatermarkStrategy,
-    /// What happens to late records.
-    pub late: LatePolicy,
     /// Where to count; a fresh [`SourceMetrics`] per worker if `None`.
     pub metrics: Option<Arc<SourceMetrics>>,
     /// At most this many records per activation, so that downstream operators get to run.
@@ -62,12 +62,11 @@ pub struct SourceConfig {
 }
 
 impl SourceConfig {
-    /// A configuration with monotonic watermarks and late records to the side output.
+    /// A configuration with monotonic watermarks.
     pub fn new(name: impl Into<String>) -> Self {
         SourceConfig {
             name: name.into(),
             watermarks: WatermarkStrategy::monotonic(),
-            late: LatePolicy::default(),
             metrics: None,
             batch_size: 64 * 1024,
             max_in_flight: 1 << 20,
@@ -77,12 +76,6 @@ impl SourceConfig {
     /// Sets the watermark strategy.
     pub fn watermarks(mut self, strategy: WatermarkStrategy) -> Self {
         self.watermarks = strategy;
-        self
-    }
-
-    /// Sets the late policy.
-    pub fn late(mut self, policy: LatePolicy) -> Self {
-        self.late = policy;
         self
     }
 
@@ -169,26 +162,23 @@ impl FinishContext<'_> {
 
 /// The streams a source produces.
 pub struct SourceStreams<'scope, D: 'static> {
-    /// On-time records at their event time; accepted late records at the watermark.
+    /// Every decoded record at its event time, or at its partition's watermark if it is behind
+    /// it.
     pub data: VecCollection<'scope, Time, D>,
-    /// Late records that were not accepted, at the watermark of their partition.
-    pub late: VecCollection<'scope, Time, LateRecord<D>>,
     /// Records that failed to decode.
     pub dead_letters: VecCollection<'scope, Time, DeadLetter>,
     /// The source's counters.
     pub metrics: Arc<SourceMetrics>,
 }
 
-/// Where a [`SourceReader`] puts what it reads; applies watermarks and the late policy.
+/// Where a [`SourceReader`] puts what it reads; applies watermarks.
 pub struct ReadContext<'a, D> {
     tracker: &'a mut WatermarkTracker,
     stats: &'a mut Vec<PartitionStats>,
-    policy: LatePolicy,
     floor: Time,
     now: Instant,
     budget: usize,
     data: &'a mut Vec<(D, Time, isize)>,
-    late: &'a mut Vec<(LateRecord<D>, Time, isize)>,
     dead: &'a mut Vec<(DeadLetter, Time, isize)>,
     last: Option<(PartitionId, usize)>,
     metrics: &'a SourceMetrics,
@@ -251,34 +241,28 @@ impl<D> ReadContext<'_, D> {
         }
     }
 
-    /// Gives a decoded record of `partition` at `position` with event time `time`.
+    /// Gives a decoded record of `partition` (at `position`, for the reader's bookkeeping) with
+    /// event time `time`.
     ///
-    /// Returns how the late policy treated it.
-    pub fn record(&mut self, partition: PartitionId, position: u64, time: Time, item: D) -> LateDecision {
+    /// Returns the dataflow time it is emitted at: `time`, or its partition's watermark if it is
+    /// behind it.
+    pub fn record(&mut self, partition: PartitionId, position: u64, time: Time, item: D) -> Time {
+        let _ = position;
         let slot = self.slot(partition);
         self.budget = self.budget.saturating_sub(1);
         let generator = self.tracker.touch(slot, self.now, self.floor);
         let watermark = generator.watermark();
-        let decision = self.policy.decide(time, watermark);
         let stats = &mut self.stats[slot];
         stats.records += 1;
-        match decision {
-            LateDecision::OnTime => {
-                generator.observe(time);
-                self.data.push((item, time, 1));
-            }
-            LateDecision::Accept(at) => {
-                stats.late_accepted += 1;
-                self.data.push((item, at, 1));
-            }
-            LateDecision::SideOutput => {
-                stats.late_side_output += 1;
-                let late = LateRecord { partition, position, event_time: time, watermark, record: item };
-                self.late.push((late, watermark, 1));
-            }
-            LateDecision::Drop => stats.late_dropped += 1,
-        }
-        decision
+        let at = if time >= watermark {
+            generator.observe(time);
+            time
+        } else {
+            stats.behind_watermark += 1;
+            watermark
+        };
+        self.data.push((item, at, 1));
+        at
     }
 
     /// The time below which every record this dataflow has read is fully accounted for
@@ -368,10 +352,8 @@ where
     let mut builder = OperatorBuilder::new(format!("Source({})", config.name), scope);
     let info = builder.operator_info();
     let (data_output, data_stream) = builder.new_output();
-    let (late_output, late_stream) = builder.new_output();
     let (dead_output, dead_stream) = builder.new_output();
     let mut data_output = OutputBuilder::from(data_output);
-    let mut late_output = OutputBuilder::from(late_output);
     let mut dead_output = OutputBuilder::from(dead_output);
 
     let setup = SourceSetup { worker: scope.worker(), address: Rc::clone(&info.address), index, peers };
@@ -390,7 +372,6 @@ where
         let mut tracker = WatermarkTracker::new(config.watermarks.clone());
         let mut stats: Vec<PartitionStats> = Vec::new();
         let mut data = Vec::new();
-        let mut late = Vec::new();
         let mut dead = Vec::new();
         let mut last_report = Instant::now();
         let mut peer_watermarks: Vec<Option<Time>> = vec![None; peers];
@@ -429,29 +410,23 @@ where
             let mut ctx = ReadContext {
                 tracker: &mut tracker,
                 stats: &mut stats,
-                policy: config.late,
                 floor,
                 now,
                 budget: config.batch_size,
                 data: &mut data,
-                late: &mut late,
                 dead: &mut dead,
                 last: None,
                 metrics: &report_to,
                 flow: &flow,
             };
             let status = reader.poll(&mut ctx);
-            emitted += (data.len() + late.len()) as u64;
+            emitted += data.len() as u64;
             if !data.is_empty() {
                 data_output.activate().session(&held[0]).give_container(&mut data);
                 data.clear();
             }
-            if !late.is_empty() {
-                late_output.activate().session(&held[1]).give_container(&mut late);
-                late.clear();
-            }
             if !dead.is_empty() {
-                dead_output.activate().session(&held[2]).give_container(&mut dead);
+                dead_output.activate().session(&held[1]).give_container(&mut dead);
                 dead.clear();
             }
             tracker.detect_idle(now);
@@ -511,12 +486,7 @@ where
         }
     });
 
-    SourceStreams {
-        data: data_stream.as_collection(),
-        late: late_stream.as_collection(),
-        dead_letters: dead_stream.as_collection(),
-        metrics,
-    }
+    SourceStreams { data: data_stream.as_collection(), dead_letters: dead_stream.as_collection(), metrics }
 }
 
 fn pairs(

@@ -1,67 +1,114 @@
-//! The driver shared by keyed temporal operators (sessions, dedup): exchange by key, apply
-//! each time's updates once the frontier has passed it, in time order, with timers.
+//! The temporal driver: the one timely operator every stateful Tideline operator runs on.
 //!
-//! An operator's logic ([`KeyedLogic`]) sees, for each time `t` the frontier has passed and
-//! in increasing order of `t`, the inputs at `t` and the timers it set for `t`, and returns
-//! the changes of its output at `t`. Because every time is applied whole and in order, the
-//! output is a deterministic function of the timestamped input collection: identical for any
-//! number of workers, however batches interleave.
+//! An operator's logic ([`TemporalLogic`]) sees, for each dataflow time `t` the frontier has
+//! passed and in increasing order of `t`, the inputs at `t` and the timers it set for `t`, and
+//! emits the changes of its output at `t` (and, on a second output, the records it found late).
+//! Because every time is applied whole and in order, the output is a deterministic function of
+//! the timestamped input collection: identical for any number of workers, however batches
+//! interleave.
+//!
+//! What the driver does, so that no operator has to:
+//!
+//! - **Exchange** the input by key and **buffer** it until the frontier passes its time.
+//! - **One pass per activation**: everything the frontier has passed is sorted by time once and
+//!   applied in order, timers interleaved; outputs leave in one batch. The driver holds *one*
+//!   capability per output, at the earliest time it may still emit (its earliest pending input
+//!   or timer), so the cost of an activation follows the records and timers it applies, not the
+//!   number of distinct timestamps (a capability per timestamp costs progress-tracking traffic
+//!   between all workers).
+//! - **Retention** for at-least-once sources ([`crate::runtime::flow`]): after each activation
+//!   it records its frontier and the earliest input time its state or pending inputs still
+//!   refer to ([`TemporalLogic::oldest`]).
+//! - **State metrics**: live entries per worker and late records, in the operator's
+//!   [`StateMetrics`] (one is made if the builder was not given one).
+//!
+//! Logic decides lateness by time alone (a record at dataflow time `t` is late for a window
+//! whose `end + allowed_lateness ≤ t`), never by whether the state happens to be released yet,
+//! so that results do not depend on how activations batch times.
 
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::rc::Rc;
 use std::sync::Arc;
 
-use differential_dataflow::consolidation::consolidate;
 use differential_dataflow::{AsCollection, VecCollection};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::Stream;
-use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
-use timely::dataflow::operators::generic::{Operator, OutputBuilder};
+use timely::dataflow::operators::generic::{InputHandleCore, OutputBuilder, OutputBuilderSession};
+use timely::progress::frontier::MutableAntichain;
 
 use crate::runtime::ExchangeData;
+use crate::runtime::flow::{Retention, RetentionLog, min_frontier};
 use crate::runtime::metrics::StateMetrics;
-use crate::time::{Event, Time};
+use crate::time::Time;
+use crate::time::late::LatePolicy;
 
 /// A stream of differential updates.
 pub(crate) type Updates<'scope, D> = Stream<'scope, Time, Vec<(D, Time, isize)>>;
 
-/// What one time's step produces: output changes, and timers for later times.
-pub(crate) struct StepOutput<Tm, O> {
-    timers: Vec<(Time, Tm)>,
-    updates: Vec<(O, isize)>,
+/// What one time's step may do: emit output and late records at the step's time, and set
+/// timers for later times.
+pub(crate) struct Step<'a, L: TemporalLogic> {
+    time: Time,
+    timers: &'a mut BinaryHeap<Reverse<(Time, L::Timer)>>,
+    output: &'a mut Vec<(L::Output, Time, isize)>,
+    late: &'a mut Vec<(L::Late, Time, isize)>,
+    late_count: &'a mut u64,
+    keep_late: bool,
 }
 
-impl<Tm, O> StepOutput<Tm, O> {
-    /// Asks for `timer` to be delivered with the step of time `at`, which must be later than
-    /// the current step's time.
-    pub(crate) fn schedule(&mut self, at: Time, timer: Tm) {
-        self.timers.push((at, timer));
+impl<L: TemporalLogic> Step<'_, L> {
+    /// The time being applied.
+    pub(crate) fn time(&self) -> Time {
+        self.time
+    }
+
+    /// Asks for `timer` to be delivered with the step of time `at`, which must not be earlier
+    /// than the current step's time. A timer for the current time is delivered in a further
+    /// step at the same time, after this one (with no inputs).
+    pub(crate) fn schedule(&mut self, at: Time, timer: L::Timer) {
+        assert!(at >= self.time, "a timer must not be set for an earlier time ({at} < {})", self.time);
+        self.timers.push(Reverse((at, timer)));
     }
 
     /// Emits `data` with multiplicity `diff` at the current step's time.
-    pub(crate) fn give(&mut self, data: O, diff: isize) {
-        self.updates.push((data, diff));
+    pub(crate) fn give(&mut self, data: L::Output, diff: isize) {
+        self.output.push((data, self.time, diff));
+    }
+
+    /// Reports `record` late: counted, and emitted on the late output at the current time
+    /// unless the operator's late policy drops late records.
+    pub(crate) fn late(&mut self, record: L::Late, diff: isize) {
+        *self.late_count += 1;
+        if self.keep_late {
+            self.late.push((record, self.time, diff));
+        }
     }
 }
 
-/// The per-worker state and logic of a keyed temporal operator.
-pub(crate) trait KeyedLogic: 'static {
-    /// The updates it consumes (already exchanged by key).
-    type Input: ExchangeData;
+/// The per-worker state and logic of a stateful temporal operator.
+pub(crate) trait TemporalLogic: Sized + 'static {
+    /// What it consumes (already exchanged by key).
+    type Input: 'static;
     /// What a timer carries.
-    type Timer: 'static;
+    type Timer: Ord + 'static;
     /// What it emits.
     type Output: ExchangeData;
+    /// What it emits on its late output.
+    type Late: ExchangeData;
 
-    /// Applies everything that happens at `time`: its inputs and the timers set for it.
-    /// Called once per time, in increasing time order, once the frontier has passed `time`.
+    /// Applies everything that happens at `step.time()`: its `inputs` (drain them) and the
+    /// `timers` set for it. Called for each time that has inputs or timers, in increasing time
+    /// order, once the frontier has passed that time: once, or again (with timers only) if it
+    /// set timers for its own time.
     fn step(
         &mut self,
-        time: Time,
-        inputs: Vec<(Self::Input, isize)>,
-        timers: Vec<Self::Timer>,
-        out: &mut StepOutput<Self::Timer, Self::Output>,
+        inputs: &mut Vec<(Self::Input, isize)>,
+        timers: &mut Vec<Self::Timer>,
+        step: &mut Step<'_, Self>,
     );
 
     /// Releases the state no future update can reach: every later input is at a time in
@@ -70,145 +117,286 @@ pub(crate) trait KeyedLogic: 'static {
 
     /// The live entries it holds, for [`StateMetrics`].
     fn live_entries(&self) -> usize;
+
+    /// A lower bound of the dataflow times of the inputs its state still reflects (`None`: the
+    /// state reflects no input that could matter again). What at-least-once sources may not
+    /// acknowledge yet (see [`crate::runtime::flow`]).
+    fn oldest(&self) -> Option<Time>;
 }
 
-struct Slot<I, Tm> {
-    capability: Capability<Time>,
-    inputs: Vec<(I, isize)>,
-    timers: Vec<Tm>,
+/// An input of a binary operator: from the first or the second input stream.
+#[derive(Clone, Debug)]
+pub(crate) enum Side<A, B> {
+    Left(A),
+    Right(B),
 }
 
-/// Runs `logic` per worker on `updates` exchanged by `key_hash`, and returns its output.
-pub(crate) fn keyed_operator<'scope, L, H>(
+/// How a driven operator is named and observed.
+pub(crate) struct Driven {
+    pub(crate) name: String,
+    pub(crate) metrics: Option<Arc<StateMetrics>>,
+    pub(crate) late: LatePolicy,
+}
+
+/// The state of a driven operator on one worker.
+struct Core<L: TemporalLogic> {
+    logic: L,
+    /// Inputs whose time the frontier has not passed, in arrival order.
+    pending: Vec<(Time, L::Input, isize)>,
+    pending_min: Option<Time>,
+    /// Inputs being applied, sorted by time.
+    ready: Vec<(Time, L::Input, isize)>,
+    timers: BinaryHeap<Reverse<(Time, L::Timer)>>,
+    inputs: Vec<(L::Input, isize)>,
+    fired: Vec<L::Timer>,
+    output: Vec<(L::Output, Time, isize)>,
+    late: Vec<(L::Late, Time, isize)>,
+    late_count: u64,
+    keep_late: bool,
+    /// One capability per output, at the earliest time anything pending may be emitted.
+    held: Option<[Capability<Time>; 2]>,
+    retention: Rc<RetentionLog>,
+    metrics: Arc<StateMetrics>,
+    worker: usize,
+    peers: usize,
+}
+
+type Output<'a, D> = OutputBuilderSession<'a, Time, CapacityContainerBuilder<Vec<(D, Time, isize)>>>;
+
+impl<L: TemporalLogic> Core<L> {
+    /// Takes a batch of input updates (and a capability no later than their times).
+    fn absorb<D, P>(
+        &mut self,
+        input: &mut InputHandleCore<Time, Vec<(D, Time, isize)>, P>,
+        wrap: impl Fn(D) -> L::Input,
+    ) where
+        P: timely::communication::Pull<timely::dataflow::channels::Message<Time, Vec<(D, Time, isize)>>>,
+    {
+        input.for_each(|cap, data| {
+            if let Some(least) = cap.least().copied()
+                && self.held.as_ref().is_none_or(|held| least < *held[0].time())
+            {
+                self.held = Some([cap.delayed(&least, 0), cap.delayed(&least, 1)]);
+            }
+            for (datum, time, diff) in data.drain(..) {
+                self.pending_min = Some(self.pending_min.map_or(time, |m| m.min(time)));
+                self.pending.push((time, wrap(datum), diff));
+            }
+        });
+    }
+
+    /// Applies every time the frontier has passed, releases state, and emits.
+    fn run(&mut self, frontier: Option<Time>, output: &mut Output<'_, L::Output>, late: &mut Output<'_, L::Late>) {
+        let passed = |t: Time| frontier.is_none_or(|f| t < f);
+        if self.pending_min.is_some_and(passed) {
+            let mut min = None;
+            let mut kept = 0;
+            for i in 0..self.pending.len() {
+                let t = self.pending[i].0;
+                if passed(t) {
+                    continue;
+                }
+                min = Some(min.map_or(t, |m: Time| m.min(t)));
+                self.pending.swap(kept, i);
+                kept += 1;
+            }
+            self.ready.extend(self.pending.drain(kept..));
+            self.pending_min = min;
+            // Stable: within a time, updates keep their arrival order (logic does not depend
+            // on it, but a stable sort makes a run reproducible when debugging).
+            self.ready.sort_by_key(|(t, _, _)| *t);
+        }
+
+        let mut ready = std::mem::take(&mut self.ready).into_iter().peekable();
+        loop {
+            let next_input = ready.peek().map(|(t, _, _)| *t);
+            let next_timer = self.timers.peek().map(|Reverse((t, _))| *t).filter(|t| passed(*t));
+            let time = match (next_input, next_timer) {
+                (Some(a), Some(b)) => a.min(b),
+                (Some(t), None) | (None, Some(t)) => t,
+                (None, None) => break,
+            };
+            while let Some((_, input, diff)) = ready.next_if(|(t, _, _)| *t == time) {
+                self.inputs.push((input, diff));
+            }
+            while self.timers.peek().is_some_and(|Reverse((t, _))| *t == time) {
+                let Reverse((_, timer)) = self.timers.pop().expect("peeked");
+                self.fired.push(timer);
+            }
+            let mut step = Step {
+                time,
+                timers: &mut self.timers,
+                output: &mut self.output,
+                late: &mut self.late,
+                late_count: &mut self.late_count,
+                keep_late: self.keep_late,
+            };
+            self.logic.step(&mut self.inputs, &mut self.fired, &mut step);
+            self.inputs.clear();
+            self.fired.clear();
+        }
+        // Keep the buffer's allocation for the next pass.
+        let mut buffer = ready.collect::<Vec<_>>();
+        debug_assert!(buffer.is_empty());
+        buffer.clear();
+        self.ready = buffer;
+
+        if !self.output.is_empty() || !self.late.is_empty() {
+            // Every step's time is at or after the held capabilities (the earliest pending
+            // input or timer when the step was filed).
+            let held = self.held.as_ref().expect("inputs arrive with a capability");
+            if !self.output.is_empty() {
+                output.session(&held[0]).give_container(&mut self.output);
+                self.output.clear();
+            }
+            if !self.late.is_empty() {
+                late.session(&held[1]).give_container(&mut self.late);
+                self.late.clear();
+            }
+        }
+
+        self.logic.release(frontier);
+        let next = min_frontier(self.pending_min, self.timers.peek().map(|Reverse((t, _))| *t));
+        match next {
+            None => self.held = None,
+            Some(next) => {
+                if let Some(held) = self.held.as_mut() {
+                    for cap in held.iter_mut() {
+                        cap.downgrade(&next);
+                    }
+                }
+            }
+        }
+        self.metrics.set(self.worker, self.peers, self.logic.live_entries());
+        self.metrics.add_late_skipped(std::mem::take(&mut self.late_count));
+        self.retention.record(frontier, min_frontier(self.pending_min, self.logic.oldest()));
+    }
+}
+
+fn frontier_of(frontier: &MutableAntichain<Time>) -> Option<Time> {
+    frontier.frontier().first().copied()
+}
+
+fn core<'scope, L: TemporalLogic>(scope: timely::dataflow::Scope<'scope, Time>, driven: &Driven, logic: L) -> Core<L> {
+    let retention = RetentionLog::new();
+    crate::runtime::flow::group(scope).register_retention(Retention::Tracked(Rc::clone(&retention)));
+    Core {
+        logic,
+        pending: Vec::new(),
+        pending_min: None,
+        ready: Vec::new(),
+        timers: BinaryHeap::new(),
+        inputs: Vec::new(),
+        fired: Vec::new(),
+        output: Vec::new(),
+        late: Vec::new(),
+        late_count: 0,
+        keep_late: driven.late == LatePolicy::SideOutput,
+        held: None,
+        retention,
+        metrics: driven.metrics.clone().unwrap_or_default(),
+        worker: scope.index(),
+        peers: scope.peers(),
+    }
+}
+
+/// Runs `logic` per worker on `updates` exchanged by `key_hash`; returns its output and its
+/// late output.
+pub(crate) fn unary<'scope, L, H>(
     updates: Updates<'scope, L::Input>,
-    name: &str,
+    driven: Driven,
     key_hash: H,
-    mut logic: L,
-    metrics: Option<Arc<StateMetrics>>,
-) -> VecCollection<'scope, Time, L::Output>
+    logic: L,
+) -> (VecCollection<'scope, Time, L::Output>, VecCollection<'scope, Time, L::Late>)
 where
-    L: KeyedLogic,
+    L: TemporalLogic,
+    L::Input: ExchangeData,
     H: Fn(&L::Input) -> u64 + 'static,
 {
     let scope = updates.scope();
-    let (worker, peers) = (scope.index(), scope.peers());
+    let mut builder = OperatorBuilder::new(driven.name.clone(), scope);
     let exchange = Exchange::new(move |update: &(L::Input, Time, isize)| key_hash(&update.0));
-    let operator = name.to_string();
-    let output = updates.unary_frontier(exchange, name, move |_capability, _info| {
-        let mut times: BTreeMap<Time, Slot<L::Input, L::Timer>> = BTreeMap::new();
-        let mut staged: crate::state::FastMap<Time, (Capability<Time>, Vec<(L::Input, isize)>)> = Default::default();
-        let mut step = StepOutput { timers: Vec::new(), updates: Vec::new() };
-        move |(input, frontier), output| {
-            // Stage this activation's updates by time in a hash map (many updates share a few
-            // times), then file each time once in the ordered map.
-            input.for_each(|capability, data| {
-                for (datum, time, diff) in data.drain(..) {
-                    staged
-                        .entry(time)
-                        .or_insert_with(|| (capability.delayed(&time, 0), Vec::new()))
-                        .1
-                        .push((datum, diff));
-                }
-            });
-            for (time, (capability, mut inputs)) in staged.drain() {
-                match times.entry(time) {
-                    std::collections::btree_map::Entry::Occupied(mut slot) => slot.get_mut().inputs.append(&mut inputs),
-                    std::collections::btree_map::Entry::Vacant(slot) => {
-                        slot.insert(Slot { capability, inputs, timers: Vec::new() });
-                    }
-                }
-            }
-
-            while let Some(entry) = times.first_entry() {
-                if frontier.less_equal(entry.key()) {
-                    break;
-                }
-                let (time, slot) = entry.remove_entry();
-                logic.step(time, slot.inputs, slot.timers, &mut step);
-                for (at, timer) in step.timers.drain(..) {
-                    assert!(at > time, "{operator}: a timer must be set for a later time ({at} <= {time})");
-                    times
-                        .entry(at)
-                        .or_insert_with(|| Slot {
-                            capability: slot.capability.delayed(&at),
-                            inputs: Vec::new(),
-                            timers: Vec::new(),
-                        })
-                        .timers
-                        .push(timer);
-                }
-                consolidate(&mut step.updates);
-                if !step.updates.is_empty() {
-                    output.session(&slot.capability).give_iterator(step.updates.drain(..).map(|(d, r)| (d, time, r)));
-                }
-            }
-
-            logic.release(frontier.frontier().first().copied());
-            if let Some(metrics) = &metrics {
-                metrics.set(worker, peers, logic.live_entries());
-            }
-        }
-    });
-    output.as_collection()
-}
-
-/// Splits the records a keyed operator can apply from those it cannot, which it returns
-/// unchanged: records at a dataflow time after `event time + allowed_lateness` (too late:
-/// counted in `metrics`) and retractions (the operators are defined over insertions).
-pub(crate) fn split_applicable<'scope, K, V>(
-    events: VecCollection<'scope, Time, Event<K, V>>,
-    name: &str,
-    allowed_lateness: u64,
-    metrics: Option<Arc<StateMetrics>>,
-) -> (Updates<'scope, Event<K, V>>, VecCollection<'scope, Time, Event<K, V>>)
-where
-    K: ExchangeData,
-    V: ExchangeData,
-{
-    let scope = events.inner.scope();
-    let mut builder = OperatorBuilder::new(format!("{name}: split late"), scope);
-    let mut input = builder.new_input(events.inner, Pipeline);
-    let (applicable_output, applicable) = builder.new_output();
-    let (late_output, late) = builder.new_output();
-    let mut applicable_output =
-        OutputBuilder::<_, CapacityContainerBuilder<Vec<(Event<K, V>, Time, isize)>>>::from(applicable_output);
-    let mut late_output =
-        OutputBuilder::<_, CapacityContainerBuilder<Vec<(Event<K, V>, Time, isize)>>>::from(late_output);
+    let mut input = builder.new_input(updates, exchange);
+    let (output, stream) = builder.new_output();
+    let (late_output, late_stream) = builder.new_output();
+    let mut output = OutputBuilder::<_, CapacityContainerBuilder<Vec<(L::Output, Time, isize)>>>::from(output);
+    let mut late_output = OutputBuilder::<_, CapacityContainerBuilder<Vec<(L::Late, Time, isize)>>>::from(late_output);
+    let mut core = core(scope, &driven, logic);
     builder.build(move |_capabilities| {
-        let mut kept = Vec::new();
-        let mut rejected = Vec::new();
-        move |_frontiers| {
-            let mut applicable_handle = applicable_output.activate();
-            let mut late_handle = late_output.activate();
-            input.for_each(|cap, data| {
-                let mut too_late = 0;
-                for (event, at, diff) in data.drain(..) {
-                    if is_applicable(event.time, at, diff, allowed_lateness) {
-                        kept.push((event, at, diff));
-                    } else if diff != 0 {
-                        too_late += u64::from(diff > 0);
-                        rejected.push((event, at, diff));
-                    }
-                }
-                if !kept.is_empty() {
-                    applicable_handle.session(&cap).give_container(&mut kept);
-                    kept.clear();
-                }
-                if !rejected.is_empty() {
-                    late_handle.session(&cap).give_container(&mut rejected);
-                    rejected.clear();
-                }
-                if let Some(metrics) = &metrics {
-                    metrics.add_late_skipped(too_late);
-                }
-            });
+        move |frontiers| {
+            core.absorb(&mut input, |d| d);
+            core.run(frontier_of(&frontiers[0]), &mut output.activate(), &mut late_output.activate());
         }
     });
-    (applicable, late.as_collection())
+    (stream.as_collection(), late_stream.as_collection())
 }
 
-/// Whether a keyed operator applies a record with event time `time` at dataflow time `at`:
-/// an insertion no later than `time + allowed_lateness`.
-pub(crate) fn is_applicable(time: Time, at: Time, diff: isize, allowed_lateness: u64) -> bool {
-    diff > 0 && at <= time.saturating_add(allowed_lateness)
+/// Runs `logic` per worker on two inputs, each exchanged by its own key hash (the two must
+/// agree on where a key goes); returns its output and its late output.
+pub(crate) fn binary<'scope, A, B, L, HA, HB>(
+    left: Updates<'scope, A>,
+    right: Updates<'scope, B>,
+    driven: Driven,
+    left_hash: HA,
+    right_hash: HB,
+    logic: L,
+) -> (VecCollection<'scope, Time, L::Output>, VecCollection<'scope, Time, L::Late>)
+where
+    A: ExchangeData,
+    B: ExchangeData,
+    L: TemporalLogic<Input = Side<A, B>>,
+    HA: Fn(&A) -> u64 + 'static,
+    HB: Fn(&B) -> u64 + 'static,
+{
+    let scope = left.scope();
+    let mut builder = OperatorBuilder::new(driven.name.clone(), scope);
+    let mut left_input = builder.new_input(left, Exchange::new(move |update: &(A, Time, isize)| left_hash(&update.0)));
+    let mut right_input =
+        builder.new_input(right, Exchange::new(move |update: &(B, Time, isize)| right_hash(&update.0)));
+    let (output, stream) = builder.new_output();
+    let (late_output, late_stream) = builder.new_output();
+    let mut output = OutputBuilder::<_, CapacityContainerBuilder<Vec<(L::Output, Time, isize)>>>::from(output);
+    let mut late_output = OutputBuilder::<_, CapacityContainerBuilder<Vec<(L::Late, Time, isize)>>>::from(late_output);
+    let mut core = core(scope, &driven, logic);
+    builder.build(move |_capabilities| {
+        move |frontiers| {
+            core.absorb(&mut left_input, Side::Left);
+            core.absorb(&mut right_input, Side::Right);
+            let frontier = min_frontier(frontier_of(&frontiers[0]), frontier_of(&frontiers[1]));
+            core.run(frontier, &mut output.activate(), &mut late_output.activate());
+        }
+    });
+    (stream.as_collection(), late_stream.as_collection())
+}
+
+/// Counts of live state by the earliest dataflow time of the inputs it reflects, in buckets:
+/// what an operator reports as [`TemporalLogic::oldest`] (a lower bound, to the bucket).
+#[derive(Debug, Default)]
+pub(crate) struct Holds {
+    counts: std::collections::BTreeMap<Time, u64>,
+}
+
+/// Width of a [`Holds`] bucket (a power of two).
+const HOLD_BUCKET_MS: Time = 1024;
+
+impl Holds {
+    /// Counts one more piece of state reflecting inputs from `time` on.
+    pub(crate) fn hold(&mut self, time: Time) {
+        *self.counts.entry(time & !(HOLD_BUCKET_MS - 1)).or_default() += 1;
+    }
+
+    /// Counts one piece of state reflecting inputs from `time` on less.
+    pub(crate) fn release(&mut self, time: Time) {
+        let bucket = time & !(HOLD_BUCKET_MS - 1);
+        let count = self.counts.get_mut(&bucket).expect("released a hold that was not held");
+        *count -= 1;
+        if *count == 0 {
+            self.counts.remove(&bucket);
+        }
+    }
+
+    /// A lower bound of the earliest time held, if any.
+    pub(crate) fn oldest(&self) -> Option<Time> {
+        self.counts.keys().next().copied()
+    }
 }

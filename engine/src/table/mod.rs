@@ -47,24 +47,19 @@ pub mod read_model;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use differential_dataflow::consolidation::consolidate;
 use differential_dataflow::hashable::Hashable;
 use differential_dataflow::{AsCollection, VecCollection};
-use timely::container::CapacityContainerBuilder;
-use timely::dataflow::channels::pact::Exchange;
-use timely::dataflow::operators::Capability;
-use timely::dataflow::operators::core::OkErr;
-use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::core::{Filter, OkErr};
 
 use crate::runtime::ExchangeData;
 use crate::runtime::metrics::StateMetrics;
-use crate::state::FastMap;
+use crate::state::driver::{Holds, Step, TemporalLogic, unary};
+use crate::state::{FastMap, Temporal, temporal_builder};
 use crate::table::read_model::{Publish, ReadModel};
-use crate::time::{Event, Time, millis};
-
-type Update<D> = (D, Time, isize);
+use crate::time::late::LatePolicy;
+use crate::time::{Event, Time};
 
 /// A table: at most one value per key at every time, maintained as a changelog collection.
 ///
@@ -115,49 +110,10 @@ impl<'scope, K: ExchangeData, V: ExchangeData> Table<'scope, K, V> {
     /// assert_eq!(changes, vec![(Event::new(1, 'k', Some(5)), 1, 1), (Event::new(3, 'k', None), 3, 1)]);
     /// ```
     pub fn changelog(self) -> VecCollection<'scope, Time, Event<K, Option<V>>> {
-        let exchange = Exchange::new(|update: &Update<(K, V)>| update.0.0.hashed());
-        self.view
-            .inner
-            .unary_frontier::<CapacityContainerBuilder<Vec<Update<Event<K, Option<V>>>>>, _, _, _>(
-                exchange,
-                "TableChangelog",
-                |_capability, _info| {
-                    let mut pending: BTreeMap<Time, (Capability<Time>, Vec<(K, V, isize)>)> = BTreeMap::new();
-                    move |(input, frontier), output| {
-                        input.for_each(|cap, data| {
-                            for ((key, value), at, diff) in data.drain(..) {
-                                pending
-                                    .entry(at)
-                                    .or_insert_with(|| (cap.delayed(&at, 0), Vec::new()))
-                                    .1
-                                    .push((key, value, diff));
-                            }
-                        });
-                        while let Some(entry) = pending.first_entry() {
-                            if frontier.less_equal(entry.key()) {
-                                break;
-                            }
-                            let (at, (cap, updates)) = entry.remove_entry();
-                            let mut updates: Vec<((K, V), isize)> =
-                                updates.into_iter().map(|(k, v, d)| ((k, v), d)).collect();
-                            consolidate(&mut updates);
-                            let mut changes: BTreeMap<K, Option<V>> = BTreeMap::new();
-                            for ((key, value), diff) in updates {
-                                let slot = changes.entry(key).or_insert(None);
-                                // Updates are sorted by value: the greatest inserted value wins.
-                                if diff > 0 {
-                                    *slot = Some(value);
-                                }
-                            }
-                            let mut session = output.session(&cap);
-                            for (key, value) in changes {
-                                session.give((Event::new(at, key, value), at, 1));
-                            }
-                        }
-                    }
-                },
-            )
-            .as_collection()
+        let driven = Temporal::default().driven("TableChangelog".to_string());
+        let (changes, _) =
+            unary(self.view.inner, driven, |(key, _): &(K, V)| key.hashed(), ChangelogLogic(std::marker::PhantomData));
+        changes
     }
 
     /// Publishes the table to `model` for lookups and scans from other threads (see
@@ -181,7 +137,7 @@ impl<'scope, K: ExchangeData, V: ExchangeData> Upsert<'scope, K, V>
     for VecCollection<'scope, Time, Event<K, Option<V>>>
 {
     fn upsert(self) -> UpsertBuilder<'scope, K, V> {
-        UpsertBuilder { records: self, allowed_lateness: 0, name: None, state: None }
+        UpsertBuilder { records: self, temporal: Temporal::default() }
     }
 }
 
@@ -200,13 +156,15 @@ impl<'scope, K: ExchangeData, V: ExchangeData> Upsert<'scope, K, V>
 ///
 /// # Late data
 ///
-/// An update (a record, or a retraction of one) with event time `t` arriving at dataflow time
-/// `τ` is admitted if `τ ≤ t + allowed_lateness`. Admitted late records are applied like any
-/// other, at `τ`. Later ones are too late: they change nothing, go unchanged to the late
-/// output ([`UpsertBuilder::table_with_late`]) and are counted in
-/// [`StateMetrics::late_skipped`]. Records accepted late by a source
-/// (`LatePolicy::Accept { allowed_lateness }`) are all admitted by an upsert with the same
-/// allowed lateness.
+/// A record's window is its own instant, its event time `t` (DESIGN §3): an update (a record,
+/// or a retraction of one) arriving at dataflow time `τ` — a record behind the watermark
+/// arrives at the watermark — is admitted if `τ ≤ t + allowed_lateness`, and applied like any
+/// other, at `τ`. Later ones are **late**: they change nothing, go unchanged to the late output
+/// ([`UpsertBuilder::table_with_late`], per the
+/// [`LatePolicy`](crate::time::late::LatePolicy)) and are counted in
+/// [`StateMetrics::late_skipped`]. With no allowed lateness, a record behind the watermark is
+/// late: an upsert's result is shown as soon as its record arrives, so a record behind it could
+/// only correct it.
 ///
 /// # State
 ///
@@ -214,45 +172,31 @@ impl<'scope, K: ExchangeData, V: ExchangeData> Upsert<'scope, K, V>
 /// of the frontier (which an admitted retraction could still bring back). A record is
 /// released once the frontier passes `t + allowed_lateness` and a newer record of its key is
 /// present; a key whose latest record is a tombstone is released entirely. Release emits
-/// nothing downstream. Records held are reported to [`StateMetrics`] if one is attached.
+/// nothing downstream. Records held are reported to the operator's [`StateMetrics`].
 ///
 /// # Checkpointing
 ///
-/// The state is a function of the admitted records not yet released: a checkpoint records
-/// those inputs (DESIGN §8).
+/// The state is each key's records held; a checkpoint records them per key.
+///
+/// Of the shared options ([`TemporalBuilder`](crate::state::TemporalBuilder)), allowed
+/// lateness, late policy, name and metrics apply; there is no emission mode.
 pub struct UpsertBuilder<'scope, K: 'static, V: 'static> {
     records: VecCollection<'scope, Time, Event<K, Option<V>>>,
-    allowed_lateness: u64,
-    name: Option<String>,
-    state: Option<Arc<StateMetrics>>,
+    temporal: Temporal,
 }
+
+temporal_builder!(UpsertBuilder<'scope, K, V>);
 
 /// One key's records: count per (event time, value), and the value the table shows.
 struct KeyVersions<V> {
     versions: BTreeMap<(Time, Option<V>), isize>,
     current: Option<V>,
+    /// When the key was first seen (what at-least-once sources may not acknowledge while it
+    /// is held).
+    since: Time,
 }
 
 impl<'scope, K: ExchangeData, V: ExchangeData> UpsertBuilder<'scope, K, V> {
-    /// Admits updates up to `lateness` after their event time. Match the source's
-    /// `LatePolicy::Accept { allowed_lateness }`.
-    pub fn allowed_lateness(mut self, lateness: Duration) -> Self {
-        self.allowed_lateness = millis(lateness);
-        self
-    }
-
-    /// Names the operator (for logs, diagnostics and metrics).
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = Some(name.into());
-        self
-    }
-
-    /// Reports records held and too-late updates to `metrics`.
-    pub fn state_metrics(mut self, metrics: Arc<StateMetrics>) -> Self {
-        self.state = Some(metrics);
-        self
-    }
-
     /// The table.
     pub fn table(self) -> Table<'scope, K, V> {
         self.table_with_late().0
@@ -260,128 +204,177 @@ impl<'scope, K: ExchangeData, V: ExchangeData> UpsertBuilder<'scope, K, V> {
 
     /// The table, and the updates that arrived too late, unchanged.
     pub fn table_with_late(self) -> (Table<'scope, K, V>, VecCollection<'scope, Time, Event<K, Option<V>>>) {
-        let UpsertBuilder { records, allowed_lateness: lateness, name, state } = self;
-        let name = name.unwrap_or_else(|| "Upsert".to_string());
-        let scope = records.inner.scope();
-        let (worker, peers) = (scope.index(), scope.peers());
-        let counter = state.clone();
+        let UpsertBuilder { records, mut temporal } = self;
+        let name = temporal.name_or(|| "Upsert".to_string());
+        let metrics = Arc::clone(temporal.metrics.get_or_insert_with(StateMetrics::new));
+        let (lateness, policy) = (temporal.allowed_lateness, temporal.late);
         let (admitted, late) = records.inner.ok_err::<Vec<_>, _, Vec<_>, _, _>(move |(record, at, diff)| {
             if at <= record.time.saturating_add(lateness) {
                 Ok((record, at, diff))
             } else {
-                if let Some(metrics) = &counter {
-                    metrics.add_late_skipped(1);
-                }
+                metrics.add_late_skipped(1);
                 Err((record, at, diff))
             }
         });
-        let exchange = Exchange::new(|update: &Update<Event<K, Option<V>>>| update.0.key.hashed());
-        let view = admitted.unary_frontier::<CapacityContainerBuilder<Vec<Update<(K, V)>>>, _, _, _>(
-            exchange,
-            &name,
-            move |_capability, _info| {
-                let mut keys: FastMap<K, KeyVersions<V>> = FastMap::default();
-                let mut pending: BTreeMap<Time, (Capability<Time>, Vec<(Event<K, Option<V>>, isize)>)> =
-                    BTreeMap::new();
-                // Keys with records that settle (can no longer be updated) after each time.
-                let mut settling: BTreeMap<Time, Vec<K>> = BTreeMap::new();
-                let mut live: usize = 0;
-                move |(input, frontier), output| {
-                    input.for_each(|cap, data| {
-                        for (record, at, diff) in data.drain(..) {
-                            pending
-                                .entry(at)
-                                .or_insert_with(|| (cap.delayed(&at, 0), Vec::new()))
-                                .1
-                                .push((record, diff));
-                        }
-                    });
-                    while let Some(entry) = pending.first_entry() {
-                        if frontier.less_equal(entry.key()) {
-                            break;
-                        }
-                        let (at, (cap, mut updates)) = entry.remove_entry();
-                        consolidate(&mut updates);
-                        let mut session = output.session(&cap);
-                        let mut updates = updates.into_iter().peekable();
-                        while let Some((first, diff)) = updates.next() {
-                            let key = first.key;
-                            let state = keys
-                                .entry(key.clone())
-                                .or_insert_with(|| KeyVersions { versions: BTreeMap::new(), current: None });
-                            let mut apply = |time: Time, value: Option<V>, diff: isize| {
-                                settling.entry(time.saturating_add(lateness)).or_default().push(key.clone());
-                                let slot = state.versions.entry((time, value)).or_insert(0);
-                                if *slot == 0 {
-                                    live += 1;
-                                }
-                                *slot += diff;
-                                if *slot == 0 {
-                                    live -= 1;
-                                }
-                            };
-                            apply(first.time, first.value, diff);
-                            while let Some((next, _)) = updates.peek()
-                                && next.key == key
-                            {
-                                let (next, diff) = updates.next().expect("peeked");
-                                apply(next.time, next.value, diff);
-                            }
-                            state.versions.retain(|_, count| *count != 0);
-                            let latest = state.versions.iter().rev().find(|(_, count)| **count > 0);
-                            let value = latest.and_then(|((_, value), _)| value.clone());
-                            if value != state.current {
-                                if let Some(old) = state.current.take() {
-                                    session.give(((key.clone(), old), at, -1));
-                                }
-                                if let Some(new) = value.clone() {
-                                    session.give(((key.clone(), new), at, 1));
-                                }
-                                state.current = value;
-                            }
-                            if state.versions.is_empty() && state.current.is_none() {
-                                keys.remove(&key);
-                            }
-                        }
-                    }
-                    // Release records no admitted update can reach any more, below each key's
-                    // latest such (settled) record.
-                    while let Some(entry) = settling.first_entry() {
-                        if frontier.less_equal(entry.key()) {
-                            break;
-                        }
-                        for key in entry.remove() {
-                            let Some(state) = keys.get_mut(&key) else { continue };
-                            let settled = state
-                                .versions
-                                .iter()
-                                .rev()
-                                .find(|((time, _), count)| {
-                                    **count > 0 && !frontier.less_equal(&time.saturating_add(lateness))
-                                })
-                                .map(|(version, _)| version.clone());
-                            let Some(settled) = settled else { continue };
-                            let tombstone = settled.1.is_none();
-                            let kept = state.versions.split_off(&settled);
-                            live -= state.versions.len();
-                            state.versions = kept;
-                            if tombstone {
-                                state.versions.remove(&settled);
-                                live -= 1;
-                            }
-                            if state.versions.is_empty() {
-                                debug_assert!(state.current.is_none(), "a key with a value keeps its latest record");
-                                keys.remove(&key);
-                            }
-                        }
-                    }
-                    if let Some(metrics) = &state {
-                        metrics.set(worker, peers, live);
-                    }
+        let keep_late = policy == LatePolicy::SideOutput;
+        let late = late.filter(move |_| keep_late);
+        let logic = UpsertLogic {
+            lateness,
+            keys: FastMap::default(),
+            settling: BTreeMap::new(),
+            live: 0,
+            holds: Holds::default(),
+        };
+        let (view, _) =
+            unary(admitted, temporal.driven(name), |record: &Event<K, Option<V>>| record.key.hashed(), logic);
+        (Table { view }, late.as_collection())
+    }
+}
+
+struct UpsertLogic<K, V> {
+    lateness: u64,
+    keys: FastMap<K, KeyVersions<V>>,
+    /// Keys with records that settle (can no longer be updated) after each time.
+    settling: BTreeMap<Time, Vec<K>>,
+    live: usize,
+    holds: Holds,
+}
+
+impl<K: ExchangeData, V: ExchangeData> TemporalLogic for UpsertLogic<K, V> {
+    type Input = Event<K, Option<V>>;
+    type Timer = ();
+    type Output = (K, V);
+    type Late = ();
+
+    fn step(&mut self, inputs: &mut Vec<(Self::Input, isize)>, _timers: &mut Vec<()>, step: &mut Step<'_, Self>) {
+        let at = step.time();
+        consolidate(inputs);
+        let mut updates = inputs.drain(..).peekable();
+        while let Some((first, diff)) = updates.next() {
+            let key = first.key;
+            let state = match self.keys.get_mut(&key) {
+                Some(state) => state,
+                None => {
+                    self.holds.hold(at);
+                    self.keys.entry(key.clone()).or_insert_with(|| KeyVersions {
+                        versions: BTreeMap::new(),
+                        current: None,
+                        since: at,
+                    })
                 }
-            },
-        );
-        (Table { view: view.as_collection() }, late.as_collection())
+            };
+            let (settling, live, lateness) = (&mut self.settling, &mut self.live, self.lateness);
+            let mut apply = |time: Time, value: Option<V>, diff: isize| {
+                settling.entry(time.saturating_add(lateness)).or_default().push(key.clone());
+                let slot = state.versions.entry((time, value)).or_insert(0);
+                if *slot == 0 {
+                    *live += 1;
+                }
+                *slot += diff;
+                if *slot == 0 {
+                    *live -= 1;
+                }
+            };
+            apply(first.time, first.value, diff);
+            while let Some((next, diff)) = updates.next_if(|(next, _)| next.key == key) {
+                apply(next.time, next.value, diff);
+            }
+            state.versions.retain(|_, count| *count != 0);
+            let latest = state.versions.iter().rev().find(|(_, count)| **count > 0);
+            let value = latest.and_then(|((_, value), _)| value.clone());
+            if value != state.current {
+                if let Some(old) = state.current.take() {
+                    step.give((key.clone(), old), -1);
+                }
+                if let Some(new) = value.clone() {
+                    step.give((key.clone(), new), 1);
+                }
+                state.current = value;
+            }
+            if state.versions.is_empty() && state.current.is_none() {
+                self.holds.release(state.since);
+                self.keys.remove(&key);
+            }
+        }
+    }
+
+    fn release(&mut self, frontier: Option<Time>) {
+        // Release records no admitted update can reach any more, below each key's latest such
+        // (settled) record.
+        let settled_by = |time: Time| frontier.is_none_or(|f| time < f);
+        while let Some(entry) = self.settling.first_entry() {
+            if !settled_by(*entry.key()) {
+                break;
+            }
+            for key in entry.remove() {
+                let Some(state) = self.keys.get_mut(&key) else { continue };
+                let lateness = self.lateness;
+                let settled = state
+                    .versions
+                    .iter()
+                    .rev()
+                    .find(|((time, _), count)| **count > 0 && settled_by(time.saturating_add(lateness)))
+                    .map(|(version, _)| version.clone());
+                let Some(settled) = settled else { continue };
+                let tombstone = settled.1.is_none();
+                let kept = state.versions.split_off(&settled);
+                self.live -= state.versions.len();
+                state.versions = kept;
+                if tombstone {
+                    state.versions.remove(&settled);
+                    self.live -= 1;
+                }
+                if state.versions.is_empty() {
+                    debug_assert!(state.current.is_none(), "a key with a value keeps its latest record");
+                    self.holds.release(state.since);
+                    self.keys.remove(&key);
+                }
+            }
+        }
+    }
+
+    fn live_entries(&self) -> usize {
+        self.live
+    }
+
+    fn oldest(&self) -> Option<Time> {
+        self.holds.oldest()
+    }
+}
+
+/// A table's changes, as upserts: stateless.
+struct ChangelogLogic<K, V>(std::marker::PhantomData<(K, V)>);
+
+impl<K: ExchangeData, V: ExchangeData> TemporalLogic for ChangelogLogic<K, V> {
+    type Input = (K, V);
+    type Timer = ();
+    type Output = Event<K, Option<V>>;
+    type Late = ();
+
+    fn step(&mut self, inputs: &mut Vec<(Self::Input, isize)>, _timers: &mut Vec<()>, step: &mut Step<'_, Self>) {
+        let at = step.time();
+        consolidate(inputs);
+        let mut changes: BTreeMap<K, Option<V>> = BTreeMap::new();
+        for ((key, value), diff) in inputs.drain(..) {
+            let slot = changes.entry(key).or_insert(None);
+            // Updates are sorted by value: the greatest inserted value wins.
+            if diff > 0 {
+                *slot = Some(value);
+            }
+        }
+        for (key, value) in changes {
+            step.give(Event::new(at, key, value), 1);
+        }
+    }
+
+    fn release(&mut self, _frontier: Option<Time>) {}
+
+    fn live_entries(&self) -> usize {
+        0
+    }
+
+    fn oldest(&self) -> Option<Time> {
+        None
     }
 }
 
@@ -433,6 +426,9 @@ pub trait Tables<'scope, K: 'static, V: 'static> {
 
 impl<'scope, K: ExchangeData, V: ExchangeData> Tables<'scope, K, V> for VecCollection<'scope, Time, (K, V)> {
     fn to_table(self) -> Table<'scope, K, V> {
+        // The arrangement keeps the collection's contents: an at-least-once source
+        // acknowledges nothing before its sinks are complete (see `crate::runtime::flow`).
+        crate::runtime::flow::group(self.inner.scope()).register_retention(crate::runtime::flow::Retention::Unbounded);
         let view = self.reduce_named("ToTable", |_key, values, out| {
             if let Some((value, _)) = values.iter().rev().find(|(_, count)| *count > 0) {
                 out.push(((*value).clone(), 1));

@@ -346,6 +346,9 @@ where
     V: ExchangeData + Sync,
 {
     fn publish(self, model: &ReadModel<K, V>) {
+        // The model lives outside the dataflow and is lost with the process: an at-least-once
+        // source acknowledges nothing before its sinks are complete (see `crate::runtime::flow`).
+        crate::runtime::flow::group(self.inner.scope()).register_retention(crate::runtime::flow::Retention::Unbounded);
         let placement = model.placement();
         let model = model.clone();
         let mut last: Option<Option<Time>> = None;

@@ -1,101 +1,32 @@
-//! Late records: the policy that decides their fate, and the record types of the late and
-//! dead-letter side outputs (DESIGN §3 and §10).
-
-use std::time::Duration;
+//! Late records: the policy that decides their fate (DESIGN §3), and the record type of the
+//! dead-letter side output (DESIGN §10).
+//!
+//! A record whose event time is below its source partition's watermark is *behind the
+//! watermark*: the source emits it at the watermark, its event time kept in its data, and
+//! counts it ([`PartitionStats::behind_watermark`](crate::runtime::metrics::PartitionStats)).
+//! Whether it is *late* is decided by the operator whose state it reaches, per window: it joins
+//! every window (session, dedup horizon, join interval) not yet emitted silently; a window
+//! already emitted whose `end + allowed_lateness` is still ahead of the watermark takes it and
+//! emits corrections; only a record with no such window left is late, and the operator's
+//! [`LatePolicy`] decides what happens to it.
 
 use serde::{Deserialize, Serialize};
 
 use crate::time::watermark::PartitionId;
-use crate::time::{Time, millis};
 
-/// What happens to a record whose event time is below its partition's watermark.
+/// What an operator does with a record too late for every window it belongs to.
 ///
-/// Whatever the policy, late records are counted per source and per partition
-/// ([`SourceMetrics`](crate::runtime::metrics::SourceMetrics)); none is dropped silently.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+/// Whatever the policy, late records are counted per operator
+/// ([`StateMetrics::late_skipped`](crate::runtime::metrics::StateMetrics::late_skipped)); none
+/// is dropped silently.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
 pub enum LatePolicy {
     /// Dropped, and counted.
     Drop,
-    /// Emitted on the source's late collection at the watermark, unchanged (the record keeps
-    /// its event time in its data).
+    /// Emitted, unchanged, on the operator's late output at the time it arrived (the watermark
+    /// of its partition then), and counted.
     #[default]
     SideOutput,
-    /// Inserted at the watermark `W` if its event time `t ≥ W - allowed_lateness`; operators
-    /// assign it by `t` and emit corrections. Older records go to the late collection.
-    Accept {
-        /// How far behind the watermark a record may be and still be accepted.
-        allowed_lateness: Duration,
-    },
-}
-
-/// The outcome of [`LatePolicy::decide`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LateDecision {
-    /// Not late: insert at its own event time.
-    OnTime,
-    /// Late and dropped.
-    Drop,
-    /// Late: to the late collection.
-    SideOutput,
-    /// Late but accepted: insert at the given time (the watermark).
-    Accept(Time),
-}
-
-impl LatePolicy {
-    /// Decides the fate of a record with event time `time` arriving at `watermark`.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use tideline::time::late::{LateDecision, LatePolicy};
-    ///
-    /// let policy = LatePolicy::Accept { allowed_lateness: Duration::from_millis(100) };
-    /// assert_eq!(policy.decide(1_000, 1_000), LateDecision::OnTime);
-    /// assert_eq!(policy.decide(950, 1_000), LateDecision::Accept(1_000));
-    /// assert_eq!(policy.decide(900, 1_000), LateDecision::Accept(1_000));
-    /// assert_eq!(policy.decide(899, 1_000), LateDecision::SideOutput);
-    /// ```
-    pub fn decide(&self, time: Time, watermark: Time) -> LateDecision {
-        if time >= watermark {
-            return LateDecision::OnTime;
-        }
-        match self {
-            LatePolicy::Drop => LateDecision::Drop,
-            LatePolicy::SideOutput => LateDecision::SideOutput,
-            LatePolicy::Accept { allowed_lateness } => {
-                if time >= watermark.saturating_sub(millis(*allowed_lateness)) {
-                    LateDecision::Accept(watermark)
-                } else {
-                    LateDecision::SideOutput
-                }
-            }
-        }
-    }
-
-    /// The allowed lateness in ms (zero unless `Accept`).
-    pub fn allowed_lateness_ms(&self) -> u64 {
-        match self {
-            LatePolicy::Accept { allowed_lateness } => millis(*allowed_lateness),
-            _ => 0,
-        }
-    }
-}
-
-/// A record that arrived behind its partition's watermark and was not accepted.
-///
-/// It travels on the late collection at time [`watermark`](Self::watermark), unchanged in
-/// [`record`](Self::record), with where it came from.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct LateRecord<D> {
-    /// The partition it was read from.
-    pub partition: PartitionId,
-    /// Its position in the partition (line number, offset, sequence number).
-    pub position: u64,
-    /// Its event time.
-    pub event_time: Time,
-    /// The partition's watermark when it arrived.
-    pub watermark: Time,
-    /// The record itself.
-    pub record: D,
 }
 
 /// A record that could not be decoded (DESIGN §10): never a crash, never a silent drop.

@@ -3,8 +3,20 @@
 //!
 //! An [`Aggregator`] keeps an accumulator per window and key. Accumulators are *mergeable*
 //! (so records are pre-aggregated on the worker that reads them, before the exchange, and a
-//! hot key does not serialize the pipeline) and *retractable* (a record with diff `-1` undoes
-//! one with `+1`, so aggregations work on changelogs, not only on append-only streams).
+//! hot key does not serialize the pipeline).
+//!
+//! Most streams are append-only: a source never retracts, and a late record *adds* to a window
+//! (the operator retracts the old *result*, which it keeps, not an input). [`Count`], [`Sum`],
+//! [`Avg`], [`Min`], [`Max`] and [`AllStats`] keep O(1) state per window and key. Aggregations
+//! over a changelog — a collection whose records are retracted again, such as a table's — need
+//! accumulators that can undo a record: [`Count`], [`Sum`] and [`Avg`] can; for the others use
+//! [`ExactMin`], [`ExactMax`] and [`ExactStats`], which keep every distinct value (as
+//! [`DistinctCount`], [`Top`] and [`Reduce`] do). A retraction reaching an aggregator that
+//! cannot undo it ([`Aggregator::retractable`] is false) is not applied: the window operators
+//! send it to their late output and count it.
+//!
+//! Sums are kept in `i128`: summing `i64` values cannot overflow (it would take 2⁶⁴ values of
+//! the largest magnitude).
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -14,19 +26,26 @@ use serde::{Deserialize, Serialize};
 
 use crate::runtime::ExchangeData;
 
-/// A mergeable, retractable aggregation of values `V`.
+/// A mergeable aggregation of values `V`.
 pub trait Aggregator<V>: Clone + 'static {
     /// The per-window, per-key accumulator (travels between workers, so it is serde data).
     type Acc: ExchangeData + Default;
     /// The aggregate's result.
     type Output: ExchangeData;
 
-    /// Adds `value` with multiplicity `diff` (negative to retract).
+    /// Adds `value` with multiplicity `diff` (negative to retract, only if
+    /// [`retractable`](Self::retractable)).
     fn add(&self, acc: &mut Self::Acc, value: &V, diff: isize);
     /// Merges another accumulator into `acc`.
     fn merge(&self, acc: &mut Self::Acc, other: Self::Acc);
     /// The result for an accumulator holding `count` records (net of retractions, never 0).
     fn finish(&self, acc: &Self::Acc, count: i64) -> Self::Output;
+    /// Whether a record can be retracted (`add` with a negative diff). Aggregators that keep
+    /// O(1) state, such as [`Min`], cannot: they never see a retraction (the window operators
+    /// send retractions they cannot apply to their late output).
+    fn retractable(&self) -> bool {
+        true
+    }
 }
 
 /// The number of records.
@@ -43,21 +62,87 @@ impl<V> Aggregator<V> for Count {
     }
 }
 
-/// The sum of integer values.
+/// The sum of integer values, in `i128` (it cannot overflow).
+///
+/// ```
+/// use tideline::window::aggregate::{Aggregator, Sum};
+///
+/// let mut acc = 0i128;
+/// for _ in 0..3 {
+///     Sum.add(&mut acc, &9_000_000_000_000_000_000i64, 1);
+/// }
+/// assert_eq!(Aggregator::<i64>::finish(&Sum, &acc, 3), 27_000_000_000_000_000_000);
+/// ```
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Sum;
 
 impl<V: Copy + Into<i64>> Aggregator<V> for Sum {
-    type Acc = i64;
-    type Output = i64;
-    fn add(&self, acc: &mut i64, value: &V, diff: isize) {
-        *acc += (*value).into() * diff as i64;
+    type Acc = i128;
+    type Output = i128;
+    fn add(&self, acc: &mut i128, value: &V, diff: isize) {
+        *acc += i128::from((*value).into()) * diff as i128;
     }
-    fn merge(&self, acc: &mut i64, other: i64) {
+    fn merge(&self, acc: &mut i128, other: i128) {
         *acc += other;
     }
-    fn finish(&self, acc: &i64, _: i64) -> i64 {
+    fn finish(&self, acc: &i128, _: i64) -> i128 {
         *acc
+    }
+}
+
+/// The smallest value so far: O(1) state; insert-only (see [`ExactMin`] for changelogs).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Min;
+
+impl<V: ExchangeData> Aggregator<V> for Min {
+    type Acc = Option<V>;
+    type Output = V;
+    fn add(&self, acc: &mut Option<V>, value: &V, diff: isize) {
+        assert!(diff > 0, "Min cannot retract a value (use ExactMin for changelogs)");
+        if acc.as_ref().is_none_or(|m| value < m) {
+            *acc = Some(value.clone());
+        }
+    }
+    fn merge(&self, acc: &mut Option<V>, other: Option<V>) {
+        if let Some(other) = other
+            && acc.as_ref().is_none_or(|m| other < *m)
+        {
+            *acc = Some(other);
+        }
+    }
+    fn finish(&self, acc: &Option<V>, _: i64) -> V {
+        acc.clone().expect("a non-empty window has a minimum")
+    }
+    fn retractable(&self) -> bool {
+        false
+    }
+}
+
+/// The largest value so far: O(1) state; insert-only (see [`ExactMax`] for changelogs).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Max;
+
+impl<V: ExchangeData> Aggregator<V> for Max {
+    type Acc = Option<V>;
+    type Output = V;
+    fn add(&self, acc: &mut Option<V>, value: &V, diff: isize) {
+        assert!(diff > 0, "Max cannot retract a value (use ExactMax for changelogs)");
+        if acc.as_ref().is_none_or(|m| value > m) {
+            *acc = Some(value.clone());
+        }
+    }
+    fn merge(&self, acc: &mut Option<V>, other: Option<V>) {
+        if let Some(other) = other
+            && acc.as_ref().is_none_or(|m| other > *m)
+        {
+            *acc = Some(other);
+        }
+    }
+    fn finish(&self, acc: &Option<V>, _: i64) -> V {
+        acc.clone().expect("a non-empty window has a maximum")
+    }
+    fn retractable(&self) -> bool {
+        false
     }
 }
 
@@ -132,11 +217,12 @@ impl<V: Ord + Clone> Multiset<V> {
     }
 }
 
-/// The smallest value (exact under retractions).
+/// The smallest value, exact under retractions: keeps every distinct value (for changelogs;
+/// [`Min`] keeps O(1) state for append-only input).
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Min;
+pub struct ExactMin;
 
-impl<V: ExchangeData> Aggregator<V> for Min {
+impl<V: ExchangeData> Aggregator<V> for ExactMin {
     type Acc = Multiset<V>;
     type Output = V;
     fn add(&self, acc: &mut Multiset<V>, value: &V, diff: isize) {
@@ -150,11 +236,12 @@ impl<V: ExchangeData> Aggregator<V> for Min {
     }
 }
 
-/// The largest value (exact under retractions).
+/// The largest value, exact under retractions: keeps every distinct value (for changelogs;
+/// [`Max`] keeps O(1) state for append-only input).
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Max;
+pub struct ExactMax;
 
-impl<V: ExchangeData> Aggregator<V> for Max {
+impl<V: ExchangeData> Aggregator<V> for ExactMax {
     type Acc = Multiset<V>;
     type Output = V;
     fn add(&self, acc: &mut Multiset<V>, value: &V, diff: isize) {
@@ -172,7 +259,7 @@ impl<V: ExchangeData> Aggregator<V> for Max {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Mean {
     /// Sum of the values.
-    pub sum: i64,
+    pub sum: i128,
     /// Number of values.
     pub count: i64,
 }
@@ -184,20 +271,20 @@ impl Mean {
     }
 }
 
-/// The average of integer values ([`Mean`]).
+/// The average of integer values ([`Mean`]); retractable.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Avg;
 
 impl<V: Copy + Into<i64>> Aggregator<V> for Avg {
-    type Acc = i64;
+    type Acc = i128;
     type Output = Mean;
-    fn add(&self, acc: &mut i64, value: &V, diff: isize) {
-        *acc += (*value).into() * diff as i64;
+    fn add(&self, acc: &mut i128, value: &V, diff: isize) {
+        *acc += i128::from((*value).into()) * diff as i128;
     }
-    fn merge(&self, acc: &mut i64, other: i64) {
+    fn merge(&self, acc: &mut i128, other: i128) {
         *acc += other;
     }
-    fn finish(&self, acc: &i64, count: i64) -> Mean {
+    fn finish(&self, acc: &i128, count: i64) -> Mean {
         Mean { sum: *acc, count }
     }
 }
@@ -207,22 +294,24 @@ impl<V: Copy + Into<i64>> Aggregator<V> for Avg {
 pub struct Stats {
     /// Number of records.
     pub count: i64,
-    /// Sum of the values.
-    pub sum: i64,
+    /// Sum of the values (in `i128`: it cannot overflow).
+    pub sum: i128,
     /// Smallest value.
     pub min: i64,
     /// Largest value.
     pub max: i64,
 }
 
-/// The accumulator of [`AllStats`].
-#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// The accumulator of [`AllStats`]: O(1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct StatsAcc {
-    sum: i64,
-    values: Multiset<i64>,
+    sum: i128,
+    /// Smallest and largest value, once there is one.
+    range: Option<(i64, i64)>,
 }
 
-/// Count, sum, min and max at once ([`Stats`]).
+/// Count, sum, min and max at once ([`Stats`]): O(1) state; insert-only (see [`ExactStats`]
+/// for changelogs).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct AllStats;
 
@@ -230,15 +319,55 @@ impl<V: Copy + Into<i64>> Aggregator<V> for AllStats {
     type Acc = StatsAcc;
     type Output = Stats;
     fn add(&self, acc: &mut StatsAcc, value: &V, diff: isize) {
+        assert!(diff > 0, "AllStats cannot retract a value (use ExactStats for changelogs)");
         let value: i64 = (*value).into();
-        acc.sum += value * diff as i64;
-        acc.values.add(&value, diff);
+        acc.sum += i128::from(value) * diff as i128;
+        acc.range = Some(match acc.range {
+            None => (value, value),
+            Some((min, max)) => (min.min(value), max.max(value)),
+        });
     }
     fn merge(&self, acc: &mut StatsAcc, other: StatsAcc) {
         acc.sum += other.sum;
-        acc.values.merge(other.values);
+        acc.range = match (acc.range, other.range) {
+            (None, r) | (r, None) => r,
+            (Some((a, b)), Some((c, d))) => Some((a.min(c), b.max(d))),
+        };
     }
     fn finish(&self, acc: &StatsAcc, count: i64) -> Stats {
+        let (min, max) = acc.range.unwrap_or_default();
+        Stats { count, sum: acc.sum, min, max }
+    }
+    fn retractable(&self) -> bool {
+        false
+    }
+}
+
+/// The accumulator of [`ExactStats`]: the sum and every distinct value.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ExactStatsAcc {
+    sum: i128,
+    values: Multiset<i64>,
+}
+
+/// Count, sum, min and max at once ([`Stats`]), exact under retractions: keeps every distinct
+/// value (for changelogs; [`AllStats`] keeps O(1) state for append-only input).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ExactStats;
+
+impl<V: Copy + Into<i64>> Aggregator<V> for ExactStats {
+    type Acc = ExactStatsAcc;
+    type Output = Stats;
+    fn add(&self, acc: &mut ExactStatsAcc, value: &V, diff: isize) {
+        let value: i64 = (*value).into();
+        acc.sum += i128::from(value) * diff as i128;
+        acc.values.add(&value, diff);
+    }
+    fn merge(&self, acc: &mut ExactStatsAcc, other: ExactStatsAcc) {
+        acc.sum += other.sum;
+        acc.values.merge(other.values);
+    }
+    fn finish(&self, acc: &ExactStatsAcc, count: i64) -> Stats {
         Stats {
             count,
             sum: acc.sum,
@@ -428,17 +557,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn min_and_max_survive_retractions() {
+    fn exact_min_and_max_survive_retractions() {
         let mut acc = Multiset::default();
         for v in [5i64, 3, 9, 3] {
-            Min.add(&mut acc, &v, 1);
+            ExactMin.add(&mut acc, &v, 1);
         }
-        assert_eq!(Aggregator::<i64>::finish(&Min, &acc, 4), 3);
-        Min.add(&mut acc, &3i64, -1);
-        assert_eq!(Aggregator::<i64>::finish(&Min, &acc, 3), 3);
-        Min.add(&mut acc, &3i64, -1);
-        assert_eq!(Aggregator::<i64>::finish(&Min, &acc, 2), 5);
-        assert_eq!(Aggregator::<i64>::finish(&Max, &acc, 2), 9);
+        assert_eq!(Aggregator::<i64>::finish(&ExactMin, &acc, 4), 3);
+        ExactMin.add(&mut acc, &3i64, -1);
+        assert_eq!(Aggregator::<i64>::finish(&ExactMin, &acc, 3), 3);
+        ExactMin.add(&mut acc, &3i64, -1);
+        assert_eq!(Aggregator::<i64>::finish(&ExactMin, &acc, 2), 5);
+        assert_eq!(Aggregator::<i64>::finish(&ExactMax, &acc, 2), 9);
     }
 
     #[test]
@@ -446,13 +575,38 @@ mod tests {
         let values = [4i64, -2, 7, 7, 0];
         let mut whole = StatsAcc::default();
         let (mut left, mut right) = (StatsAcc::default(), StatsAcc::default());
+        let mut exact = ExactStatsAcc::default();
         for (i, v) in values.iter().enumerate() {
             AllStats.add(&mut whole, v, 1);
             AllStats.add(if i % 2 == 0 { &mut left } else { &mut right }, v, 1);
+            ExactStats.add(&mut exact, v, 1);
         }
         Aggregator::<i64>::merge(&AllStats, &mut left, right);
         assert_eq!(left, whole);
         let stats = Aggregator::<i64>::finish(&AllStats, &whole, 5);
         assert_eq!(stats, Stats { count: 5, sum: 16, min: -2, max: 7 });
+        assert_eq!(Aggregator::<i64>::finish(&ExactStats, &exact, 5), stats);
+        let (mut min, mut max) = (None, None);
+        for v in values {
+            Min.add(&mut min, &v, 1);
+            Max.add(&mut max, &v, 1);
+        }
+        assert_eq!((Aggregator::<i64>::finish(&Min, &min, 5), Aggregator::<i64>::finish(&Max, &max, 5)), (-2, 7));
+    }
+
+    #[test]
+    fn sums_of_extreme_values_do_not_overflow() {
+        let mut stats = StatsAcc::default();
+        let mut exact = ExactStatsAcc::default();
+        for _ in 0..3 {
+            AllStats.add(&mut stats, &i64::MAX, 1);
+            ExactStats.add(&mut exact, &i64::MAX, 1);
+        }
+        let expected = 3 * i128::from(i64::MAX);
+        assert_eq!(Aggregator::<i64>::finish(&AllStats, &stats, 3).sum, expected);
+        assert_eq!(Aggregator::<i64>::finish(&ExactStats, &exact, 3).sum, expected);
+        let mut mean = 0i128;
+        Avg.add(&mut mean, &i64::MIN, 2);
+        assert_eq!(Aggregator::<i64>::finish(&Avg, &mean, 2).sum, 2 * i128::from(i64::MIN));
     }
 }

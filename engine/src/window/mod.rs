@@ -30,7 +30,8 @@
 //!
 //! A record is assigned to windows by the event time in its data ([`Event::time`]), not by
 //! the timestamp it travels at. Windows are `[start, end)` with starts at multiples of the
-//! slide; a window's result carries the timestamp `end - 1`, its last instant.
+//! slide; a window's result carries the timestamp `end - 1`, its last instant. Windows near
+//! the top of the time range end at `Time::MAX` at the latest (their ends saturate).
 //!
 //! # Emission
 //!
@@ -42,30 +43,46 @@
 //!
 //! # Late data
 //!
-//! Records accepted late by their source arrive at the watermark `W > end - 1`; the window's
-//! result is corrected at `W` (retraction of the old result, insertion of the new one). A
-//! record arriving at or after `end + allowed_lateness` finds its window released: if it is
-//! too late for every window it belongs to, it goes to the operator's late output
-//! ([`WindowedCollection::aggregate_with_late`]); if only for some, those windows skip it and
-//! count it.
+//! Lateness is decided per window, as in Flink and Kafka Streams (DESIGN §3). A record behind
+//! the watermark arrives at the watermark `W` with its event time `t < W` in its data. For each
+//! window containing `t`:
+//!
+//! - not yet emitted (`W ≤ end - 1`): the record counts in it silently, no correction;
+//! - emitted, and `end + allowed_lateness > W`: the record counts in it, and its result is
+//!   corrected at `W` (retraction of the old result, insertion of the new);
+//! - otherwise the window has expired and the record skips it.
+//!
+//! A record is **late** only if every window containing it has expired: it goes to the
+//! operator's late output ([`WindowedCollection::aggregate_with_late`], per its
+//! [`LatePolicy`](crate::time::late::LatePolicy)) and is counted in
+//! [`StateMetrics::late_skipped`](crate::runtime::metrics::StateMetrics::late_skipped). With an allowed lateness of 0 an emitted result is never
+//! corrected.
+//!
+//! For example, with tumbling windows of 3 s and no allowed lateness, a record at 1 980
+//! arriving behind watermark 1 985 still counts in `[0, 3 000)` (emitted at 2 999); one at
+//! 1 980 arriving behind watermark 3 100 is late. With sliding windows of 10 s every 2 s, a
+//! record at 7 000 arriving behind watermark 11 000 counts in `[4 000, 14 000)` and later
+//! windows, and skips `[0, 10 000)`, which was emitted at 9 999.
+//!
+//! Retractions (negative diffs) are applied if the aggregator can undo a record
+//! ([`Aggregator::retractable`]); otherwise they go to the late output, uncounted.
 //!
 //! # State
 //!
-//! One accumulator per live window and key, plus the pending updates of times the frontier
-//! has not passed. A window's state is released when the frontier passes
-//! `end + allowed_lateness`, without any retraction downstream. Live entries are reported to
-//! [`StateMetrics`] if one is attached.
+//! One accumulator per live window and key (O(1) for the built-in aggregators but the exact
+//! ones), and the records' pre-aggregated updates until the frontier passes their time. A
+//! window's state is released when the frontier passes `end + allowed_lateness - 1`, without
+//! any retraction downstream. Live entries are reported to the operator's
+//! [`StateMetrics`](crate::runtime::metrics::StateMetrics).
 //!
 //! # Checkpointing
 //!
-//! Window state is a function of the input records whose windows are still live; a checkpoint
-//! records those inputs (DESIGN §8).
+//! Window state is one accumulator per live window and key; a checkpoint records them.
 
 pub mod aggregate;
 mod operator;
 pub mod session;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use differential_dataflow::VecCollection;
@@ -73,7 +90,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::runtime::ExchangeData;
-use crate::runtime::metrics::StateMetrics;
+use crate::state::{Temporal, temporal_builder};
 use crate::time::{Event, Time, millis};
 use crate::window::aggregate::Aggregator;
 
@@ -154,7 +171,7 @@ impl WindowSpec {
         let last = time - time % self.slide;
         let first = if time >= self.size { (time - self.size) / self.slide * self.slide + self.slide } else { 0 };
         let (size, slide) = (self.size, self.slide);
-        (first..=last).step_by(slide as usize).map(move |start| Window { start, end: start + size })
+        (first..=last).step_by(slide as usize).map(move |start| Window { start, end: start.saturating_add(size) })
     }
 
     /// Panes are the common refinement of all windows: width `gcd(size, slide)`.
@@ -170,27 +187,17 @@ impl WindowSpec {
 
     /// The last instant of pane `pane`.
     pub(crate) fn pane_max_time(&self, pane: u64) -> Time {
-        (pane + 1) * self.pane - 1
+        (pane * self.pane).saturating_add(self.pane - 1)
     }
 
     /// The end of the last window containing pane `pane`.
     pub(crate) fn last_end_of_pane(&self, pane: u64) -> Time {
         let start = pane * self.pane;
-        start - start % self.slide + self.size
+        (start - start % self.slide).saturating_add(self.size)
     }
 }
 
-/// When window results are emitted (DESIGN §4).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum Emit {
-    /// One result per window and key once the frontier passes the window's end; afterwards
-    /// only explicit late corrections.
-    #[default]
-    Final,
-    /// The result is refined at every event time at which it changes (retraction of the old
-    /// result, insertion of the new one).
-    Updates,
-}
+pub use crate::state::Emit;
 
 /// One window's aggregate for one key.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -223,15 +230,7 @@ where
     V: ExchangeData,
 {
     fn windows(self, spec: WindowSpec) -> WindowedCollection<'scope, K, V> {
-        WindowedCollection {
-            events: self,
-            spec,
-            emit: Emit::Final,
-            allowed_lateness: 0,
-            name: None,
-            state: None,
-            pre_aggregate: true,
-        }
+        WindowedCollection { events: self, spec, temporal: Temporal::default(), pre_aggregate: true }
     }
 
     fn tumbling(self, size: Duration) -> WindowedCollection<'scope, K, V> {
@@ -243,47 +242,22 @@ where
     }
 }
 
-/// A windowed collection, configured fluently and then aggregated.
+/// A windowed collection, configured fluently (emission, allowed lateness, late policy, name,
+/// metrics: [`TemporalBuilder`](crate::state::TemporalBuilder)) and then aggregated.
 pub struct WindowedCollection<'scope, K: 'static, V: 'static> {
     events: VecCollection<'scope, Time, Event<K, V>>,
     spec: WindowSpec,
-    emit: Emit,
-    allowed_lateness: u64,
-    name: Option<String>,
-    state: Option<Arc<StateMetrics>>,
+    temporal: Temporal,
     pre_aggregate: bool,
 }
+
+temporal_builder!(WindowedCollection<'scope, K, V>);
 
 impl<'scope, K, V> WindowedCollection<'scope, K, V>
 where
     K: ExchangeData,
     V: ExchangeData,
 {
-    /// Sets the emission mode (default [`Emit::Final`]).
-    pub fn emit(mut self, emit: Emit) -> Self {
-        self.emit = emit;
-        self
-    }
-
-    /// Keeps window state for `lateness` after the window's end, to apply late corrections.
-    /// Match the source's `LatePolicy::Accept { allowed_lateness }`.
-    pub fn allowed_lateness(mut self, lateness: Duration) -> Self {
-        self.allowed_lateness = millis(lateness);
-        self
-    }
-
-    /// Names the operator (for logs, diagnostics and metrics).
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = Some(name.into());
-        self
-    }
-
-    /// Reports live state entries (window × key) to `metrics`.
-    pub fn state_metrics(mut self, metrics: Arc<StateMetrics>) -> Self {
-        self.state = Some(metrics);
-        self
-    }
-
     /// Turns off local pre-aggregation before the exchange (on by default; off only to
     /// measure what it buys).
     pub fn pre_aggregate(mut self, enabled: bool) -> Self {
@@ -299,8 +273,9 @@ where
         self.aggregate_with_late(aggregator).0
     }
 
-    /// Aggregates each window and key, and returns the records that arrived too late for
-    /// every window they belong to (at or after `end + allowed_lateness`), unchanged.
+    /// Aggregates each window and key, and returns the records that could not be applied,
+    /// unchanged: those late for every window they belong to, and retractions the aggregator
+    /// cannot undo.
     pub fn aggregate_with_late<A>(
         self,
         aggregator: A,

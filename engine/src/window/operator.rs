@@ -1,32 +1,39 @@
-//! The window aggregation operators: a local pre-aggregation by pane, an exchange by key, and
-//! the keyed window operator that emits results as the frontier passes their times.
+//! The tumbling and sliding window aggregation: a local pre-aggregation by pane, then the
+//! keyed window logic on the temporal driver, which emits results as the frontier passes the
+//! windows' ends.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use differential_dataflow::hashable::Hashable;
 use differential_dataflow::{AsCollection, VecCollection};
 use serde::{Deserialize, Serialize};
-use timely::dataflow::channels::pact::{Exchange, Pipeline};
-use timely::dataflow::operators::Capability;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
-use timely::dataflow::operators::generic::{Operator, OutputBuilder};
 
 use crate::runtime::ExchangeData;
-use crate::state::FastMap;
+use crate::runtime::metrics::StateMetrics;
+use crate::state::driver::{Step, TemporalLogic, unary};
+use crate::state::{Emit, FastMap};
+use crate::time::late::LatePolicy;
 use crate::time::{Event, Time};
 use crate::window::aggregate::Aggregator;
-use crate::window::{Emit, Window, WindowResult, WindowedCollection};
+use crate::window::{Window, WindowResult, WindowSpec, WindowedCollection};
 
-/// Pre-aggregated updates of one key in one pane.
+/// Pre-aggregated updates of one key in one pane, at one dataflow time.
 ///
-/// `time` is `None` when every update happened at or before the pane's last instant; in
-/// `Final` mode those all land at the end of each window containing the pane, so their exact
-/// times do not matter. Otherwise it is the exact time of the updates.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+/// `on_time` when every update arrived before any window containing the pane was emitted
+/// (with [`Emit::Final`]): then it travels at the time of the batch it was read in, and only
+/// the windows' emission shows it. Otherwise it travels at its exact arrival time, at which
+/// windows emitted before take it as a correction (and, with [`Emit::Updates`], every window
+/// shows it).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub(crate) struct PaneDelta<K, A> {
     key: K,
     pane: u64,
-    time: Option<Time>,
+    on_time: bool,
     acc: A,
     count: i64,
 }
@@ -42,261 +49,115 @@ where
     V: ExchangeData,
     A: Aggregator<V>,
 {
-    let WindowedCollection { events, spec, emit, allowed_lateness, name, state, pre_aggregate } = windowed;
-    let name = name.unwrap_or_else(|| format!("Window(size={}ms, slide={}ms)", spec.size(), spec.slide()));
+    let WindowedCollection { events, spec, mut temporal, pre_aggregate } = windowed;
+    let name = temporal.name_or(|| format!("Window(size={}ms, slide={}ms)", spec.size(), spec.slide()));
+    let metrics = Arc::clone(temporal.metrics.get_or_insert_with(StateMetrics::new));
+    let (emit, lateness, policy) = (temporal.emit, temporal.allowed_lateness, temporal.late);
 
-    // Stage 1 (local): assign records to panes, split off records too late for every window,
-    // and pre-aggregate per (key, pane, time class) within each batch.
-    let results_scope = events.inner.scope();
-    let mut builder = OperatorBuilder::new(format!("{name}: pre-aggregate"), results_scope);
+    // Stage 1 (local): assign records to panes, set aside records late for every window and
+    // retractions the aggregator cannot undo, and pre-aggregate per (key, pane, time) within
+    // each batch. Lateness depends on a record's time and windows only, so it is decided here.
+    let scope = events.inner.scope();
+    let mut builder = OperatorBuilder::new(format!("{name}: pre-aggregate"), scope);
     let mut input = builder.new_input(events.inner, Pipeline);
     let (panes_output, panes) = builder.new_output();
     let (late_output, late) = builder.new_output();
-    let mut panes_output = OutputBuilder::<
-        _,
-        timely::container::CapacityContainerBuilder<Vec<Update<PaneDelta<K, A::Acc>>>>,
-    >::from(panes_output);
-    let mut late_output =
-        OutputBuilder::<_, timely::container::CapacityContainerBuilder<Vec<Update<Event<K, V>>>>>::from(late_output);
+    let mut panes_output =
+        OutputBuilder::<_, CapacityContainerBuilder<Vec<Update<PaneDelta<K, A::Acc>>>>>::from(panes_output);
+    let mut late_output = OutputBuilder::<_, CapacityContainerBuilder<Vec<Update<Event<K, V>>>>>::from(late_output);
     let combiner = aggregator.clone();
+    let retractable = aggregator.retractable();
     builder.build(move |_capabilities| {
         let mut combined: FastMap<(K, u64, Option<Time>), (A::Acc, i64)> = FastMap::default();
-        let mut passthrough: Vec<Update<PaneDelta<K, A::Acc>>> = Vec::new();
+        let mut deltas: Vec<Update<PaneDelta<K, A::Acc>>> = Vec::new();
+        let mut rejected: Vec<Update<Event<K, V>>> = Vec::new();
         move |_frontiers| {
             let mut panes_handle = panes_output.activate();
             let mut late_handle = late_output.activate();
-            let mut least: Option<Capability<Time>> = None;
             input.for_each(|cap, data| {
                 let Some(time) = cap.least().copied() else { return };
-                let mut too_late = Vec::new();
+                let mut late_records = 0;
                 for (event, at, diff) in data.drain(..) {
-                    let pane = spec.pane_of(event.time);
-                    if at >= spec.last_end_of_pane(pane).saturating_add(allowed_lateness) {
-                        too_late.push((event, at, diff));
+                    if diff == 0 {
                         continue;
                     }
-                    let class = if emit == Emit::Final && at <= spec.pane_max_time(pane) { None } else { Some(at) };
+                    if diff < 0 && !retractable {
+                        rejected.push((event, at, diff));
+                        continue;
+                    }
+                    let pane = spec.pane_of(event.time);
+                    // The pane's last window ends last: if it has expired, they all have.
+                    if at >= spec.last_end_of_pane(pane).saturating_add(lateness) {
+                        late_records += 1;
+                        if policy == LatePolicy::SideOutput {
+                            rejected.push((event, at, diff));
+                        }
+                        continue;
+                    }
+                    let exact = (emit == Emit::Updates || at > spec.pane_max_time(pane)).then_some(at);
                     if pre_aggregate {
-                        let slot = combined.entry((event.key, pane, class)).or_insert_with(|| (A::Acc::default(), 0));
+                        let slot = combined.entry((event.key, pane, exact)).or_insert_with(|| (A::Acc::default(), 0));
                         combiner.add(&mut slot.0, &event.value, diff);
                         slot.1 += diff as i64;
                     } else {
                         let mut acc = A::Acc::default();
                         combiner.add(&mut acc, &event.value, diff);
-                        passthrough.push((
-                            PaneDelta { key: event.key, pane, time: class, acc, count: diff as i64 },
-                            at,
+                        let delta =
+                            PaneDelta { key: event.key, pane, on_time: exact.is_none(), acc, count: diff as i64 };
+                        deltas.push((delta, exact.unwrap_or(time), 1));
+                    }
+                }
+                metrics.add_late_skipped(late_records);
+                if !rejected.is_empty() {
+                    late_handle.session(&cap).give_container(&mut rejected);
+                    rejected.clear();
+                }
+                for ((key, pane, exact), (acc, count)) in combined.drain() {
+                    if count != 0 || !is_default(&acc) {
+                        deltas.push((
+                            PaneDelta { key, pane, on_time: exact.is_none(), acc, count },
+                            exact.unwrap_or(time),
                             1,
                         ));
                     }
                 }
-                if !too_late.is_empty() {
-                    late_handle.session(&cap).give_container(&mut too_late);
-                }
-                if least.as_ref().is_none_or(|c| *c.time() > time) {
-                    least = cap.retain_least(0);
+                if !deltas.is_empty() {
+                    panes_handle.session(&cap).give_container(&mut deltas);
+                    deltas.clear();
                 }
             });
-            let Some(cap) = least else { return };
-            let time = *cap.time();
-            let mut session = panes_handle.session(&cap);
-            for ((key, pane, class), (acc, count)) in combined.drain() {
-                if count != 0 || !is_default(&acc) {
-                    session.give((PaneDelta { key, pane, time: class, acc, count }, time, 1));
-                }
-            }
-            session.give_iterator(passthrough.drain(..));
         }
     });
 
     // Stage 2 (by key): window state, emission as the frontier passes, release.
-    let (worker, peers) = (results_scope.index(), results_scope.peers());
-    // A record at time τ affects windows ending at most `size + allowed_lateness` later.
-    crate::runtime::flow::group(results_scope)
-        .register_retention(crate::runtime::flow::Retention::Bounded(spec.size().saturating_add(allowed_lateness)));
-    let exchange = Exchange::new(|update: &Update<PaneDelta<K, A::Acc>>| update.0.key.hashed());
-    let results = panes.unary_frontier(exchange, &name, move |_capability, _info| {
-        let mut windows: BTreeMap<Time, WindowState<K, A::Acc>> = BTreeMap::new();
-        let mut times: BTreeMap<Time, (Capability<Time>, BTreeSet<Time>)> = BTreeMap::new();
-        let mut live_entries: usize = 0;
-        let mut skipped: u64 = 0;
-        move |(input, frontier), output| {
-            input.for_each(|cap, data| {
-                for (delta, _, _) in data.drain(..) {
-                    let PaneDelta { key, pane, time: class, acc, count } = delta;
-                    let mut key = Some(key);
-                    let mut acc = Some(acc);
-                    let mut windows_of_pane = spec.windows_of_pane(pane).peekable();
-                    while let Some(window) = windows_of_pane.next() {
-                        let last = windows_of_pane.peek().is_none();
-                        let at = match (emit, class) {
-                            (Emit::Final, None) => window.max_time(),
-                            (Emit::Final, Some(t)) => t.max(window.max_time()),
-                            (Emit::Updates, Some(t)) => t,
-                            (Emit::Updates, None) => unreachable!("updates keep exact times"),
-                        };
-                        if at >= window.end.saturating_add(allowed_lateness) {
-                            skipped += 1;
-                            continue;
-                        }
-                        let state = windows.entry(window.end).or_insert_with(|| WindowState::new(window));
-                        let k = if last { key.take().expect("key") } else { key.clone().expect("key") };
-                        let a = if last { acc.take().expect("acc") } else { acc.clone().expect("acc") };
-                        let (slot, created) = state.slot(k);
-                        live_entries += created as usize;
-                        let merge = |into: &mut A::Acc, from: A::Acc| aggregator.merge(into, from);
-                        if state.slots[slot].pending.add(at, a, count, merge) {
-                            match state.dirty.entry(at) {
-                                std::collections::btree_map::Entry::Occupied(mut dirty) => {
-                                    dirty.get_mut().push(slot as u32)
-                                }
-                                std::collections::btree_map::Entry::Vacant(dirty) => {
-                                    // The first pending update of this window at `at`.
-                                    dirty.insert(vec![slot as u32]);
-                                    times
-                                        .entry(at)
-                                        .or_insert_with(|| (cap.delayed(&at, 0), BTreeSet::new()))
-                                        .1
-                                        .insert(window.end);
-                                }
-                            }
-                        }
-                    }
-                }
-            });
-
-            // Emit every time the frontier has passed, in time order.
-            while let Some(entry) = times.first_entry() {
-                if frontier.less_equal(entry.key()) {
-                    break;
-                }
-                let (at, (cap, ends)) = entry.remove_entry();
-                let mut session = output.session(&cap);
-                for end in ends {
-                    let state = windows.get_mut(&end).expect("pending window is live");
-                    let window = state.window;
-                    for slot in state.dirty.remove(&at).unwrap_or_default() {
-                        let entry = &mut state.slots[slot as usize];
-                        let (time, acc, count) = entry.pending.pop_front().expect("a dirty slot has a pending update");
-                        debug_assert_eq!(time, at, "pending updates are applied in time order");
-                        let before = (entry.count != 0).then(|| aggregator.finish(&entry.acc, entry.count));
-                        aggregator.merge(&mut entry.acc, acc);
-                        entry.count += count;
-                        let after = (entry.count != 0).then(|| aggregator.finish(&entry.acc, entry.count));
-                        if before != after {
-                            let key = &entry.key;
-                            if let Some(value) = before {
-                                session.give((WindowResult { window, key: key.clone(), value }, at, -1));
-                            }
-                            if let Some(value) = after {
-                                session.give((WindowResult { window, key: key.clone(), value }, at, 1));
-                            }
-                        }
-                    }
-                }
-            }
-
-            // Release windows no future update can reach: the frontier has passed end + L - 1.
-            while let Some(entry) = windows.first_entry() {
-                let horizon = entry.get().window.end.saturating_add(allowed_lateness);
-                if frontier.less_equal(&(horizon - 1)) {
-                    break;
-                }
-                live_entries -= entry.get().slots.len();
-                entry.remove();
-            }
-            if let Some(metrics) = &state {
-                metrics.set(worker, peers, live_entries);
-                metrics.add_late_skipped(std::mem::take(&mut skipped));
-            }
-        }
-    });
-
-    (results.as_collection(), late.as_collection())
+    let logic = WindowLogic { spec, emit, lateness, aggregator, windows: BTreeMap::new(), dirty: Vec::new(), live: 0 };
+    let (results, _) = unary(panes, temporal.driven(name), |delta: &PaneDelta<K, A::Acc>| delta.key.hashed(), logic);
+    (results, late.as_collection())
 }
 
 fn is_default<T: Default + PartialEq>(value: &T) -> bool {
     *value == T::default()
 }
 
-/// One key's state in one window: the accumulator of emitted updates and the updates pending
-/// emission, by output time.
+/// One key's state in one window.
 struct Slot<K, A> {
     key: K,
     acc: A,
     count: i64,
-    pending: Pending<A>,
+    /// Marked changed in the current step (its result before the step is in
+    /// [`WindowLogic::dirty`]).
+    dirty: bool,
 }
 
-/// Pending updates of a slot in time order; almost always none or one, kept inline.
-enum Pending<A> {
-    None,
-    One(Time, A, i64),
-    Many(std::collections::VecDeque<(Time, A, i64)>),
-}
-
-impl<A> Pending<A> {
-    /// Adds an update at `at`, merging with one at the same time. Returns whether `at` is new.
-    fn add(&mut self, at: Time, acc: A, count: i64, merge: impl Fn(&mut A, A)) -> bool {
-        match self {
-            Pending::None => {
-                *self = Pending::One(at, acc, count);
-                true
-            }
-            Pending::One(t, a, c) if *t == at => {
-                merge(a, acc);
-                *c += count;
-                false
-            }
-            Pending::One(..) => {
-                let Pending::One(t, a, c) = std::mem::replace(self, Pending::None) else { unreachable!() };
-                let mut many = std::collections::VecDeque::with_capacity(2);
-                many.push_back((t, a, c));
-                *self = Pending::Many(many);
-                self.add(at, acc, count, merge)
-            }
-            Pending::Many(items) => match items.binary_search_by_key(&at, |p| p.0) {
-                Ok(found) => {
-                    merge(&mut items[found].1, acc);
-                    items[found].2 += count;
-                    false
-                }
-                Err(position) => {
-                    items.insert(position, (at, acc, count));
-                    true
-                }
-            },
-        }
-    }
-
-    /// Removes the earliest pending update.
-    fn pop_front(&mut self) -> Option<(Time, A, i64)> {
-        match std::mem::replace(self, Pending::None) {
-            Pending::None => None,
-            Pending::One(t, a, c) => Some((t, a, c)),
-            Pending::Many(mut items) => {
-                let first = items.pop_front();
-                match items.len() {
-                    0 => {}
-                    1 => {
-                        let (t, a, c) = items.pop_front().expect("one left");
-                        *self = Pending::One(t, a, c);
-                    }
-                    _ => *self = Pending::Many(items),
-                }
-                first
-            }
-        }
-    }
-}
-
-/// The state of one window: a slot per key, an index from keys to slots, and which slots have
-/// updates pending at which time.
+/// The state of one window: a slot per key and an index from keys to slots.
 struct WindowState<K, A> {
     window: Window,
     index: hashbrown::HashTable<u32>,
     slots: Vec<Slot<K, A>>,
-    dirty: BTreeMap<Time, Vec<u32>>,
+    /// Whether its Final result has been emitted.
+    emitted: bool,
+    /// The earliest dataflow time of the updates folded in.
+    since: Time,
 }
 
 fn hash_key<K: std::hash::Hash>(key: &K) -> u64 {
@@ -305,8 +166,8 @@ fn hash_key<K: std::hash::Hash>(key: &K) -> u64 {
 }
 
 impl<K: ExchangeData, A: Default> WindowState<K, A> {
-    fn new(window: Window) -> Self {
-        WindowState { window, index: hashbrown::HashTable::new(), slots: Vec::new(), dirty: BTreeMap::new() }
+    fn new(window: Window, since: Time) -> Self {
+        WindowState { window, index: hashbrown::HashTable::new(), slots: Vec::new(), emitted: false, since }
     }
 
     /// The slot of `key`, and whether it was created.
@@ -319,7 +180,150 @@ impl<K: ExchangeData, A: Default> WindowState<K, A> {
         let slot = self.slots.len();
         let slots = &self.slots;
         self.index.insert_unique(hash, slot as u32, |s| hash_key(&slots[*s as usize].key));
-        self.slots.push(Slot { key, acc: A::default(), count: 0, pending: Pending::None });
+        self.slots.push(Slot { key, acc: A::default(), count: 0, dirty: false });
         (slot, true)
+    }
+}
+
+/// What a window timer does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Due {
+    /// The window's end has passed: emit its results (Final).
+    Complete,
+    /// Nothing can correct the window any more: release it.
+    Expire,
+}
+
+struct WindowLogic<K, V, A: Aggregator<V>> {
+    spec: WindowSpec,
+    emit: Emit,
+    lateness: u64,
+    aggregator: A,
+    /// Live windows by end.
+    windows: BTreeMap<Time, WindowState<K, A::Acc>>,
+    /// Slots changed in the current step, with the result downstream held before it.
+    dirty: Vec<(Time, u32, Option<A::Output>)>,
+    live: usize,
+}
+
+impl<K: ExchangeData, V: ExchangeData, A: Aggregator<V>> WindowLogic<K, V, A> {
+    /// When the window ending at `end` emits its Final result, and when it is released.
+    fn due(&self, end: Time) -> (Time, Time) {
+        let complete = end - 1;
+        (complete, end.saturating_add(self.lateness) - 1)
+    }
+
+    fn apply(&mut self, time: Time, delta: PaneDelta<K, A::Acc>, step: &mut Step<'_, Self>) {
+        let PaneDelta { key, pane, on_time, acc, count } = delta;
+        let mut key = Some(key);
+        let mut acc = Some(acc);
+        let mut windows = self.spec.windows_of_pane(pane).peekable();
+        while let Some(window) = windows.next() {
+            let last = windows.peek().is_none();
+            let (complete, expire) = self.due(window.end);
+            if time > expire {
+                continue; // expired for this window (the record was not late for all)
+            }
+            // Silent unless the window has been shown: a Final result emitted (`time` past its
+            // end), or every change shown (Updates).
+            let shown = match self.emit {
+                Emit::Final => !on_time && time > complete,
+                Emit::Updates => true,
+            };
+            let state = match self.windows.entry(window.end) {
+                std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
+                std::collections::btree_map::Entry::Vacant(entry) => {
+                    // A window first seen after its end (a record behind the watermark, within
+                    // the allowed lateness) has shown nothing: its result appears as a correction.
+                    if self.emit == Emit::Final && complete >= time {
+                        step.schedule(complete, (Due::Complete, window.end));
+                    }
+                    if !(self.emit == Emit::Final && expire == complete) {
+                        step.schedule(expire, (Due::Expire, window.end));
+                    }
+                    let mut state = WindowState::new(window, time);
+                    state.emitted = complete < time;
+                    entry.insert(state)
+                }
+            };
+            state.since = state.since.min(time);
+            let k = if last { key.take().expect("key") } else { key.clone().expect("key") };
+            let a = if last { acc.take().expect("acc") } else { acc.clone().expect("acc") };
+            let (slot, created) = state.slot(k);
+            self.live += created as usize;
+            let entry = &mut state.slots[slot];
+            if shown && !entry.dirty {
+                entry.dirty = true;
+                let before = (entry.count != 0).then(|| self.aggregator.finish(&entry.acc, entry.count));
+                self.dirty.push((window.end, slot as u32, before));
+            }
+            self.aggregator.merge(&mut entry.acc, a);
+            entry.count += count;
+        }
+    }
+}
+
+impl<K: ExchangeData, V: ExchangeData, A: Aggregator<V>> TemporalLogic for WindowLogic<K, V, A> {
+    type Input = PaneDelta<K, A::Acc>;
+    type Timer = (Due, Time);
+    type Output = WindowResult<K, A::Output>;
+    type Late = ();
+
+    fn step(
+        &mut self,
+        inputs: &mut Vec<(Self::Input, isize)>,
+        timers: &mut Vec<Self::Timer>,
+        step: &mut Step<'_, Self>,
+    ) {
+        let time = step.time();
+        for (delta, _) in inputs.drain(..) {
+            self.apply(time, delta, step);
+        }
+        // Corrections (and, with Updates, every change) at this step's time.
+        for (end, slot, before) in self.dirty.drain(..) {
+            let state = self.windows.get_mut(&end).expect("a dirty window is live");
+            let entry = &mut state.slots[slot as usize];
+            entry.dirty = false;
+            let after = (entry.count != 0).then(|| self.aggregator.finish(&entry.acc, entry.count));
+            if before != after {
+                if let Some(value) = before {
+                    step.give(WindowResult { window: state.window, key: entry.key.clone(), value }, -1);
+                }
+                if let Some(value) = after {
+                    step.give(WindowResult { window: state.window, key: entry.key.clone(), value }, 1);
+                }
+            }
+        }
+        timers.sort_unstable();
+        timers.dedup();
+        for (_, end) in timers.drain(..) {
+            let (complete, expire) = self.due(end);
+            let Some(state) = self.windows.get_mut(&end) else { continue };
+            if self.emit == Emit::Final && complete == time && !state.emitted {
+                state.emitted = true;
+                for entry in &state.slots {
+                    if entry.count != 0 {
+                        let value = self.aggregator.finish(&entry.acc, entry.count);
+                        step.give(WindowResult { window: state.window, key: entry.key.clone(), value }, 1);
+                    }
+                }
+            }
+            if expire == time {
+                let state = self.windows.remove(&end).expect("live");
+                self.live -= state.slots.len();
+            }
+        }
+    }
+
+    fn release(&mut self, _frontier: Option<Time>) {
+        // Windows are released by their timers, in time order.
+    }
+
+    fn live_entries(&self) -> usize {
+        self.live
+    }
+
+    fn oldest(&self) -> Option<Time> {
+        self.windows.values().map(|w| w.since).min()
     }
 }

@@ -1,5 +1,4 @@
-//! Session windows by key: maximal runs of a key's events separated by less than a gap
-//! (DESIGN §4–5).
+//! Session windows by key: maximal runs of a key's events at most a gap apart (DESIGN §3–5).
 //!
 //! ```
 //! use std::time::Duration;
@@ -10,8 +9,8 @@
 //! let events = vec![
 //!     Event::new(1_000, 1u32, 1i64),
 //!     Event::new(1_500, 2, 1),
-//!     Event::new(2_500, 1, 1),
-//!     Event::new(9_000, 1, 1),
+//!     Event::new(6_000, 1, 1),
+//!     Event::new(11_001, 1, 1),
 //! ];
 //! let sessions = tideline::runtime::collect(2, move |scope| {
 //!     let events = events.clone();
@@ -20,63 +19,71 @@
 //!         .sessions(Duration::from_secs(5))
 //!         .aggregate(Count)
 //! });
-//! // (session start = first event, session end = last event + gap, key, count), and when.
+//! // (session start = first event, session end = last event + gap, key, count), and when:
+//! // 1_000 and 6_000 are exactly one gap apart, so they share a session.
 //! let rows: Vec<_> =
 //!     sessions.iter().map(|(r, time, diff)| (r.window.start, r.window.end, r.key, r.value, *time, *diff)).collect();
 //! assert_eq!(rows, vec![
-//!     (1_500, 6_500, 2, 1, 6_499, 1),
-//!     (1_000, 7_500, 1, 2, 7_499, 1),
-//!     (9_000, 14_000, 1, 1, 13_999, 1),
+//!     (1_500, 6_500, 2, 1, 6_500, 1),
+//!     (1_000, 11_000, 1, 2, 11_000, 1),
+//!     (11_001, 16_001, 1, 1, 16_001, 1),
 //! ]);
 //! ```
 //!
 //! # Event time
 //!
 //! A session of a key is a maximal set of its events, by the event time in their data
-//! ([`Event::time`]), whose consecutive times are less than `gap` apart. Its result is a
-//! [`WindowResult`] whose window is `[first event, last event + gap)`: the first event time is
-//! `window.start` and the last is `window.end - gap`. Events may arrive in any order: an event
-//! that falls between two sessions and is less than `gap` from both merges them into one.
+//! ([`Event::time`]), whose consecutive times are **at most** `gap` apart (as in Flink and
+//! Kafka Streams). Its result is a [`WindowResult`] whose window is `[first event, last event +
+//! gap)`: the first event time is `window.start` and the last is `window.end - gap`. Events may
+//! arrive in any order: an event that falls between two sessions and is at most `gap` from both
+//! merges them into one.
 //!
-//! Let `R≤τ` be the input records at dataflow times `≤ τ`. With [`Emit::Updates`] the output
-//! as of `τ` is every session of `R≤τ`, open ones included; with [`Emit::Final`] (the
-//! default) it is the sessions `s` of `R≤τ` with `s.end - 1 ≤ τ`: a session appears once, at
-//! its last instant `last + gap - 1`, when no on-time record can extend it any more. The
-//! output changes only at record times and at those instants, and is a deterministic
-//! function of the input collection: identical for any number of workers.
+//! A session is complete once the frontier has passed `last + gap` (an event at exactly
+//! `last + gap` still joins it): with [`Emit::Final`] (the default) its result carries the
+//! timestamp `last + gap = window.end`. With [`Emit::Updates`] every session is in the output
+//! from the time of its first record, refined (retraction and insertion) at every time it
+//! changes. Either way the output is a deterministic function of the input collection:
+//! identical for any number of workers.
 //!
 //! # Late data
 //!
-//! A record accepted late by its source arrives at the watermark `W` with event time `t < W`.
-//! If it extends sessions or merges them, the output retracts the old sessions at `W` and
-//! inserts the new one, at `W` if its last instant has passed, otherwise at its last instant
-//! (with [`Emit::Final`]). A record at dataflow time `τ > t + allowed_lateness` is too late:
-//! it goes to the operator's late output ([`SessionCollection::aggregate_with_late`]) and is
-//! counted in [`StateMetrics::late_skipped`]. With a source policy
-//! `LatePolicy::Accept { allowed_lateness }` and the same lateness here that never happens.
+//! A record behind the watermark arrives at the watermark `W` with event time `t < W`
+//! (DESIGN §3). It joins the sessions it is at most `gap` from that are still live — not yet
+//! emitted (`W ≤ last + gap`), or emitted and still correctable (`W ≤ last + gap +
+//! allowed_lateness`) — merging them if it bridges several. A session not yet emitted takes it
+//! silently; merging or extending an emitted session is a correction: the old results are
+//! retracted at `W` and the new session inserted at `W` if it is complete, otherwise when it
+//! completes. A record that reaches no live session starts one, `[t, t + gap)`; if that session
+//! would already have expired (`t + gap + allowed_lateness < W`) the record is **late**: it
+//! goes to the operator's late output ([`SessionCollection::aggregate_with_late`], per its
+//! [`LatePolicy`](crate::time::late::LatePolicy)) and is counted in
+//! [`StateMetrics::late_skipped`](crate::runtime::metrics::StateMetrics::late_skipped).
+//!
+//! For example, with a gap of 5 s and no allowed lateness, a session `{1 000}` is emitted at
+//! 6 000; a record at 5 500 arriving at watermark 5 800 joins it silently (`[1 000, 10 500)`
+//! is emitted at 10 500); a record at 3 000 arriving at watermark 7 000 finds `{1 000}`
+//! emitted and not correctable, and `[3 000, 8 000)` already expired: it is late.
 //!
 //! Sessions are defined over insertions: a retraction (negative diff) could split a session,
 //! which would require keeping every event. Records with negative diffs are not applied;
-//! they go to the late output too. Source collections never carry retractions.
+//! they go to the late output too (without being counted as late). Source collections never
+//! carry retractions.
 //!
 //! # State
 //!
-//! Per key, its live sessions in a map ordered by start, each with a mergeable accumulator;
-//! a new record touches at most the two sessions around it, so its cost does not depend on
-//! how many events the key has seen. Records are pre-aggregated into runs per key and time
-//! before the exchange, so a hot key does not serialize the pipeline. A session is released
-//! when the frontier passes `last + gap + allowed_lateness - 1`, without any retraction
-//! downstream. Live sessions are reported to [`StateMetrics`] if one is attached.
+//! Per key, its live sessions ordered by start (almost always one), each with a mergeable
+//! accumulator; a new record touches at most the sessions around it, so its cost does not
+//! depend on how many events the key has seen. Consecutive records of a key at the same time
+//! are combined before the exchange. A session is released when the frontier passes
+//! `last + gap + allowed_lateness`, without any retraction downstream. Live sessions are
+//! reported to the operator's [`StateMetrics`](crate::runtime::metrics::StateMetrics).
 //!
 //! # Checkpointing
 //!
 //! Session state is a function of the input records of live sessions; a checkpoint records
-//! those inputs (DESIGN §8).
+//! each live session per key.
 
-use std::collections::{BTreeMap, HashMap};
-use std::marker::PhantomData;
-use std::ops::Bound::Excluded;
-use std::sync::Arc;
 use std::time::Duration;
 
 use differential_dataflow::hashable::Hashable;
@@ -84,16 +91,17 @@ use differential_dataflow::{AsCollection, VecCollection};
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::Concat;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
 use crate::error::{Error, Result};
 use crate::runtime::ExchangeData;
-use crate::runtime::metrics::StateMetrics;
-use crate::state::driver::{KeyedLogic, StepOutput, is_applicable, keyed_operator};
+use crate::state::driver::{Holds, Step, TemporalLogic, unary};
+use crate::state::{Emit, FastMap, Temporal, temporal_builder};
 use crate::time::{Event, Time, millis};
 use crate::window::aggregate::Aggregator;
-use crate::window::{Emit, Window, WindowResult};
+use crate::window::{Window, WindowResult};
 
 /// Session windows on collections of [`Event`]s.
 ///
@@ -122,50 +130,26 @@ where
         if gap == 0 {
             return Err(Error::Config("session gap must be at least 1ms".into()));
         }
-        Ok(SessionCollection { events: self, gap, emit: Emit::Final, allowed_lateness: 0, name: None, state: None })
+        Ok(SessionCollection { events: self, gap, temporal: Temporal::default() })
     }
 }
 
-/// A collection in session windows, configured fluently and then aggregated.
+/// A collection in session windows, configured fluently (emission, allowed lateness, late
+/// policy, name, metrics: [`TemporalBuilder`](crate::state::TemporalBuilder)) and then
+/// aggregated.
 pub struct SessionCollection<'scope, K: 'static, V: 'static> {
     events: VecCollection<'scope, Time, Event<K, V>>,
     gap: u64,
-    emit: Emit,
-    allowed_lateness: u64,
-    name: Option<String>,
-    state: Option<Arc<StateMetrics>>,
+    temporal: Temporal,
 }
+
+temporal_builder!(SessionCollection<'scope, K, V>);
 
 impl<'scope, K, V> SessionCollection<'scope, K, V>
 where
     K: ExchangeData,
     V: ExchangeData,
 {
-    /// Sets the emission mode (default [`Emit::Final`]).
-    pub fn emit(mut self, emit: Emit) -> Self {
-        self.emit = emit;
-        self
-    }
-
-    /// Keeps session state for `lateness` after the session's end, to apply late corrections.
-    /// Match the source's `LatePolicy::Accept { allowed_lateness }`.
-    pub fn allowed_lateness(mut self, lateness: Duration) -> Self {
-        self.allowed_lateness = millis(lateness);
-        self
-    }
-
-    /// Names the operator (for logs, diagnostics and metrics).
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = Some(name.into());
-        self
-    }
-
-    /// Reports live sessions (and records too late to apply) to `metrics`.
-    pub fn state_metrics(mut self, metrics: Arc<StateMetrics>) -> Self {
-        self.state = Some(metrics);
-        self
-    }
-
     /// The inactivity gap: a session's window ends `gap` after its last event.
     pub fn gap(&self) -> Duration {
         Duration::from_millis(self.gap)
@@ -180,7 +164,7 @@ where
     }
 
     /// Aggregates each session, and returns the records that could not be applied, unchanged:
-    /// those too late (at a time after `event time + allowed_lateness`) and retractions.
+    /// late ones (see the [module documentation](self)) and retractions.
     pub fn aggregate_with_late<A>(
         self,
         aggregator: A,
@@ -194,15 +178,17 @@ where
 
 type Update<D> = (D, Time, isize);
 
-/// Events of one key inserted at one time whose consecutive event times are less than the
-/// gap apart: always part of a single session, so they travel pre-aggregated.
+/// Records of one key at one dataflow time, combined: `count` records with event times in
+/// `[first, last]`, at most `gap` apart. A record behind the watermark travels alone, with its
+/// value (`raw`), so that it can go to the late output unchanged.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub(crate) struct Run<K, A> {
+pub(crate) struct Run<K, A, V> {
     key: K,
     first: Time,
     last: Time,
     count: i64,
     acc: A,
+    raw: Option<V>,
 }
 
 fn session_aggregate<'scope, K, V, A>(
@@ -214,66 +200,58 @@ where
     V: ExchangeData,
     A: Aggregator<V>,
 {
-    let SessionCollection { events, gap, emit, allowed_lateness, name, state } = sessions;
-    let name = name.unwrap_or_else(|| format!("Sessions(gap={gap}ms)"));
+    let SessionCollection { events, gap, temporal } = sessions;
+    let name = temporal.name_or(|| format!("Sessions(gap={gap}ms)"));
 
-    // Stage 1 (local): split off what cannot be applied, and pre-aggregate runs per key and
-    // time within each batch.
+    // Stage 1 (local): set aside retractions, and combine consecutive on-time records of a key
+    // at one time (bursts of a hot key) into runs.
     let scope = events.inner.scope();
-    let mut builder = OperatorBuilder::new(format!("{name}: pre-aggregate"), scope);
+    let mut builder = OperatorBuilder::new(format!("{name}: runs"), scope);
     let mut input = builder.new_input(events.inner, Pipeline);
     let (runs_output, runs) = builder.new_output();
-    let (late_output, late) = builder.new_output();
-    let mut runs_output = OutputBuilder::<_, CapacityContainerBuilder<Vec<Update<Run<K, A::Acc>>>>>::from(runs_output);
-    let mut late_output = OutputBuilder::<_, CapacityContainerBuilder<Vec<Update<Event<K, V>>>>>::from(late_output);
+    let (rejected_output, rejected) = builder.new_output();
+    let mut runs_output =
+        OutputBuilder::<_, CapacityContainerBuilder<Vec<Update<Run<K, A::Acc, V>>>>>::from(runs_output);
+    let mut rejected_output =
+        OutputBuilder::<_, CapacityContainerBuilder<Vec<Update<Event<K, V>>>>>::from(rejected_output);
     let combiner = aggregator.clone();
-    let late_metrics = state.clone();
     builder.build(move |_capabilities| {
-        let mut records: Vec<(K, Time, Time, V, isize)> = Vec::new();
+        let mut runs: Vec<Update<Run<K, A::Acc, V>>> = Vec::new();
         let mut rejected: Vec<Update<Event<K, V>>> = Vec::new();
         move |_frontiers| {
             let mut runs_handle = runs_output.activate();
-            let mut late_handle = late_output.activate();
+            let mut rejected_handle = rejected_output.activate();
             input.for_each(|cap, data| {
-                let mut too_late = 0;
                 for (event, at, diff) in data.drain(..) {
-                    if is_applicable(event.time, at, diff, allowed_lateness) {
-                        records.push((event.key, at, event.time, event.value, diff));
-                    } else if diff != 0 {
-                        too_late += u64::from(diff > 0);
-                        rejected.push((event, at, diff));
+                    if diff <= 0 {
+                        if diff < 0 {
+                            rejected.push((event, at, diff));
+                        }
+                        continue;
                     }
-                }
-                if !rejected.is_empty() {
-                    late_handle.session(&cap).give_container(&mut rejected);
-                    rejected.clear();
-                }
-                if let Some(metrics) = &late_metrics {
-                    metrics.add_late_skipped(too_late);
-                }
-                records.sort_unstable_by(|a, b| (&a.0, a.1, a.2).cmp(&(&b.0, b.1, b.2)));
-                let mut session = runs_handle.session(&cap);
-                let mut current: Option<(Run<K, A::Acc>, Time)> = None;
-                for (key, at, time, value, diff) in records.drain(..) {
-                    if let Some((run, run_at)) = current.as_mut()
+                    let Event { time, key, value } = event;
+                    if at == time
+                        && let Some((run, run_at, _)) = runs.last_mut()
                         && *run_at == at
+                        && run.raw.is_none()
                         && run.key == key
-                        && time - run.last < gap
                     {
-                        run.last = time;
                         run.count += diff as i64;
                         combiner.add(&mut run.acc, &value, diff);
                         continue;
                     }
-                    if let Some((run, run_at)) = current.take() {
-                        session.give((run, run_at, 1));
-                    }
                     let mut acc = A::Acc::default();
                     combiner.add(&mut acc, &value, diff);
-                    current = Some((Run { key, first: time, last: time, count: diff as i64, acc }, at));
+                    let raw = (at != time).then_some(value);
+                    runs.push((Run { key, first: time, last: time, count: diff as i64, acc, raw }, at, 1));
                 }
-                if let Some((run, run_at)) = current {
-                    session.give((run, run_at, 1));
+                if !runs.is_empty() {
+                    runs_handle.session(&cap).give_container(&mut runs);
+                    runs.clear();
+                }
+                if !rejected.is_empty() {
+                    rejected_handle.session(&cap).give_container(&mut rejected);
+                    rejected.clear();
                 }
             });
         }
@@ -283,55 +261,55 @@ where
     let logic = SessionLogic {
         aggregator,
         gap,
-        allowed_lateness,
-        emit,
-        keys: HashMap::new(),
-        expiries: BTreeMap::new(),
+        lateness: temporal.allowed_lateness,
+        emit: temporal.emit,
+        keys: FastMap::default(),
         dirty: Vec::new(),
+        expiring: Vec::new(),
         touching: Vec::new(),
         live: 0,
-        values: PhantomData,
+        holds: Holds::default(),
     };
-    let results = keyed_operator(runs, &name, |run: &Run<K, A::Acc>| run.key.hashed(), logic, state);
-    (results, late.as_collection())
+    let (results, late) = unary(runs, temporal.driven(name), |run: &Run<K, A::Acc, V>| run.key.hashed(), logic);
+    (results, late.inner.concat(rejected).as_collection())
 }
 
-/// The last instant at which a record that is not too late can still touch a session
-/// whose last event is at `last`.
-///
-/// A record at dataflow time `τ` with event time `t` is applied only if
-/// `τ ≤ t + allowed_lateness`. Once the frontier has passed `last + gap + L - 1`, every
-/// future record has `τ ≥ last + gap + L`, hence `t ≥ τ - L ≥ last + gap`: it is at least
-/// `gap` after the session's last event (and after its start), so it can neither extend
-/// the session nor merge with it. The session's final result was emitted at
-/// `last + gap - 1`, before that point.
-fn release_time(last: Time, gap: u64, allowed_lateness: u64) -> Time {
-    last.saturating_add(gap).saturating_add(allowed_lateness) - 1
+/// What a session timer does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Due {
+    /// The session is complete: show it (Final).
+    Complete,
+    /// The session can no longer be corrected: release it.
+    Expire,
 }
 
 struct Session<Acc, O> {
     last: Time,
     count: i64,
     acc: Acc,
+    /// The earliest dataflow time of the records folded in (what at-least-once sources may not
+    /// acknowledge while the session lives).
+    since: Time,
     /// The result downstream currently holds for this session, if any.
     emitted: Option<(Window, O)>,
 }
 
+/// A key's live sessions, by start: almost always one.
+type KeySessions<Acc, O> = Vec<(Time, Session<Acc, O>)>;
+
 struct SessionLogic<K, V, A: Aggregator<V>> {
     aggregator: A,
     gap: u64,
-    allowed_lateness: u64,
+    lateness: u64,
     emit: Emit,
-    /// Per key, its sessions by start.
-    keys: HashMap<K, BTreeMap<Time, Session<A::Acc, A::Output>>>,
-    /// When sessions may be released: `(key, start)` by release time. Entries of sessions
-    /// that have since grown are stale and skipped.
-    expiries: BTreeMap<Time, Vec<(K, Time)>>,
-    /// Sessions whose result may have changed in the current step.
+    keys: FastMap<K, KeySessions<A::Acc, A::Output>>,
+    /// Sessions (key, start) whose result may have changed in the current step.
     dirty: Vec<(K, Time)>,
-    touching: Vec<Time>,
+    /// Sessions to release at the end of the current step.
+    expiring: Vec<(K, Time)>,
+    touching: Vec<usize>,
     live: usize,
-    values: PhantomData<fn(V)>,
+    holds: Holds,
 }
 
 impl<K, V, A> SessionLogic<K, V, A>
@@ -340,36 +318,60 @@ where
     V: ExchangeData,
     A: Aggregator<V>,
 {
-    /// Merges a run into its key's sessions: it absorbs every session less than `gap` away.
-    fn absorb(&mut self, time: Time, run: Run<K, A::Acc>, out: &mut StepOutput<(K, Time), WindowResult<K, A::Output>>) {
-        let Run { key, first, last, count, acc } = run;
+    /// The time a session whose last event is at `last` is complete (its Final result's time).
+    fn complete_at(&self, last: Time) -> Time {
+        last.saturating_add(self.gap)
+    }
+
+    /// Whether a cluster of runs of `key` — runs at most `gap` apart, covering `[first, last]` —
+    /// arriving at `at` is late: it reaches no live session of its key, and its own session
+    /// would already have expired (`last + gap + L < at`).
+    fn is_late(&self, key: &K, first: Time, last: Time, at: Time) -> bool {
+        if last.saturating_add(self.gap).saturating_add(self.lateness) >= at {
+            return false;
+        }
         let gap = self.gap;
+        !self.keys.get(key).is_some_and(|sessions| {
+            sessions
+                .iter()
+                .any(|(start, session)| *start <= last.saturating_add(gap) && session.last.saturating_add(gap) >= first)
+        })
+    }
+
+    /// Merges a run arriving at `at` into its key's sessions: it absorbs every live session at
+    /// most `gap` away. (Whether it is late was decided for its cluster: see `step`.)
+    fn absorb(&mut self, at: Time, run: Run<K, A::Acc, V>, step: &mut Step<'_, Self>) {
+        let Run { key, first, last, count, acc, raw: _ } = run;
+        let (gap, lateness) = (self.gap, self.lateness);
         let sessions = self.keys.entry(key.clone()).or_default();
 
-        // Sessions are at least `gap` apart, so the ones the run touches are: the last one
-        // starting at or before `first`, if it ends less than `gap` before it, and those
-        // starting in `(first, last + gap)`.
+        // Live sessions are more than `gap` apart, and a session that has expired (`last + gap
+        // + L < at`) has been released by an earlier step's timer, so the sessions the run
+        // touches are exactly those with `start - gap ≤ last` and `first ≤ session.last + gap`.
         self.touching.clear();
-        if let Some((start, session)) = sessions.range(..=first).next_back()
-            && session.last.saturating_add(gap) > first
-        {
-            self.touching.push(*start);
-        }
         let upper = last.saturating_add(gap);
-        if upper > first {
-            self.touching.extend(sessions.range((Excluded(first), Excluded(upper))).map(|(start, _)| *start));
+        for (i, (start, session)) in sessions.iter().enumerate() {
+            if *start > upper {
+                break;
+            }
+            if session.last.saturating_add(gap) >= first {
+                self.touching.push(i);
+            }
         }
 
-        let mut merged = Session { last, count, acc, emitted: None };
+        let mut merged = Session { last, count, acc, since: at, emitted: None };
         let mut start = first;
-        for absorbed_start in self.touching.drain(..) {
-            let absorbed = sessions.remove(&absorbed_start).expect("touching session is live");
+        // Remove back to front, so that the indices stay valid.
+        for &i in self.touching.iter().rev() {
+            let (absorbed_start, absorbed) = sessions.remove(i);
             self.live -= 1;
+            self.holds.release(absorbed.since);
             if let Some((window, value)) = absorbed.emitted {
-                out.give(WindowResult { window, key: key.clone(), value }, -1);
+                step.give(WindowResult { window, key: key.clone(), value }, -1);
             }
             start = start.min(absorbed_start);
             merged.last = merged.last.max(absorbed.last);
+            merged.since = merged.since.min(absorbed.since);
             // Merge the smaller accumulator into the larger, so that a growing session is
             // never copied: the cost of a run does not grow with the session.
             let mut other = absorbed.acc;
@@ -379,90 +381,147 @@ where
             self.aggregator.merge(&mut merged.acc, other);
             merged.count += absorbed.count;
         }
+        self.holds.hold(merged.since);
 
-        let end = merged.last.saturating_add(gap);
-        let release = release_time(merged.last, gap, self.allowed_lateness);
-        sessions.insert(start, merged);
+        let complete = merged.last.saturating_add(gap);
+        let position = sessions.partition_point(|(s, _)| *s < start);
+        sessions.insert(position, (start, merged));
         self.live += 1;
-        if self.emit == Emit::Final && end - 1 > time {
-            out.schedule(end - 1, (key.clone(), start));
+        let expire = complete.saturating_add(lateness);
+        if self.emit == Emit::Final && complete > at {
+            step.schedule(complete, (Due::Complete, key.clone(), start));
         }
-        self.expiries.entry(release).or_default().push((key.clone(), start));
+        if expire <= at {
+            // Correctable until now only (the run reached a session at the last instant it
+            // could): shown, then released, at the end of this step.
+            self.expiring.push((key.clone(), start));
+        } else if !(self.emit == Emit::Final && expire == complete) {
+            step.schedule(expire, (Due::Expire, key.clone(), start));
+        }
         self.dirty.push((key, start));
     }
 }
 
-impl<K, V, A> KeyedLogic for SessionLogic<K, V, A>
+impl<K, V, A> TemporalLogic for SessionLogic<K, V, A>
 where
     K: ExchangeData,
     V: ExchangeData,
     A: Aggregator<V>,
 {
-    type Input = Run<K, A::Acc>;
-    type Timer = (K, Time);
+    type Input = Run<K, A::Acc, V>;
+    type Timer = (Due, K, Time);
     type Output = WindowResult<K, A::Output>;
+    type Late = Event<K, V>;
 
     fn step(
         &mut self,
-        time: Time,
-        inputs: Vec<(Run<K, A::Acc>, isize)>,
-        timers: Vec<(K, Time)>,
-        out: &mut StepOutput<(K, Time), WindowResult<K, A::Output>>,
+        inputs: &mut Vec<(Self::Input, isize)>,
+        timers: &mut Vec<Self::Timer>,
+        step: &mut Step<'_, Self>,
     ) {
-        for (run, diff) in inputs {
-            assert_eq!(diff, 1, "session runs travel with multiplicity one");
-            self.absorb(time, run, out);
+        let time = step.time();
+        // The runs of a key arriving together are taken together: sorted by start, they form
+        // clusters of runs at most `gap` apart, and a cluster is late — every run of it — only
+        // if, as a whole, it reaches no live session and its own session would have expired.
+        // (Deciding run by run would depend on the order they arrive in.)
+        inputs.sort_unstable_by(|(a, _), (b, _)| (&a.key, a.first).cmp(&(&b.key, b.first)));
+        let mut runs = inputs.drain(..).map(|(run, _)| run).peekable();
+        let mut cluster = Vec::new();
+        while let Some(run) = runs.next() {
+            let (first, mut last) = (run.first, run.last);
+            cluster.push(run);
+            while let Some(next) =
+                runs.next_if(|next| next.key == cluster[0].key && next.first <= last.saturating_add(self.gap))
+            {
+                last = last.max(next.last);
+                cluster.push(next);
+            }
+            if self.is_late(&cluster[0].key, first, last, time) {
+                for run in cluster.drain(..) {
+                    if let Some(value) = run.raw {
+                        step.late(Event::new(run.first, run.key, value), 1);
+                    }
+                }
+            } else {
+                for run in cluster.drain(..) {
+                    self.absorb(time, run, step);
+                }
+            }
         }
-        // Timers mark sessions whose last instant is now: they may become visible.
+        // A `Complete` timer makes its session visible; an `Expire` timer (or a `Complete` one
+        // when nothing can correct the session afterwards) releases it after it is shown.
+        let mut expired = std::mem::take(&mut self.expiring);
+        for (due, key, start) in timers.drain(..) {
+            let Some(session) =
+                self.keys.get(&key).and_then(|sessions| sessions.iter().find(|(s, _)| *s == start)).map(|(_, s)| s)
+            else {
+                continue;
+            };
+            let complete = self.complete_at(session.last);
+            let expire = complete.saturating_add(self.lateness);
+            match due {
+                Due::Complete if complete == time => {
+                    self.dirty.push((key.clone(), start));
+                    if expire == time {
+                        expired.push((key, start));
+                    }
+                }
+                Due::Expire if expire == time => expired.push((key, start)),
+                _ => {} // the session has grown since: a later timer stands for it
+            }
+        }
         let mut dirty = std::mem::take(&mut self.dirty);
-        dirty.extend(timers);
         dirty.sort_unstable();
         dirty.dedup();
         for (key, start) in dirty.drain(..) {
-            let Some(session) = self.keys.get_mut(&key).and_then(|sessions| sessions.get_mut(&start)) else {
+            let Some(session) = self
+                .keys
+                .get_mut(&key)
+                .and_then(|sessions| sessions.iter_mut().find(|(s, _)| *s == start))
+                .map(|(_, s)| s)
+            else {
                 continue;
             };
             let window = Window { start, end: session.last.saturating_add(self.gap) };
             let visible = match self.emit {
                 Emit::Updates => true,
-                Emit::Final => window.max_time() <= time,
+                Emit::Final => window.end <= time,
             };
             let now = visible.then(|| (window, self.aggregator.finish(&session.acc, session.count)));
             if now != session.emitted {
                 if let Some((window, value)) = session.emitted.take() {
-                    out.give(WindowResult { window, key: key.clone(), value }, -1);
+                    step.give(WindowResult { window, key: key.clone(), value }, -1);
                 }
                 if let Some((window, value)) = &now {
-                    out.give(WindowResult { window: *window, key: key.clone(), value: value.clone() }, 1);
+                    step.give(WindowResult { window: *window, key: key.clone(), value: value.clone() }, 1);
                 }
                 session.emitted = now;
             }
         }
         self.dirty = dirty;
-    }
-
-    fn release(&mut self, frontier: Option<Time>) {
-        let (gap, lateness) = (self.gap, self.allowed_lateness);
-        while let Some(entry) = self.expiries.first_entry() {
-            if frontier.is_some_and(|f| f <= *entry.key()) {
-                break;
+        for (key, start) in expired.drain(..) {
+            let Some(sessions) = self.keys.get_mut(&key) else { continue };
+            if let Some(i) = sessions.iter().position(|(s, _)| *s == start) {
+                let (_, session) = sessions.remove(i);
+                self.holds.release(session.since);
+                self.live -= 1;
             }
-            for (key, start) in entry.remove() {
-                let Some(sessions) = self.keys.get_mut(&key) else { continue };
-                if let Some(session) = sessions.get(&start)
-                    && frontier.is_none_or(|f| release_time(session.last, gap, lateness) < f)
-                {
-                    sessions.remove(&start);
-                    self.live -= 1;
-                }
-                if sessions.is_empty() {
-                    self.keys.remove(&key);
-                }
+            if sessions.is_empty() {
+                self.keys.remove(&key);
             }
         }
+        self.expiring = expired;
+    }
+
+    fn release(&mut self, _frontier: Option<Time>) {
+        // Sessions are released by their `Expire` (or `Complete`) timers, in time order.
     }
 
     fn live_entries(&self) -> usize {
         self.live
+    }
+
+    fn oldest(&self) -> Option<Time> {
+        self.holds.oldest()
     }
 }

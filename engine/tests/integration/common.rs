@@ -9,7 +9,7 @@ use tideline::runtime::metrics::{SourceMetrics, StateMetrics};
 use tideline::runtime::{Cluster, execute};
 use tideline::sink::Collected;
 use tideline::source::{SourceConfig, memory};
-use tideline::time::late::{LatePolicy, LateRecord};
+use tideline::time::late::LatePolicy;
 use tideline::time::watermark::WatermarkStrategy;
 use tideline::window::aggregate::Stats;
 use tideline::{Event, ExchangeData, Time};
@@ -44,64 +44,46 @@ pub(crate) fn random_partitions(
         .collect()
 }
 
-/// What the source should do with each record: the reference model of per-partition
-/// watermarks and the late policy.
-pub(crate) struct Expected {
-    /// Records inserted into the data collection, with the time they are inserted at.
-    pub(crate) accepted: Vec<(Ev, Time)>,
-    /// Records sent to the late collection.
-    pub(crate) late: Vec<(LateRecord<Ev>, Time, isize)>,
-    /// Records dropped.
-    pub(crate) dropped: usize,
+/// What the source does with each record: the reference model of per-partition watermarks.
+pub(crate) struct Arrivals {
+    /// Every record, with the dataflow time it is inserted at: its event time, or its
+    /// partition's watermark if it is behind it.
+    pub(crate) records: Vec<(Ev, Time)>,
+    /// Records behind their partition's watermark.
+    pub(crate) behind: usize,
 }
 
 /// The contract of DESIGN §2–3 written out from scratch (it does not call the engine's
-/// watermark generator or late policy): a partition's watermark is the largest event time it
-/// has delivered on time minus the out-of-orderness bound (never decreasing, zero before the
-/// first record); a record behind its partition's watermark is late. A late record is dropped
-/// (`Drop`), sent to the late collection at the watermark (`SideOutput`), or, within the
-/// allowed lateness, re-timestamped to the watermark (`Accept`; beyond it, to the late
-/// collection). Late records do not move the watermark.
-pub(crate) fn model_source(partitions: &[Vec<Ev>], strategy: &WatermarkStrategy, policy: LatePolicy) -> Expected {
+/// watermark generator): a partition's watermark is the largest event time it has delivered
+/// on time minus the out-of-orderness bound (never decreasing, zero before the first record); a
+/// record behind its partition's watermark is inserted at the watermark (its event time kept in
+/// its data) and does not move it. Whether it is late is for the operators to decide.
+pub(crate) fn model_source(partitions: &[Vec<Ev>], strategy: &WatermarkStrategy) -> Arrivals {
     let bound = strategy.out_of_orderness_ms().expect("the model covers bounded out-of-orderness");
-    let allowed = match policy {
-        LatePolicy::Accept { allowed_lateness } => Some(allowed_lateness.as_millis() as u64),
-        _ => None,
-    };
-    let mut expected = Expected { accepted: Vec::new(), late: Vec::new(), dropped: 0 };
-    for (p, records) in partitions.iter().enumerate() {
+    let mut arrivals = Arrivals { records: Vec::new(), behind: 0 };
+    for records in partitions {
         let mut max_on_time: Option<Time> = None;
-        for (position, record) in records.iter().enumerate() {
+        for record in records {
             let watermark = max_on_time.map_or(0, |m| m.saturating_sub(bound));
-            let side = |expected: &mut Expected| {
-                expected.late.push((
-                    LateRecord {
-                        partition: p as u64,
-                        position: position as u64,
-                        event_time: record.time,
-                        watermark,
-                        record: record.clone(),
-                    },
-                    watermark,
-                    1,
-                ))
-            };
             if record.time >= watermark {
                 max_on_time = Some(max_on_time.map_or(record.time, |m| m.max(record.time)));
-                expected.accepted.push((record.clone(), record.time));
+                arrivals.records.push((record.clone(), record.time));
             } else {
-                match (&policy, allowed) {
-                    (LatePolicy::Drop, _) => expected.dropped += 1,
-                    (_, Some(allowed)) if record.time + allowed >= watermark => {
-                        expected.accepted.push((record.clone(), watermark))
-                    }
-                    _ => side(&mut expected),
-                }
+                arrivals.behind += 1;
+                arrivals.records.push((record.clone(), watermark));
             }
         }
     }
-    expected.late.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
-    expected
+    arrivals
+}
+
+/// The late output an operator with `policy` produces for `late` records (each arriving at the
+/// given time): all of them with `SideOutput`, none with `Drop`, as a changelog.
+pub(crate) fn late_output(late: &[(Ev, Time)], policy: LatePolicy) -> Vec<(Ev, Time, isize)> {
+    match policy {
+        LatePolicy::Drop => Vec::new(),
+        LatePolicy::SideOutput => changelog(late.iter().map(|(e, t)| (e.clone(), *t, 1))),
+    }
 }
 
 /// Turns "value of each group as of each time" into a changelog: at each time the group's
@@ -384,12 +366,10 @@ pub(crate) fn value_as_of(states: &BTreeMap<u32, BTreeMap<Time, Option<i64>>>, k
 pub(crate) struct OperatorRun<R> {
     /// The operator's output changelog.
     pub(crate) results: Vec<(R, Time, isize)>,
-    /// The source's late side output.
-    pub(crate) late: Vec<(LateRecord<Ev>, Time, isize)>,
     /// The operator's own late output.
     pub(crate) operator_late: Vec<(Ev, Time, isize)>,
-    /// Late records the source counted.
-    pub(crate) late_counted: u64,
+    /// Records the source counted behind the watermark.
+    pub(crate) behind_counted: u64,
     /// The operator's state gauges.
     pub(crate) state: Arc<StateMetrics>,
 }
@@ -400,7 +380,6 @@ pub(crate) fn run_operator<R, F>(
     workers: usize,
     partitions: &Arc<Vec<Vec<Ev>>>,
     strategy: &WatermarkStrategy,
-    policy: LatePolicy,
     batch_size: usize,
     build: F,
 ) -> OperatorRun<R>
@@ -415,27 +394,21 @@ where
         + 'static,
 {
     let results = Collected::new();
-    let late = Collected::new();
     let operator_late = Collected::new();
     let metrics = SourceMetrics::new("events");
     let state = StateMetrics::new();
-    let (r, l, o, m, s) = (results.clone(), late.clone(), operator_late.clone(), metrics.clone(), state.clone());
+    let (r, o, m, s) = (results.clone(), operator_late.clone(), metrics.clone(), state.clone());
     let (partitions, strategy) = (Arc::clone(partitions), strategy.clone());
     let build = Arc::new(build);
     execute(&Cluster::threads(workers), move |worker| {
-        let (r, l, o, s) = (r.clone(), l.clone(), o.clone(), s.clone());
-        let config = SourceConfig::new("events")
-            .watermarks(strategy.clone())
-            .late(policy)
-            .metrics(m.clone())
-            .batch_size(batch_size);
+        let (r, o, s) = (r.clone(), o.clone(), s.clone());
+        let config = SourceConfig::new("events").watermarks(strategy.clone()).metrics(m.clone()).batch_size(batch_size);
         let partitions = Arc::clone(&partitions);
         let build = Arc::clone(&build);
         worker.dataflow::<Time, _, _>(move |scope| {
             let source = memory::from_partitions(scope, config, partitions);
             let (output, too_late) = build(source.data, s);
             output.collect_into(&r);
-            source.late.collect_into(&l);
             too_late.collect_into(&o);
         });
         while worker.step_or_park(None) {}
@@ -443,27 +416,10 @@ where
     .unwrap();
     OperatorRun {
         results: results.changelog(),
-        late: late.changelog(),
         operator_late: operator_late.changelog(),
-        late_counted: metrics.totals().late(),
+        behind_counted: metrics.totals().behind_watermark,
         state,
     }
-}
-
-/// Splits the records a source accepted into those an operator with allowed lateness
-/// `lateness` applies and those it returns as too late (`at > time + lateness`), the latter
-/// as a consolidated changelog.
-pub(crate) fn split_too_late(accepted: &[(Ev, Time)], lateness: u64) -> (Vec<(Ev, Time)>, Vec<(Ev, Time, isize)>) {
-    let mut applied = Vec::new();
-    let mut too_late: BTreeMap<(Time, Ev), isize> = BTreeMap::new();
-    for (event, at) in accepted {
-        if *at > event.time + lateness {
-            *too_late.entry((*at, event.clone())).or_default() += 1;
-        } else {
-            applied.push((event.clone(), *at));
-        }
-    }
-    (applied, too_late.into_iter().map(|((at, event), diff)| (event, at, diff)).collect())
 }
 
 /// Turns the contents of a collection at a series of times into a changelog: at each time,
@@ -490,31 +446,44 @@ pub(crate) fn sort_changelog<R: Ord>(changelog: &mut [(R, Time, isize)]) {
 pub(crate) fn stats_of(values: &[i64]) -> Stats {
     Stats {
         count: values.len() as i64,
-        sum: values.iter().sum(),
+        sum: values.iter().map(|v| i128::from(*v)).sum(),
         min: *values.iter().min().expect("non-empty"),
         max: *values.iter().max().expect("non-empty"),
     }
 }
 
 /// Tumbling or sliding window results computed from scratch with `finish` over each window's
-/// values: for every window and key, its value at every time anything in it changes.
+/// values, by the per-window rule of DESIGN §3: a record arriving at `at` counts in each of its
+/// windows whose `end + lateness` is still ahead of `at` — with `Final`, from
+/// `max(at, end - 1)`; with `Updates`, from `at` — and is late if it counts in none. Returns
+/// every window and key's value at every time anything in it changes, as a changelog, and the
+/// late records with their arrival times.
 pub(crate) fn windows_from_scratch<O: Ord + Clone>(
-    accepted: &[(Ev, Time)],
+    arrivals: &[(Ev, Time)],
     spec: WindowSpec,
     emit: Emit,
     lateness: u64,
     finish: impl Fn(&[i64]) -> O,
-) -> Vec<(WindowResult<u32, O>, Time, isize)> {
+) -> (Vec<(WindowResult<u32, O>, Time, isize)>, Vec<(Ev, Time)>) {
     let mut groups: BTreeMap<(Window, u32), Vec<(Time, i64)>> = BTreeMap::new();
-    for (event, at) in accepted {
-        for window in spec.windows_of(event.time) {
-            let time = match emit {
-                Emit::Final => (*at).max(window.end - 1),
-                Emit::Updates => *at,
-            };
-            if time < window.end + lateness {
+    let mut late = Vec::new();
+    for (event, at) in arrivals {
+        let mut taken = false;
+        let mut start = 0;
+        while start <= event.time {
+            let window = Window { start, end: start + spec.size() };
+            if window.contains(event.time) && *at < window.end + lateness {
+                taken = true;
+                let time = match emit {
+                    Emit::Final => (*at).max(window.end - 1),
+                    Emit::Updates => *at,
+                };
                 groups.entry((window, event.key)).or_default().push((time, event.value));
             }
+            start += spec.slide();
+        }
+        if !taken {
+            late.push((event.clone(), *at));
         }
     }
     let mut states = BTreeMap::new();
@@ -526,8 +495,9 @@ pub(crate) fn windows_from_scratch<O: Ord + Clone>(
         }
         states.insert(group, by_time);
     }
-    changelog_from_states(states, |g, o| (*g, o))
+    let results = changelog_from_states(states, |g, o| (*g, o))
         .into_iter()
         .map(|(((window, key), value), time, diff)| (WindowResult { window, key, value }, time, diff))
-        .collect()
+        .collect();
+    (results, late)
 }

@@ -1,7 +1,8 @@
-//! Oracle tests for dedup: random out-of-order streams with late records, at 1, 2 and 4
-//! workers, both kept occurrences, every emission mode and late policy, compared with a
-//! from-scratch computation of the documented definition over the records the operator
-//! applies.
+//! Oracle tests for dedup: random out-of-order streams with records behind the watermark, at
+//! 1, 2 and 4 workers, both kept occurrences, every emission mode, late policy and allowed
+//! lateness, compared with a from-scratch computation of the documented definition: which
+//! records are late (their horizon group, or the group they would start, has expired), and the
+//! groups of the others.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -26,6 +27,31 @@ fn groups_of(events: &BTreeSet<(Time, i64)>, within: u64) -> Vec<(Time, (Time, i
         }
     }
     groups
+}
+
+/// Which records are late, from scratch (DESIGN §3): a record arriving at `τ` is late if the
+/// group of its key covering its time — among the groups of the records applied before it —
+/// can no longer be corrected (`start + within + lateness ≤ τ`), or, if no group covers it, if
+/// the group it would start could not (`t + within + lateness ≤ τ`). Returns the applied
+/// records and the late ones.
+fn apply(arrivals: &[(Ev, Time)], within: u64, lateness: u64) -> (Vec<(Ev, Time)>, Vec<(Ev, Time)>) {
+    let mut ordered: Vec<&(Ev, Time)> = arrivals.iter().collect();
+    ordered.sort_by_key(|(event, at)| (*at, event.time, event.key, event.value));
+    let mut applied_by_key: BTreeMap<u32, BTreeSet<(Time, i64)>> = BTreeMap::new();
+    let (mut applied, mut late) = (Vec::new(), Vec::new());
+    for (event, at) in ordered {
+        let events = applied_by_key.entry(event.key).or_default();
+        let groups = groups_of(events, within);
+        let covering = groups.iter().rev().find(|(start, _, _)| *start <= event.time).map(|(start, _, _)| *start);
+        let start = covering.filter(|start| event.time < start + within).unwrap_or(event.time);
+        if start + within + lateness <= *at {
+            late.push((event.clone(), *at));
+        } else {
+            events.insert((event.time, event.value));
+            applied.push((event.clone(), *at));
+        }
+    }
+    (applied, late)
 }
 
 /// The dedup output, from scratch, at every time it can change.
@@ -64,27 +90,20 @@ fn dedup_from_scratch(applied: &[(Ev, Time)], within: u64, keep: Keep, emit: Emi
     out
 }
 
-const ACCEPT: LatePolicy = LatePolicy::Accept { allowed_lateness: Duration::from_millis(150) };
-const POLICIES: [LatePolicy; 3] = [LatePolicy::Drop, LatePolicy::SideOutput, ACCEPT];
-
-fn check(seed: u64, within: u64, operator_lateness: Option<u64>) {
-    check_stream(random_partitions(seed, 3, 400, 6, 60, 12), &POLICIES, seed, within, operator_lateness, 97);
+fn check(seed: u64, within: u64, lateness: Option<u64>) {
+    check_stream(random_partitions(seed, 3, 400, 6, 60, 12), seed, within, lateness, 97);
 }
 
-fn check_stream(
-    partitions: Vec<Vec<Ev>>,
-    policies: &[LatePolicy],
-    seed: u64,
-    within: u64,
-    operator_lateness: Option<u64>,
-    batch: usize,
-) {
+fn check_stream(partitions: Vec<Vec<Ev>>, seed: u64, within: u64, lateness: Option<u64>, batch: usize) {
     let strategy = WatermarkStrategy::bounded_out_of_orderness(Duration::from_millis(60));
     let partitions = Arc::new(partitions);
-    for &policy in policies {
-        let expected = model_source(&partitions, &strategy, policy);
-        let lateness = operator_lateness.unwrap_or(policy.allowed_lateness_ms());
-        let (applied, too_late) = split_too_late(&expected.accepted, lateness);
+    let arrivals = model_source(&partitions, &strategy);
+    let latenesses = match lateness {
+        Some(lateness) => vec![lateness],
+        None => vec![0, 150],
+    };
+    for lateness in latenesses {
+        let (applied, late) = apply(&arrivals.records, within, lateness);
         let mut corrections = 0;
         for keep in [Keep::First, Keep::Last] {
             for emit in [Emit::Final, Emit::Updates] {
@@ -92,33 +111,31 @@ fn check_stream(
                 let kept: isize = want.iter().map(|(_, _, diff)| diff).sum();
                 assert!((kept as usize) < applied.len(), "the stream should have duplicates");
                 corrections += want.iter().filter(|(_, _, diff)| *diff < 0).count();
-                for workers in [1, 2, 4] {
-                    let got = run_operator(workers, &partitions, &strategy, policy, batch, move |events, state| {
-                        events
-                            .dedup(Duration::from_millis(within))
-                            .keep(keep)
-                            .emit(emit)
-                            .allowed_lateness(Duration::from_millis(lateness))
-                            .state_metrics(state)
-                            .build_with_late()
-                    });
-                    let context = format!(
-                        "seed {seed} within {within} {policy:?} L {lateness} {keep:?} {emit:?} workers {workers}"
-                    );
-                    assert_eq!(got.results.len(), want.len(), "{context}: changelog length");
-                    assert_eq!(got.results, want, "{context}: changelog");
-                    assert_eq!(got.late, expected.late, "{context}: source late output");
-                    assert_eq!(got.operator_late, too_late, "{context}: operator late output");
-                    assert_eq!(
-                        got.state.late_skipped() as usize,
-                        too_late.len(),
-                        "{context}: too-late records counted"
-                    );
-                    assert_eq!(got.state.total(), 0, "{context}: all state released at the end");
+                for policy in [LatePolicy::Drop, LatePolicy::SideOutput] {
+                    for workers in [1, 2, 4] {
+                        let got = run_operator(workers, &partitions, &strategy, batch, move |events, state| {
+                            events
+                                .dedup(Duration::from_millis(within))
+                                .keep(keep)
+                                .emit(emit)
+                                .allowed_lateness(Duration::from_millis(lateness))
+                                .late(policy)
+                                .state_metrics(state)
+                                .build_with_late()
+                        });
+                        let context = format!(
+                            "seed {seed} within {within} L {lateness} {policy:?} {keep:?} {emit:?} workers {workers}"
+                        );
+                        assert_eq!(got.results.len(), want.len(), "{context}: changelog length");
+                        assert_eq!(got.results, want, "{context}: changelog");
+                        assert_eq!(got.operator_late, late_output(&late, policy), "{context}: operator late output");
+                        assert_eq!(got.state.late_skipped() as usize, late.len(), "{context}: late records counted");
+                        assert_eq!(got.state.total(), 0, "{context}: all state released at the end");
+                    }
                 }
             }
         }
-        if matches!(policy, LatePolicy::Accept { .. }) {
+        if lateness > 0 {
             assert!(corrections > 0, "seed {seed}: the oracle should see late corrections");
         }
     }
@@ -145,16 +162,15 @@ fn dedup_with_records_too_late_for_the_operator_matches_the_oracle() {
 fn dedup_of_sparse_keys_matches_the_oracle() {
     // Keys see an event every ~160 ms, so their groups have gaps between them: late records
     // land in the gaps and start groups that take over later ones, whose events are pruned.
-    check_stream(random_partitions(24, 3, 400, 24, 60, 6), &POLICIES, 24, 120, None, 97);
+    check_stream(random_partitions(24, 3, 400, 24, 60, 6), 24, 120, None, 97);
 }
 
 #[test]
 fn dedup_with_records_at_the_edge_of_the_lateness_matches_the_oracle() {
     // One partition read one record at a time, so the operator's frontier follows the
-    // partition's watermark record by record, and a third of
-    // the records are as late as the source accepts (150 ms behind the watermark, which is
-    // 60 ms behind the newest record): they start groups whose boundaries fall right where
-    // retained events begin.
+    // partition's watermark record by record, and a third of the records are about 150 ms
+    // behind the watermark (which is 60 ms behind the newest record): they start groups whose
+    // boundaries fall right where retained events begin, or are late.
     let mut rng = SmallRng::seed_from_u64(25);
     let mut clock = 1_000u64;
     let events = (0..1_000)
@@ -164,7 +180,7 @@ fn dedup_with_records_at_the_edge_of_the_lateness_matches_the_oracle() {
             Event::new(time, rng.gen_range(0..2), rng.gen_range(0..4))
         })
         .collect();
-    check_stream(vec![events], &[ACCEPT], 25, 30, None, 1);
+    check_stream(vec![events], 25, 30, Some(150), 1);
 }
 
 #[test]
@@ -179,8 +195,7 @@ fn a_late_record_reforms_the_groups_after_it() {
         Event::new(300, 2, 4),
         Event::new(60, 1, 5),
     ]]);
-    let policy = LatePolicy::Accept { allowed_lateness: Duration::from_millis(300) };
-    let got = run_operator(2, &partitions, &WatermarkStrategy::monotonic(), policy, 1, |events, _| {
+    let got = run_operator(2, &partitions, &WatermarkStrategy::monotonic(), 1, |events, _| {
         events.dedup(Duration::from_millis(100)).allowed_lateness(Duration::from_millis(300)).build_with_late()
     });
     assert_eq!(
@@ -198,9 +213,10 @@ fn a_late_record_reforms_the_groups_after_it() {
 #[test]
 fn pruning_keeps_the_events_a_record_at_the_edge_of_the_lateness_needs() {
     // Horizon 30, lateness 150. Groups of key 1 start at 1000, 1060 (with 1080 a duplicate)
-    // and 1200; the watermark is then 1200. A record at 1050 (exactly 150 behind) starts a
-    // group that takes over 1060, and the next group starts at the first event at or after
-    // 1080: the duplicate at 1080, which must still be retained.
+    // and 1200; the watermark is then 1200. A record at 1050 arrives behind it: its group
+    // [1050, 1080) is correctable until 1080 + 150 > 1200, so it starts a group that takes
+    // over 1060, and the next group starts at the first event at or after 1080: the duplicate
+    // at 1080, which must still be retained.
     let partitions = Arc::new(vec![vec![
         Event::new(1_000, 1u32, 0i64),
         Event::new(1_060, 1, 0),
@@ -209,7 +225,7 @@ fn pruning_keeps_the_events_a_record_at_the_edge_of_the_lateness_needs() {
         Event::new(1_050, 1, 0),
         Event::new(5_000, 2, 0),
     ]]);
-    let got = run_operator(1, &partitions, &WatermarkStrategy::monotonic(), ACCEPT, 1, |events, _| {
+    let got = run_operator(1, &partitions, &WatermarkStrategy::monotonic(), 1, |events, _| {
         events.dedup(Duration::from_millis(30)).allowed_lateness(Duration::from_millis(150)).build_with_late()
     });
     assert_eq!(

@@ -1,6 +1,7 @@
 //! Oracle tests for interval joins: random streams with retractions, re-deliveries, records
-//! arriving late (within and beyond the allowed lateness) and out of order, at 1, 2 and 4
-//! workers, every kind and emission mode, compared with a from-scratch computation.
+//! arriving behind the watermark (within their interval's allowed lateness and beyond it) and
+//! out of order, at 1, 2 and 4 workers, every kind and emission mode, compared with a
+//! from-scratch computation of the per-interval rule (DESIGN §3).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +12,6 @@ use tideline::runtime::metrics::StateMetrics;
 use tideline::runtime::{Cluster, execute};
 use tideline::sink::Collected;
 use tideline::source::{SourceConfig, memory};
-use tideline::time::late::LatePolicy;
 
 use crate::common::*;
 
@@ -68,23 +68,32 @@ struct Expected {
     late_right: Updates<Ev>,
 }
 
+/// Expected outputs, from the documented semantics: a left record at `t` takes part if it
+/// arrives by the end of its interval plus the lateness, `t + upper + L` (a right one by
+/// `t - lower + L`); in `Final` mode its unmatched row shows from the last time a partner can
+/// take part, `t + upper - lower + L` (for a right one `t - lower + upper + L`).
 fn expected(a: &Updates<Ev>, b: &Updates<Ev>, bounds: IntervalBounds, emit: Emit, lateness: u64) -> Expected {
     let (lower, upper) = (bounds.lower(), bounds.upper());
-    let close = |time: Time, by: i64| match emit {
-        Emit::Final => (time as i64 + by).max(0) as Time,
+    let width = upper - lower;
+    let admitted =
+        |e: &Ev, at: Time, end: i64| i128::from(at) <= i128::from(e.time) + i128::from(end) + i128::from(lateness);
+    let close = |time: Time, end: i64| match emit {
+        // The last admission of a partner: our interval's end, plus L, plus how much further the
+        // partners' intervals reach.
+        Emit::Final => (time as i64 + end + lateness as i64 + (width - end)).max(0) as Time,
         Emit::Updates => 0,
     };
-    let parts = |updates: &Updates<Ev>, by: i64| -> Vec<Part<u32>> {
+    let parts = |updates: &Updates<Ev>, end: i64| -> Vec<Part<u32>> {
         updates
             .iter()
-            .filter(|(e, at, _)| *at <= e.time + lateness)
+            .filter(|(e, at, _)| admitted(e, *at, end))
             .map(|(e, at, diff)| Part {
                 group: e.key,
                 time: e.time,
                 value: e.value,
                 at: *at,
                 diff: *diff,
-                close: close(e.time, by),
+                close: close(e.time, end),
             })
             .collect()
     };
@@ -92,7 +101,9 @@ fn expected(a: &Updates<Ev>, b: &Updates<Ev>, bounds: IntervalBounds, emit: Emit
     let rows = |outer_left, outer_right| {
         temporal_join_reference(&left, &right, |l, r| bounds.matches(l, r), outer_left, outer_right)
     };
-    let late = |updates: &Updates<Ev>| changelog(updates.iter().filter(|(e, at, _)| *at > e.time + lateness).cloned());
+    let late = |updates: &Updates<Ev>, end: i64| {
+        changelog(updates.iter().filter(|(e, at, _)| !admitted(e, *at, end)).cloned())
+    };
     Expected {
         inner: changelog(
             rows(false, false)
@@ -114,8 +125,8 @@ fn expected(a: &Updates<Ev>, b: &Updates<Ev>, bounds: IntervalBounds, emit: Emit
                 .into_iter()
                 .map(|((k, l, r), t, d)| ((l.map(|l| event(k, l)), r.map(|r| event(k, r))), t, d)),
         ),
-        late_left: late(a),
-        late_right: late(b),
+        late_left: late(a, upper),
+        late_right: late(b, -lower),
     }
 }
 
@@ -126,10 +137,12 @@ fn check(seed: u64, bounds: IntervalBounds) {
     for emit in [Emit::Final, Emit::Updates] {
         let want = expected(&a, &b, bounds, emit, lateness);
         assert!(!want.late_left.is_empty() && !want.late_right.is_empty(), "the inputs have too-late records");
-        assert!(
-            want.full.iter().any(|((l, r), _, d)| l.is_some() && r.is_none() && *d < 0),
-            "unmatched rows get retracted"
-        );
+        if emit == Emit::Updates {
+            assert!(
+                want.full.iter().any(|((l, r), _, d)| l.is_some() && r.is_none() && *d < 0),
+                "unmatched rows get retracted"
+            );
+        }
         assert!(want.inner.iter().any(|(_, _, d)| *d < 0), "pairs get retracted");
         for workers in [1, 2, 4] {
             let out = Outputs::default();
@@ -160,22 +173,23 @@ fn interval_joins_with_partners_only_before_match_the_oracle() {
     check(12, IntervalBounds::new(-80, -10).unwrap());
 }
 
-/// Through real sources: late records accepted at the watermark are admitted by a join with
-/// the same allowed lateness, and correct the unmatched rows.
+/// Through real sources: records behind the watermark arrive at it, and the join takes those
+/// whose interval (plus the allowed lateness) has not passed.
 #[test]
-fn interval_joins_admit_records_their_sources_accepted_late() {
+fn interval_joins_take_records_behind_the_watermark() {
     let strategy = WatermarkStrategy::bounded_out_of_orderness(Duration::from_millis(40));
-    let policy = LatePolicy::Accept { allowed_lateness: Duration::from_millis(100) };
     let left = Arc::new(random_partitions(21, 2, 300, 4, 40, 10));
     let right = Arc::new(random_partitions(22, 2, 300, 4, 40, 10));
     let bounds = IntervalBounds::new(-20, 30).unwrap();
-    let accepted = |partitions: &[Vec<Ev>]| -> Updates<Ev> {
-        model_source(partitions, &strategy, policy).accepted.into_iter().map(|(e, at)| (e, at, 1)).collect()
+    let arrivals = |partitions: &[Vec<Ev>]| -> Updates<Ev> {
+        model_source(partitions, &strategy).records.into_iter().map(|(e, at)| (e, at, 1)).collect()
     };
-    let (a, b) = (accepted(&left), accepted(&right));
-    assert!(a.iter().any(|(e, at, _)| e.time < *at), "some records are accepted late");
-    let want = expected(&a, &b, bounds, Emit::Final, 100);
-    assert!(want.late_left.is_empty() && want.late_right.is_empty());
+    let (a, b) = (arrivals(&left), arrivals(&right));
+    let want = expected(&a, &b, bounds, Emit::Final, 20);
+    let behind_taken =
+        a.iter().filter(|(e, at, _)| e.time < *at && !want.late_left.iter().any(|(l, _, _)| l == e)).count();
+    assert!(behind_taken > 0, "some records behind the watermark are taken");
+    assert!(!want.late_left.is_empty(), "some are late");
     for workers in [1, 3] {
         let full = Collected::new();
         let too_late = Collected::new();
@@ -183,13 +197,13 @@ fn interval_joins_admit_records_their_sources_accepted_late() {
         let (left, right) = (Arc::clone(&left), Arc::clone(&right));
         execute(&Cluster::threads(workers), move |worker| {
             let (f, l) = (f.clone(), l.clone());
-            let config = |name: &str| SourceConfig::new(name).watermarks(s.clone()).late(policy).batch_size(50);
+            let config = |name: &str| SourceConfig::new(name).watermarks(s.clone()).batch_size(50);
             let (left, right) = (Arc::clone(&left), Arc::clone(&right));
             worker.dataflow::<Time, _, _>(move |scope| {
                 let left = memory::from_partitions(scope, config("left"), left).data;
                 let right = memory::from_partitions(scope, config("right"), right).data;
                 let (joined, late) =
-                    left.interval_join(right, bounds).allowed_lateness(Duration::from_millis(100)).full_with_late();
+                    left.interval_join(right, bounds).allowed_lateness(Duration::from_millis(20)).full_with_late();
                 joined.collect_into(&f);
                 late.left.concat(late.right).collect_into(&l);
             });
@@ -197,12 +211,15 @@ fn interval_joins_admit_records_their_sources_accepted_late() {
         })
         .unwrap();
         assert_eq!(full.changelog(), want.full, "workers {workers}");
-        assert!(too_late.changelog().is_empty());
+        let mut want_late = want.late_left.clone();
+        want_late.extend(want.late_right.clone());
+        assert_eq!(too_late.changelog(), changelog(want_late), "workers {workers}");
     }
 }
 
-/// Partners on the edge of the interval arriving exactly on the lateness boundary still match;
-/// one millisecond later they are too late; a retraction on the boundary is applied.
+/// Partners at the edge of the interval arriving exactly at the end of their own interval plus
+/// the lateness still match; one millisecond later they are late; a retraction within it is
+/// applied; unmatched rows show once no partner can come any more.
 #[test]
 fn interval_joins_hold_records_until_their_last_admissible_partner() {
     let (bounds, lateness) = (IntervalBounds::new(-30, 50).unwrap(), 60);
@@ -211,18 +228,18 @@ fn interval_joins_hold_records_until_their_last_admissible_partner() {
     let b_edge = Event::new(1_050, 1, 2);
     let b_too_late = Event::new(1_050, 1, 3);
     let b_other = Event::new(2_010, 1, 6);
+    // A right record at 1 050 is admitted until 1 050 + 30 + 60 = 1 140.
     let a = Arc::new(vec![(a_first.clone(), 1_000, 1), (a_second.clone(), 2_000, 1), (a_second.clone(), 2_060, -1)]);
-    let b = Arc::new(vec![(b_edge.clone(), 1_110, 1), (b_too_late.clone(), 1_111, 1), (b_other.clone(), 2_010, 1)]);
+    let b = Arc::new(vec![(b_edge.clone(), 1_140, 1), (b_too_late.clone(), 1_141, 1), (b_other.clone(), 2_010, 1)]);
     let want = expected(&a, &b, bounds, Emit::Final, lateness);
     assert_eq!(
         want.full,
         vec![
-            ((Some(a_first.clone()), None), 1_050, 1),
-            ((Some(a_first.clone()), None), 1_110, -1),
-            ((Some(a_first), Some(b_edge)), 1_110, 1),
+            ((Some(a_first), Some(b_edge)), 1_140, 1),
             ((Some(a_second.clone()), Some(b_other.clone())), 2_010, 1),
-            ((None, Some(b_other.clone())), 2_060, 1),
-            ((Some(a_second), Some(b_other)), 2_060, -1),
+            ((Some(a_second), Some(b_other.clone())), 2_060, -1),
+            // b_other's last possible partner could arrive until 2 010 + 30 + 50 + 60.
+            ((None, Some(b_other)), 2_150, 1),
         ],
         "the reference agrees with the documented semantics"
     );
@@ -232,6 +249,6 @@ fn interval_joins_hold_records_until_their_last_admissible_partner() {
         let (o, m) = (out.clone(), Arc::clone(&metrics));
         run_two_with(workers, 1, 0, &a, &b, move |a, b| build(a, b, bounds, Emit::Final, lateness, &o, &m));
         assert_eq!(out.full.changelog(), want.full, "workers {workers}");
-        assert_eq!(out.late_right.changelog(), vec![(b_too_late.clone(), 1_111, 1)], "workers {workers}");
+        assert_eq!(out.late_right.changelog(), vec![(b_too_late.clone(), 1_141, 1)], "workers {workers}");
     }
 }

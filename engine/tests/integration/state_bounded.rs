@@ -152,7 +152,7 @@ fn a_hot_key_costs_no_more_per_event_than_cold_keys() {
     let hot_session = hot.contents.iter().find(|(r, _)| r.key == 0).expect("the hot key has a session");
     let expected = Stats {
         count: count.div_ceil(2) as i64,
-        sum: (0..count).step_by(2).sum::<u64>() as i64,
+        sum: i128::from((0..count).step_by(2).sum::<u64>()),
         min: 0,
         max: ((count - 1) / 2 * 2) as i64,
     };

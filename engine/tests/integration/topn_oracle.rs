@@ -1,7 +1,7 @@
 //! Oracle tests for top-N: per window over all keys (ranking window results, a changelog with
 //! late corrections) and per key and window (the `Top` aggregator), plus distinct counts per
-//! window; random out-of-order streams, 1, 2 and 4 workers, every emission mode and late
-//! policy, compared with from-scratch computations.
+//! window; random out-of-order streams, 1, 2 and 4 workers, every emission mode and allowed
+//! lateness, compared with from-scratch computations.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
@@ -9,12 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tideline::prelude::*;
-use tideline::time::late::LatePolicy;
 use tideline::window::aggregate::{DistinctCount, Sum, Top};
 
 use crate::common::*;
 
-type Row = WindowResult<u32, i64>;
+type Row = WindowResult<u32, i128>;
 
 /// The top `n` rows of each window, from scratch, at every time the input changes: rows by
 /// value, highest first, ties by the row's own order.
@@ -58,33 +57,29 @@ fn check_ranking(seed: u64, topn_lateness: Option<u64>) {
     let strategy = WatermarkStrategy::bounded_out_of_orderness(Duration::from_millis(60));
     let partitions = Arc::new(random_partitions(seed, 3, 400, 6, 60, 12));
     let spec = WindowSpec::tumbling(Duration::from_millis(100)).unwrap();
-    let policies =
-        [LatePolicy::Drop, LatePolicy::SideOutput, LatePolicy::Accept { allowed_lateness: Duration::from_millis(150) }];
-    for policy in policies {
-        let expected = model_source(&partitions, &strategy, policy);
-        let window_lateness = policy.allowed_lateness_ms();
+    let arrivals = model_source(&partitions, &strategy);
+    for window_lateness in [0, 150] {
         let release_lateness = topn_lateness.unwrap_or(window_lateness);
         for emit in [Emit::Final, Emit::Updates] {
-            let windows = windows_from_scratch(&expected.accepted, spec, emit, window_lateness, |values| {
-                values.iter().sum::<i64>()
+            let (windows, _) = windows_from_scratch(&arrivals.records, spec, emit, window_lateness, |values| {
+                values.iter().map(|v| i128::from(*v)).sum::<i128>()
             });
             let (input, too_late): (Vec<_>, Vec<_>) =
                 windows.into_iter().partition(|(row, time, _)| *time < row.window.end + release_lateness);
             let want = ranking_from_scratch(&input, 3);
             let mut want_late: Vec<(Ev, Time, isize)> = too_late
                 .iter()
-                .map(|(row, time, diff)| (Event::new(row.window.start, row.key, row.value), *time, *diff))
+                .map(|(row, time, diff)| (Event::new(row.window.start, row.key, row.value as i64), *time, *diff))
                 .collect();
             sort_changelog(&mut want_late);
-            let accepts_late = matches!(policy, LatePolicy::Accept { .. });
-            if emit == Emit::Updates || (accepts_late && topn_lateness.is_none()) {
+            if emit == Emit::Updates || (window_lateness > 0 && topn_lateness.is_none()) {
                 assert!(want.iter().any(|(_, _, diff)| *diff < 0), "the ranking should change");
             }
-            if accepts_late && topn_lateness.is_some() {
+            if window_lateness > 0 && topn_lateness.is_some() {
                 assert!(!want_late.is_empty(), "some corrections should come after the release");
             }
             for workers in [1, 2, 4] {
-                let got = run_operator(workers, &partitions, &strategy, policy, 97, move |events, state| {
+                let got = run_operator(workers, &partitions, &strategy, 97, move |events, state| {
                     let (ranked, late) = events
                         .windows(spec)
                         .emit(emit)
@@ -94,9 +89,11 @@ fn check_ranking(seed: u64, topn_lateness: Option<u64>) {
                         .release_at(move |window| window.end + release_lateness)
                         .state_metrics(state)
                         .build_with_late();
-                    (ranked, late.map(|r| Event::new(r.window.start, r.key, r.value)))
+                    (ranked, late.map(|r| Event::new(r.window.start, r.key, r.value as i64)))
                 });
-                let context = format!("seed {seed} {policy:?} release L {release_lateness} {emit:?} workers {workers}");
+                let context = format!(
+                    "seed {seed} window L {window_lateness} release L {release_lateness} {emit:?} workers {workers}"
+                );
                 assert_eq!(got.results.len(), want.len(), "{context}: changelog length");
                 assert_eq!(got.results, want, "{context}: changelog");
                 assert_eq!(got.operator_late, want_late, "{context}: too-late updates");
@@ -124,12 +121,13 @@ fn top_n_without_release_matches_the_oracle() {
     let strategy = WatermarkStrategy::bounded_out_of_orderness(Duration::from_millis(60));
     let partitions = Arc::new(random_partitions(33, 3, 300, 6, 60, 12));
     let spec = WindowSpec::tumbling(Duration::from_millis(100)).unwrap();
-    let policy = LatePolicy::Accept { allowed_lateness: Duration::from_millis(150) };
-    let expected = model_source(&partitions, &strategy, policy);
-    let windows = windows_from_scratch(&expected.accepted, spec, Emit::Updates, 150, |values| values.iter().sum());
+    let arrivals = model_source(&partitions, &strategy);
+    let (windows, _) = windows_from_scratch(&arrivals.records, spec, Emit::Updates, 150, |values| {
+        values.iter().map(|v| i128::from(*v)).sum::<i128>()
+    });
     let want = ranking_from_scratch(&windows, 2);
     for workers in [1, 3] {
-        let got = run_operator(workers, &partitions, &strategy, policy, 97, move |events, state| {
+        let got = run_operator(workers, &partitions, &strategy, 97, move |events, state| {
             let no_late = events.clone().filter(|_| false);
             let ranked = events
                 .windows(spec)
@@ -147,19 +145,16 @@ fn top_n_without_release_matches_the_oracle() {
     }
 }
 
-/// `Top` per key and window, and distinct counts, against the window oracle, for every late
-/// policy and emission mode.
+/// `Top` per key and window, and distinct counts, against the window oracle, for every allowed
+/// lateness and emission mode.
 #[test]
 fn top_and_distinct_count_per_key_and_window_match_the_oracle() {
     let strategy = WatermarkStrategy::bounded_out_of_orderness(Duration::from_millis(60));
     let partitions = Arc::new(random_partitions(34, 3, 400, 4, 60, 12));
     let tumbling = WindowSpec::tumbling(Duration::from_millis(100)).unwrap();
     let sliding = WindowSpec::sliding(Duration::from_millis(100), Duration::from_millis(40)).unwrap();
-    let policies =
-        [LatePolicy::Drop, LatePolicy::SideOutput, LatePolicy::Accept { allowed_lateness: Duration::from_millis(150) }];
-    for policy in policies {
-        let expected = model_source(&partitions, &strategy, policy);
-        let lateness = policy.allowed_lateness_ms();
+    let arrivals = model_source(&partitions, &strategy);
+    for lateness in [0, 150] {
         for emit in [Emit::Final, Emit::Updates] {
             let top = |values: &[i64]| {
                 let mut sorted = values.to_vec();
@@ -167,12 +162,13 @@ fn top_and_distinct_count_per_key_and_window_match_the_oracle() {
                 sorted.truncate(3);
                 sorted
             };
-            let want_top = windows_from_scratch(&expected.accepted, tumbling, emit, lateness, top);
+            let (want_top, late_top) = windows_from_scratch(&arrivals.records, tumbling, emit, lateness, top);
             let distinct = |values: &[i64]| values.iter().collect::<BTreeSet<_>>().len() as i64;
-            let want_distinct = windows_from_scratch(&expected.accepted, sliding, emit, lateness, distinct);
+            let (want_distinct, late_distinct) =
+                windows_from_scratch(&arrivals.records, sliding, emit, lateness, distinct);
             for workers in [1, 2, 4] {
-                let context = format!("{policy:?} {emit:?} workers {workers}");
-                let got = run_operator(workers, &partitions, &strategy, policy, 97, move |events, _| {
+                let context = format!("L {lateness} {emit:?} workers {workers}");
+                let got = run_operator(workers, &partitions, &strategy, 97, move |events, _| {
                     events
                         .windows(tumbling)
                         .emit(emit)
@@ -180,7 +176,8 @@ fn top_and_distinct_count_per_key_and_window_match_the_oracle() {
                         .aggregate_with_late(Top::new(3))
                 });
                 assert_eq!(got.results, want_top, "top: {context}");
-                let got = run_operator(workers, &partitions, &strategy, policy, 97, move |events, _| {
+                assert_eq!(got.operator_late, late_output(&late_top, LatePolicy::SideOutput), "top late: {context}");
+                let got = run_operator(workers, &partitions, &strategy, 97, move |events, _| {
                     events
                         .windows(sliding)
                         .emit(emit)
@@ -188,6 +185,11 @@ fn top_and_distinct_count_per_key_and_window_match_the_oracle() {
                         .aggregate_with_late(DistinctCount)
                 });
                 assert_eq!(got.results, want_distinct, "distinct: {context}");
+                assert_eq!(
+                    got.operator_late,
+                    late_output(&late_distinct, LatePolicy::SideOutput),
+                    "distinct late: {context}"
+                );
             }
         }
     }
@@ -202,7 +204,7 @@ fn ties_go_to_the_smaller_record_and_updates_at_the_release_time_are_late() {
         Event::new(99, 1, 1),
         Event::new(100, 1, 9),
     ]]);
-    let got = run_operator(2, &partitions, &WatermarkStrategy::monotonic(), LatePolicy::Drop, 1, |events, state| {
+    let got = run_operator(2, &partitions, &WatermarkStrategy::monotonic(), 1, |events, state| {
         events.top_n(2, |e: &Ev| e.key, |e| e.value).release_at(|_| 100).state_metrics(state).build_with_late()
     });
     let ranked = |rank, time| Ranked { group: 1, rank, record: Event::new(time, 1, if time == 30 { 7 } else { 5 }) };

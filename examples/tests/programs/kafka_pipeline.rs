@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use tideline::prelude::*;
 use tideline::source::{SourceConfig, memory};
-use tideline::time::late::LatePolicy;
 use tideline::window::aggregate::AllStats;
 use tideline_connectors::kafka::{KafkaConfig, KafkaSource, Keyed, RawMessage};
 use tideline_examples::{GENERATED_PARTITIONS, InputRow, OutputRow, generated_partition};
@@ -102,9 +101,7 @@ fn kafka_pipeline_equals_the_in_memory_pipeline() {
         .collect();
     let partitions = Arc::new(partitions);
     let config = || {
-        SourceConfig::new("readings")
-            .watermarks(WatermarkStrategy::bounded_out_of_orderness(Duration::from_secs(5)))
-            .late(LatePolicy::SideOutput)
+        SourceConfig::new("readings").watermarks(WatermarkStrategy::bounded_out_of_orderness(Duration::from_secs(5)))
     };
     let p = Arc::clone(&partitions);
     let mut expected: Vec<OutputRow> = tideline::runtime::collect(2, move |scope| {
@@ -131,7 +128,13 @@ fn kafka_pipeline_equals_the_in_memory_pipeline() {
     .collect();
     let p = Arc::clone(&partitions);
     let mut expected_late: Vec<InputRow> = tideline::runtime::collect(2, move |scope| {
-        memory::from_partitions(scope, config(), Arc::clone(&p)).late.map(|l| l.record)
+        memory::from_partitions(scope, config(), Arc::clone(&p))
+            .data
+            .map(InputRow::into_event)
+            .tumbling(Duration::from_secs(10))
+            .aggregate_with_late(AllStats)
+            .1
+            .map(InputRow::from_event)
     })
     .into_iter()
     .map(|(row, _, _)| row)
