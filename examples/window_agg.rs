@@ -61,9 +61,14 @@ TIME AND LATE DATA:
 OUTPUT:
   --output OUT.csv          results (default: standard output), header
                             window_start_ms,window_end_ms,key,count,sum,min,max[,diff],
-                            rows sorted by (window_start_ms, key)
-  --late-output LATE.csv    late records not accepted, unchanged, in input order
-  --dead-letter-output F    malformed input lines: file,line,reason,raw (default: summary on stderr)
+                            written as they complete: in the order results complete (by
+                            result time), then by window start and key (for tumbling and
+                            sliding windows: by window, then key); a file is written as
+                            OUT.csv.partial and renamed to OUT.csv when complete
+  --late-output LATE.csv    late records not accepted, in input order (per input partition),
+                            written as they arrive
+  --dead-letter-output F    malformed input lines: file,line,reason,raw, written when the input
+                            ends (default: summary on stderr)
   --quiet                   no progress or summary on stderr
 
 Durations are a whole number with a unit: ms, s, m or h (e.g. 250ms, 10s, 5m, 1h).
@@ -351,7 +356,7 @@ fn run(cluster: Cluster, options: Options) -> Result<(), String> {
         Some(path) => Some(
             FileSink::<DeadRow>::csv(path)
                 .header(["file", "line", "reason", "raw"])
-                .mode(SinkMode::AppendOnly)
+                .mode(SinkMode::Snapshot)
                 .sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)))
                 .name("dead-letter-output")
                 .build()

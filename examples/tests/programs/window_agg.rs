@@ -55,7 +55,9 @@ fn read_input(path: &Path) -> (Vec<Input>, Vec<u64>) {
 
 /// The output `window_agg` must produce, from scratch: the file read in order, watermark =
 /// max seen - bound, the late policy, tumbling or sliding windows in Final mode. Rows are
-/// `(start, end, key, count, sum, min, max, diff)` in output order; also the late lines.
+/// `(start, end, key, count, sum, min, max, diff)` in output order — by the time a result
+/// completes (a window's last instant, or the watermark of a correction), then window start
+/// and key, retractions first; also the late lines.
 fn expected(inputs: &[Input], size: u64, slide: u64, bound: u64, accept: Option<u64>) -> (Vec<String>, Vec<u64>) {
     let mut max_seen: Option<u64> = None;
     let mut accepted = Vec::new();
@@ -82,7 +84,8 @@ fn expected(inputs: &[Input], size: u64, slide: u64, bound: u64, accept: Option<
             start -= slide;
         }
     }
-    let mut rows = Vec::new();
+    // (result time, start, key, insertion?, row)
+    let mut rows: Vec<(u64, u64, String, bool, String)> = Vec::new();
     for ((start, key), records) in groups {
         let mut times: Vec<u64> = records.iter().map(|(t, _)| *t).collect();
         times.sort();
@@ -98,18 +101,20 @@ fn expected(inputs: &[Input], size: u64, slide: u64, bound: u64, accept: Option<
                 values.iter().min().unwrap(),
                 values.iter().max().unwrap()
             );
+            let mut push = |insert: bool, text: String| rows.push((time, start, key.clone(), insert, text));
             match (&previous, accept.is_some()) {
-                (None, false) => rows.push(row.clone()),
-                (None, true) => rows.push(format!("{row},1")),
+                (None, false) => push(true, row.clone()),
+                (None, true) => push(true, format!("{row},1")),
                 (Some(old), _) => {
-                    rows.push(format!("{old},-1"));
-                    rows.push(format!("{row},1"));
+                    push(false, format!("{old},-1"));
+                    push(true, format!("{row},1"));
                 }
             }
             previous = Some(row);
         }
     }
-    (rows, late_lines)
+    rows.sort();
+    (rows.into_iter().map(|(_, _, _, _, row)| row).collect(), late_lines)
 }
 
 fn body(csv: &str) -> Vec<String> {
@@ -400,7 +405,8 @@ fn expected_sessions(inputs: &[Input], gap: u64, bound: u64, accept: Option<u64>
             per_key.entry(input.key.clone()).or_default().push((input.time, input.value));
         }
     }
-    let mut rows: Vec<(u64, String, String)> = Vec::new();
+    // (result time, start, key, row): sessions complete at their last instant.
+    let mut rows: Vec<(u64, u64, String, String)> = Vec::new();
     for (key, mut events) in per_key {
         events.sort();
         let mut session: Vec<(u64, i64)> = Vec::new();
@@ -416,7 +422,7 @@ fn expected_sessions(inputs: &[Input], gap: u64, bound: u64, accept: Option<u64>
                     values.iter().min().unwrap(),
                     values.iter().max().unwrap()
                 );
-                rows.push((first.0, key.clone(), row));
+                rows.push((last.0 + gap - 1, first.0, key.clone(), row));
             }
             session.clear();
         };
@@ -429,7 +435,7 @@ fn expected_sessions(inputs: &[Input], gap: u64, bound: u64, accept: Option<u64>
         flush(&mut session);
     }
     rows.sort();
-    rows.into_iter().map(|(_, _, row)| row).collect()
+    rows.into_iter().map(|(_, _, _, row)| row).collect()
 }
 
 #[test]
@@ -495,4 +501,68 @@ fn session_output_matches_a_from_scratch_sort_and_split() {
     want.sort();
     assert_eq!(got, want);
     assert!(body(&out).iter().any(|l| l.ends_with(",-1")), "late records merged or extended sessions");
+}
+
+/// A FIFO at `path` (made with `mkfifo`).
+fn mkfifo(path: &Path) {
+    let status = Command::new("mkfifo").arg(path).status().expect("mkfifo runs");
+    assert!(status.success(), "mkfifo {}", path.display());
+}
+
+/// Waits for `child` at most `limit`, killing it after that.
+fn wait_at_most(child: &mut std::process::Child, limit: std::time::Duration) -> std::process::ExitStatus {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            panic!("window_agg did not finish within {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn regression_outputs_to_dev_null_dev_stdout_and_fifos() {
+    let dir = temp_dir("special-outputs");
+    let input = dir.join("in.csv");
+    ok(&["--write-input", input.to_str().unwrap(), "--events", "3000", "--quiet"]);
+    let input = input.to_str().unwrap();
+    let want = ok(&["--input", input, "--tumbling", "1s", "--quiet"]);
+    assert!(body(&want).len() > 10);
+    let late = dir.join("late.csv");
+    // /dev/null for every output: fsync's EINVAL on a device is no error.
+    let out = ok(&[
+        "--input",
+        input,
+        "--tumbling",
+        "1s",
+        "--output",
+        "/dev/null",
+        "--late-output",
+        late.to_str().unwrap(),
+        "--dead-letter-output",
+        "/dev/null",
+        "--quiet",
+    ]);
+    assert_eq!(out, "");
+    let out = ok(&["--input", input, "--tumbling", "1s", "--late-output", "/dev/null", "--quiet"]);
+    assert_eq!(out, want);
+    // /dev/stdout, here a pipe to this test.
+    let out = ok(&["--input", input, "--tumbling", "1s", "--output", "/dev/stdout", "--quiet"]);
+    assert_eq!(out, want);
+    // A FIFO: opened once, when the writer starts, and read to the end by its reader.
+    let fifo = dir.join("out.fifo");
+    mkfifo(&fifo);
+    let mut child = Command::new(BIN)
+        .args(["--input", input, "--tumbling", "1s", "--output", fifo.to_str().unwrap(), "--quiet"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let read = std::fs::read_to_string(&fifo).unwrap();
+    let status = wait_at_most(&mut child, std::time::Duration::from_secs(60));
+    assert!(status.success());
+    assert_eq!(read, want);
 }
