@@ -23,7 +23,7 @@ use tideline::time::late::LatePolicy;
 use tideline::time::{format_duration, parse_duration};
 use tideline::window::aggregate::AllStats;
 use tideline_connectors::file::{FileSink, FileSource, SinkMode};
-use tideline_examples::{InputRow, OutputRow, generated_partition};
+use tideline_examples::{DeadRow, InputRow, LateRow, OutputRow, generated_partition};
 
 const USAGE: &str = "\
 window_agg: windowed count, sum, min and max per key over a CSV file of events.
@@ -221,29 +221,6 @@ fn duration_arg(flag: &str, text: &str) -> Result<Duration, Usage> {
     Ok(d)
 }
 
-/// A late record, ordered by its input position, written as the input line.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Deserialize)]
-struct LateRow {
-    partition: u64,
-    position: u64,
-    row: InputRow,
-}
-
-impl serde::Serialize for LateRow {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.row.serialize(serializer)
-    }
-}
-
-/// A dead letter as a CSV row.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
-struct DeadRow {
-    file: String,
-    line: u64,
-    reason: String,
-    raw: String,
-}
-
 fn main() -> ExitCode {
     let (cluster, args) = match Cluster::from_args(std::env::args().skip(1)) {
         Ok(parsed) => parsed,
@@ -345,7 +322,7 @@ fn run(cluster: Cluster, options: Options) -> Result<(), String> {
             FileSink::<LateRow>::csv(path)
                 .header(["event_time_ms", "key", "value"])
                 .mode(SinkMode::AppendOnly)
-                .sort_by(|a, b| (a.partition, a.position).cmp(&(b.partition, b.position)))
+                .write_as(|late: &LateRow| late.row.clone())
                 .name("late-output")
                 .build()
                 .map_err(|e| e.to_string())?,

@@ -1,5 +1,6 @@
-//! Code shared by the example programs: the `window_agg` record types and its built-in,
-//! generated data set, the Nexmark queries, and the `ledger` dataflow ([`ledger`]).
+//! Code shared by the example programs: the `window_agg` record types (input, output, late and
+//! dead-letter rows) and its built-in, generated data set, the Nexmark queries, and the
+//! `ledger` dataflow ([`ledger`]).
 
 pub mod ledger;
 pub mod nexmark;
@@ -50,6 +51,34 @@ pub struct OutputRow {
     pub min: i64,
     /// Largest value.
     pub max: i64,
+}
+
+/// A late record of `window_agg`, as it travels to the late output: ordered by its input
+/// position; the late output file shows its [`row`](Self::row) alone.
+///
+/// Like every type that crosses a process boundary, it round-trips through serde (timely
+/// sends it between processes with bincode): its serde form has all its fields.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct LateRow {
+    /// The input partition it was read from.
+    pub partition: u64,
+    /// Its position in the partition (the line number, for files).
+    pub position: u64,
+    /// The record.
+    pub row: InputRow,
+}
+
+/// A malformed input line of `window_agg`, as a row of its dead-letter output.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct DeadRow {
+    /// The input file.
+    pub file: String,
+    /// The line number.
+    pub line: u64,
+    /// Why the line could not be decoded.
+    pub reason: String,
+    /// The line.
+    pub raw: String,
 }
 
 /// The start of the built-in data set's event time: 2026-01-01T00:00:00Z.

@@ -3,4 +3,5 @@
 mod kafka_pipeline;
 mod ledger;
 mod nexmark;
+mod round_trip;
 mod window_agg;

@@ -566,3 +566,70 @@ fn regression_outputs_to_dev_null_dev_stdout_and_fifos() {
     assert!(status.success());
     assert_eq!(read, want);
 }
+
+/// Free loopback ports for `n` processes, in a hostfile.
+fn hostfile(dir: &Path, n: usize) -> PathBuf {
+    let listeners: Vec<std::net::TcpListener> =
+        (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    let path = dir.join("hosts.txt");
+    let text: String = listeners.iter().map(|l| format!("127.0.0.1:{}\n", l.local_addr().unwrap().port())).collect();
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Runs `args` as processes 0 and 1 of a two-process cluster on loopback ports, each with
+/// `workers` threads; returns both outputs (process 0's first).
+fn cluster_of_two(dir: &Path, workers: &str, args: &[&str]) -> (Output, Output) {
+    let hosts = hostfile(dir, 2);
+    let with = |process: &str| -> Vec<String> {
+        let cluster = ["-w", workers, "-n", "2", "-p", process, "-h", hosts.to_str().unwrap()];
+        args.iter().chain(cluster.iter()).map(|s| s.to_string()).collect()
+    };
+    let second = Command::new(BIN).args(with("1")).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let first = Command::new(BIN).args(with("0")).output().unwrap();
+    let second = second.wait_with_output().unwrap();
+    (first, second)
+}
+
+#[test]
+fn regression_two_process_cluster_with_late_output() {
+    // Late rows read by process 1 crossed to process 0's late-output writer, whose row type
+    // did not deserialize what it serialized: process 0 panicked (issue 13, item 1).
+    let dir = temp_dir("cluster-late");
+    let input = dir.join("in.csv");
+    ok(&["--write-input", input.to_str().unwrap(), "--events", "20000", "--quiet"]);
+    let input = input.to_str().unwrap();
+    let late = dir.join("late-single.csv");
+    let single =
+        ok(&["--input", input, "--tumbling", "10s", "--late-output", late.to_str().unwrap(), "--quiet"]);
+    let single_late = std::fs::read_to_string(&late).unwrap();
+    let (inputs, _) = read_input(Path::new(input));
+    let (_, late_lines) = expected(&inputs, 10_000, 10_000, 5_000, None);
+    assert!(late_lines.len() > 5, "the data set has late rows");
+    assert!(late_lines.iter().any(|l| *l > inputs.len() as u64 / 2), "late rows in the second half");
+    assert_eq!(body(&single_late).len(), late_lines.len());
+    for workers in ["1", "2"] {
+        let (output, late) = (dir.join(format!("out-{workers}.csv")), dir.join(format!("late-{workers}.csv")));
+        let (first, second) = cluster_of_two(
+            &dir,
+            workers,
+            &[
+                "--input",
+                input,
+                "--tumbling",
+                "10s",
+                "--output",
+                output.to_str().unwrap(),
+                "--late-output",
+                late.to_str().unwrap(),
+                "--quiet",
+            ],
+        );
+        for (process, run) in [(0, &first), (1, &second)] {
+            let stderr = String::from_utf8_lossy(&run.stderr);
+            assert!(run.status.success(), "process {process} of {workers}-worker processes: {stderr}");
+        }
+        assert_eq!(std::fs::read_to_string(&output).unwrap(), single, "{workers} workers per process");
+        assert_eq!(std::fs::read_to_string(&late).unwrap(), single_late, "{workers} workers per process");
+    }
+}
