@@ -1,7 +1,8 @@
-//! `window_agg`: windowed count, sum, min and max per key over a CSV file of events.
+//! `window_agg`: windowed count, sum, min and max per key over a CSV file or stream of
+//! events.
 //!
 //! ```text
-//! window_agg --input FILE.csv [--output OUT.csv] [--late-output LATE.csv]
+//! window_agg [--input FILE.csv|-] [--output OUT.csv] [--late-output LATE.csv]
 //!            (--tumbling 10s | --sliding 10s,2s | --session 30s)
 //!            [--out-of-orderness 5s] [--allowed-lateness 0s] [--late drop|side|accept]
 //!            [--emit final|updates] [-w N] [timely cluster flags]
@@ -14,67 +15,118 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use clap::{Parser, ValueEnum};
 use tideline::prelude::*;
 use tideline::runtime::metrics::SourceMetrics;
-use tideline::runtime::{CLUSTER_FLAGS_HELP, Cluster, execute};
+use tideline::runtime::{Cluster, execute};
 use tideline::sink::SinkHandle;
 use tideline::source::{SourceConfig, memory};
+use tideline::time::format_duration;
 use tideline::time::late::LatePolicy;
-use tideline::time::{format_duration, parse_duration};
 use tideline::window::aggregate::AllStats;
 use tideline_connectors::file::{FileSink, FileSource, SinkMode};
+use tideline_examples::cli::{
+    ClusterArgs, HelpFlag, duration, positive_duration, size_and_slide, usage_error, whole_number,
+};
 use tideline_examples::{DeadRow, InputRow, LateRow, OutputRow, generated_partition};
 
-const USAGE: &str = "\
-window_agg: windowed count, sum, min and max per key over a CSV file of events.
+/// window_agg: windowed count, sum, min and max per key over a CSV file of events, or over
+/// standard input as an unbounded stream.
+#[derive(Parser, Debug)]
+#[command(
+    name = "window_agg",
+    version,
+    disable_help_flag = true,
+    override_usage = "window_agg [--input FILE.csv|-] [--output OUT.csv] [--late-output LATE.csv]
+                  (--tumbling 10s | --sliding 10s,2s | --session 30s)
+                  [--out-of-orderness 5s] [--allowed-lateness 0s] [--late drop|side|accept]
+                  [--emit final|updates] [-w N] [CLUSTER FLAGS]",
+    group(clap::ArgGroup::new("window").args(["tumbling", "sliding", "session"]).multiple(false)),
+    after_help = "Durations are a whole number with a unit: ms, s, m or h (e.g. 250ms, 10s, 5m, 1h)."
+)]
+struct Cli {
+    #[command(flatten)]
+    help: HelpFlag,
 
-USAGE:
-  window_agg --input FILE.csv [--output OUT.csv] [--late-output LATE.csv]
-             (--tumbling 10s | --sliding 10s,2s | --session 30s)
-             [--out-of-orderness 5s] [--allowed-lateness 0s] [--late drop|side|accept]
-             [--emit final|updates] [-w N] [timely cluster flags]
+    /// CSV with the header event_time_ms,key,value (u64, string, i64); `-` (or a pipe) is read
+    /// as an unbounded stream, and results are written as windows complete. Without --input, a
+    /// built-in generated data set is used
+    #[arg(long, value_name = "FILE.csv", help_heading = "Input")]
+    input: Option<String>,
+    /// Size of the built-in data set
+    #[arg(long, value_name = "N", default_value_t = 1_000_000, value_parser = whole_number, help_heading = "Input")]
+    events: u64,
+    /// Write the built-in data set as CSV to FILE and exit
+    #[arg(long, value_name = "FILE.csv", help_heading = "Input")]
+    write_input: Option<String>,
 
-INPUT:
-  --input FILE.csv          CSV with the header event_time_ms,key,value (u64, string, i64).
-                            Without --input, a built-in generated data set is used.
-  --events N                size of the built-in data set (default 1000000)
-  --write-input FILE.csv    write the built-in data set as CSV to FILE and exit
+    /// Tumbling windows of SIZE
+    #[arg(long, value_name = "SIZE", value_parser = positive_duration, help_heading = "Windows (exactly one)")]
+    tumbling: Option<Duration>,
+    /// Sliding windows of SIZE, one starting every SLIDE (at most SIZE)
+    #[arg(long, value_name = "SIZE,SLIDE", value_parser = size_and_slide, help_heading = "Windows (exactly one)")]
+    sliding: Option<(Duration, Duration)>,
+    /// Session windows per key, closed by GAP of inactivity: rows carry window_start_ms = first
+    /// event, window_end_ms = last event + GAP
+    #[arg(long, value_name = "GAP", value_parser = positive_duration, help_heading = "Windows (exactly one)")]
+    session: Option<Duration>,
 
-WINDOWS (exactly one):
-  --tumbling SIZE           tumbling windows of SIZE
-  --sliding SIZE,SLIDE      sliding windows of SIZE, one starting every SLIDE
-  --session GAP             session windows per key, closed by GAP of inactivity: rows carry
-                            window_start_ms = first event, window_end_ms = last event + GAP
+    /// Watermark = largest event time seen - D
+    #[arg(long, value_name = "D", default_value = "5s", value_parser = duration, help_heading = "Time and late data")]
+    out_of_orderness: Duration,
+    /// What happens to records behind the watermark [default: drop, or side with --late-output]
+    #[arg(long, value_name = "POLICY", value_enum, help_heading = "Time and late data")]
+    late: Option<LateArg>,
+    /// With --late accept: how far behind the watermark a record is still accepted [default: 0s]
+    #[arg(long, value_name = "L", value_parser = duration, help_heading = "Time and late data")]
+    allowed_lateness: Option<Duration>,
+    /// final: one row per window and key, when complete; updates: every change of a window's
+    /// result, with a diff column
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = EmitArg::Final, help_heading = "Time and late data")]
+    emit: EmitArg,
 
-TIME AND LATE DATA:
-  --out-of-orderness D      watermark = largest event time seen - D (default 5s)
-  --late POLICY             what happens to records behind the watermark:
-                              drop    count and drop them (default without --late-output)
-                              side    write them to --late-output (default with it)
-                              accept  accept them up to --allowed-lateness behind the
-                                      watermark and correct the windows (retraction row and
-                                      new row, with a diff column); older ones go to the side
-  --allowed-lateness L      with --late accept (default 0s)
-  --emit MODE               final (default): one row per window and key, when complete;
-                            updates: every change of a window's result, with a diff column
+    /// Results (default: standard output), header
+    /// window_start_ms,window_end_ms,key,count,sum,min,max[,diff], written as they complete: in
+    /// the order results complete (by result time), then by window start and key (for tumbling
+    /// and sliding windows: by window, then key). A file is written as OUT.csv.partial and
+    /// renamed to OUT.csv when complete
+    #[arg(long, value_name = "OUT.csv", help_heading = "Output")]
+    output: Option<String>,
+    /// Late records not accepted, in input order (per input partition), written as they arrive
+    #[arg(long, value_name = "LATE.csv", help_heading = "Output")]
+    late_output: Option<String>,
+    /// Malformed input lines: file,line,reason,raw, written when the input ends (default: a
+    /// summary on stderr)
+    #[arg(long, value_name = "FILE.csv", help_heading = "Output")]
+    dead_letter_output: Option<String>,
+    /// No progress or summary on stderr
+    #[arg(long, help_heading = "Output")]
+    quiet: bool,
 
-OUTPUT:
-  --output OUT.csv          results (default: standard output), header
-                            window_start_ms,window_end_ms,key,count,sum,min,max[,diff],
-                            written as they complete: in the order results complete (by
-                            result time), then by window start and key (for tumbling and
-                            sliding windows: by window, then key); a file is written as
-                            OUT.csv.partial and renamed to OUT.csv when complete
-  --late-output LATE.csv    late records not accepted, in input order (per input partition),
-                            written as they arrive
-  --dead-letter-output F    malformed input lines: file,line,reason,raw, written when the input
-                            ends (default: summary on stderr)
-  --quiet                   no progress or summary on stderr
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
 
-Durations are a whole number with a unit: ms, s, m or h (e.g. 250ms, 10s, 5m, 1h).
+/// `--late`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LateArg {
+    /// Count and drop them
+    Drop,
+    /// Write them to --late-output
+    Side,
+    /// Accept them up to --allowed-lateness behind the watermark and correct the windows
+    /// (retraction row and new row, with a diff column); older ones go to the side
+    Accept,
+}
 
-CLUSTER (timely):
-";
+/// `--emit`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum EmitArg {
+    /// One row per window and key, when complete
+    Final,
+    /// Every change of a window's result, with a diff column
+    Updates,
+}
 
 #[derive(Clone, Debug)]
 enum WindowKind {
@@ -99,141 +151,65 @@ struct Options {
     quiet: bool,
 }
 
-/// A usage error: printed with a hint, exit code 2.
-struct Usage(String);
-
-fn parse(args: Vec<String>) -> Result<Option<Options>, Usage> {
-    let mut input = None;
-    let mut events = 1_000_000u64;
-    let mut write_input = None;
-    let mut output = None;
-    let mut late_output = None;
-    let mut dead_letter_output = None;
-    let mut windows: Vec<(String, String)> = Vec::new();
-    let mut out_of_orderness = Duration::from_secs(5);
-    let mut allowed_lateness = None;
-    let mut late = None;
-    let mut emit = Emit::Final;
-    let mut quiet = false;
-
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
-            _ => (arg.clone(), None),
+impl Cli {
+    /// The options, once the flags agree with each other (a usage error otherwise).
+    fn options(self) -> Result<Options, String> {
+        let window = match (self.tumbling, self.sliding, self.session) {
+            (Some(size), _, _) => WindowKind::Tumbling(size),
+            (_, Some((size, slide)), _) => WindowKind::Sliding(size, slide),
+            (_, _, Some(gap)) => WindowKind::Session(gap),
+            // Only the data set matters; a window flag is not needed.
+            _ if self.write_input.is_some() => WindowKind::Tumbling(Duration::from_secs(1)),
+            _ => return Err("choose a window: --tumbling SIZE, --sliding SIZE,SLIDE or --session GAP".into()),
         };
-        let mut value = |name: &str| -> Result<String, Usage> {
-            inline.clone().or_else(|| args.next()).ok_or_else(|| Usage(format!("{name} needs a value")))
+        let late = match self.late {
+            None if self.late_output.is_some() => LatePolicy::SideOutput,
+            None | Some(LateArg::Drop) => LatePolicy::Drop,
+            Some(LateArg::Side) => LatePolicy::SideOutput,
+            Some(LateArg::Accept) => {
+                LatePolicy::Accept { allowed_lateness: self.allowed_lateness.unwrap_or(Duration::ZERO) }
+            }
         };
-        let duration = |name: &str, text: String| parse_duration(&text).map_err(|e| Usage(format!("{name}: {e}")));
-        match flag.as_str() {
-            "--help" => return Ok(None),
-            "--input" => input = Some(value("--input")?),
-            "--events" => {
-                let text = value("--events")?;
-                events = text.parse().map_err(|_| Usage(format!("--events expects a whole number, got {text:?}")))?;
-            }
-            "--write-input" => write_input = Some(value("--write-input")?),
-            "--output" => output = Some(value("--output")?),
-            "--late-output" => late_output = Some(value("--late-output")?),
-            "--dead-letter-output" => dead_letter_output = Some(value("--dead-letter-output")?),
-            "--tumbling" | "--sliding" | "--session" => windows.push((flag.clone(), value(&flag)?)),
-            "--out-of-orderness" => out_of_orderness = duration("--out-of-orderness", value("--out-of-orderness")?)?,
-            "--allowed-lateness" => {
-                allowed_lateness = Some(duration("--allowed-lateness", value("--allowed-lateness")?)?)
-            }
-            "--late" => late = Some(value("--late")?),
-            "--emit" => {
-                emit = match value("--emit")?.as_str() {
-                    "final" => Emit::Final,
-                    "updates" => Emit::Updates,
-                    other => return Err(Usage(format!("--emit expects final or updates, got {other:?}"))),
-                }
-            }
-            "--quiet" => quiet = true,
-            other if other.starts_with('-') => return Err(Usage(format!("unknown flag {other}"))),
-            other => return Err(Usage(format!("unexpected argument {other:?}"))),
+        if self.allowed_lateness.is_some() && !matches!(late, LatePolicy::Accept { .. }) && !self.quiet {
+            eprintln!("window_agg: note: --allowed-lateness only matters with --late accept");
         }
-    }
-
-    if write_input.is_some() {
-        // Only the data set matters; a window flag is not needed.
-        windows.push(("--tumbling".into(), "1s".into()));
-    }
-    let window = match windows.as_slice() {
-        [] => return Err(Usage("choose a window: --tumbling SIZE, --sliding SIZE,SLIDE or --session GAP".into())),
-        [(flag, text)] => match flag.as_str() {
-            "--tumbling" => WindowKind::Tumbling(duration_arg(flag, text)?),
-            "--sliding" => {
-                let (size, slide) = text
-                    .split_once(',')
-                    .ok_or_else(|| Usage(format!("--sliding expects SIZE,SLIDE (e.g. 10s,2s), got {text:?}")))?;
-                WindowKind::Sliding(duration_arg(flag, size)?, duration_arg(flag, slide)?)
-            }
-            _ => WindowKind::Session(duration_arg(flag, text)?),
-        },
-        [_, _, ..] if write_input.is_none() => {
-            return Err(Usage("choose only one of --tumbling, --sliding and --session".into()));
+        if self.late_output.is_some() && late == LatePolicy::Drop {
+            return Err("--late drop and --late-output contradict each other: use --late side or accept".into());
         }
-        _ => WindowKind::Tumbling(Duration::from_secs(1)),
-    };
-    let policy = match late.as_deref() {
-        None if late_output.is_some() => LatePolicy::SideOutput,
-        None | Some("drop") => LatePolicy::Drop,
-        Some("side") => LatePolicy::SideOutput,
-        Some("accept") => LatePolicy::Accept { allowed_lateness: allowed_lateness.unwrap_or(Duration::ZERO) },
-        Some(other) => return Err(Usage(format!("--late expects drop, side or accept, got {other:?}"))),
-    };
-    if allowed_lateness.is_some() && !matches!(policy, LatePolicy::Accept { .. }) && !quiet {
-        eprintln!("window_agg: note: --allowed-lateness only matters with --late accept");
+        if self.late_output.is_none() && late == LatePolicy::SideOutput {
+            return Err("--late side needs --late-output LATE.csv to write the late records to (or --late drop to \
+                        count and drop them)"
+                .into());
+        }
+        Ok(Options {
+            input: self.input,
+            events: self.events,
+            write_input: self.write_input,
+            output: self.output,
+            late_output: self.late_output,
+            dead_letter_output: self.dead_letter_output,
+            window,
+            out_of_orderness: self.out_of_orderness,
+            allowed_lateness: self.allowed_lateness.unwrap_or(Duration::ZERO),
+            late,
+            emit: match self.emit {
+                EmitArg::Final => Emit::Final,
+                EmitArg::Updates => Emit::Updates,
+            },
+            quiet: self.quiet,
+        })
     }
-    if late_output.is_some() && policy == LatePolicy::Drop {
-        return Err(Usage("--late drop and --late-output contradict each other: use --late side or accept".into()));
-    }
-    if late_output.is_none() && policy == LatePolicy::SideOutput {
-        return Err(Usage(
-            "--late side needs --late-output LATE.csv to write the late records to (or --late drop to count and drop them)"
-                .into(),
-        ));
-    }
-    Ok(Some(Options {
-        input,
-        events,
-        write_input,
-        output,
-        late_output,
-        dead_letter_output,
-        window,
-        out_of_orderness,
-        allowed_lateness: allowed_lateness.unwrap_or(Duration::ZERO),
-        late: policy,
-        emit,
-        quiet,
-    }))
-}
-
-fn duration_arg(flag: &str, text: &str) -> Result<Duration, Usage> {
-    let d = parse_duration(text).map_err(|e| Usage(format!("{flag}: {e}")))?;
-    if d.is_zero() {
-        let what = if flag == "--session" { "a session gap" } else { "a window" };
-        return Err(Usage(format!("{flag}: {what} must be at least 1ms long")));
-    }
-    Ok(d)
 }
 
 fn main() -> ExitCode {
-    let (cluster, args) = match Cluster::from_args(std::env::args().skip(1)) {
-        Ok(parsed) => parsed,
-        Err(error) => return usage_error(&error.to_string()),
-    };
-    let options = match parse(args) {
-        Ok(Some(options)) => options,
-        Ok(None) => {
-            println!("{USAGE}{CLUSTER_FLAGS_HELP}");
-            return ExitCode::SUCCESS;
-        }
-        Err(Usage(message)) => return usage_error(&message),
-    };
+    let cli = Cli::parse();
+    let cluster = cli.cluster.to_cluster().unwrap_or_else(|message| usage_error::<Cli>(message));
+    if !cli.quiet
+        && let Some(warning) = cli.cluster.oversubscription_warning()
+    {
+        eprintln!("window_agg: {warning}");
+    }
+    let options = cli.options().unwrap_or_else(|message| usage_error::<Cli>(message));
     match run(cluster, options) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
@@ -241,11 +217,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn usage_error(message: &str) -> ExitCode {
-    eprintln!("window_agg: {message}\nRun window_agg --help for usage.");
-    ExitCode::from(2)
 }
 
 fn write_generated(path: &str, events: u64) -> Result<(), String> {

@@ -2,6 +2,7 @@
 //! dead-letter rows) and its built-in, generated data set, the Nexmark queries, and the
 //! `ledger` dataflow ([`ledger`]).
 
+pub mod cli;
 pub mod ledger;
 pub mod nexmark;
 

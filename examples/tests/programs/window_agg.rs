@@ -328,19 +328,29 @@ fn bad_flags_and_bad_files_give_clear_errors() {
     let empty = dir.join("empty.csv");
     std::fs::write(&empty, "").unwrap();
     let cases: Vec<(Vec<String>, i32, &str)> = vec![
-        (vec!["--bogus".into()], 2, "unknown flag --bogus"),
+        (vec!["--bogus".into()], 2, "unexpected argument '--bogus'"),
         (vec![], 2, "choose a window"),
-        (vec!["--tumbling".into(), "10s".into(), "--sliding".into(), "10s,2s".into()], 2, "only one of"),
+        (vec!["--tumbling".into(), "10s".into(), "--sliding".into(), "10s,2s".into()], 2, "cannot be used with"),
         (vec!["--tumbling".into(), "10".into()], 2, "expected a number followed by"),
         (vec!["--tumbling".into(), "0s".into()], 2, "at least 1ms"),
         (vec!["--sliding".into(), "10s".into()], 2, "SIZE,SLIDE"),
-        (vec!["--tumbling".into()], 2, "needs a value"),
-        (vec!["--tumbling".into(), "1s".into(), "--late".into(), "sometimes".into()], 2, "drop, side or accept"),
-        (vec!["--tumbling".into(), "1s".into(), "--emit".into(), "never".into()], 2, "final or updates"),
+        (vec!["--tumbling".into()], 2, "a value is required for '--tumbling <SIZE>'"),
+        (
+            vec!["--tumbling".into(), "1s".into(), "--late".into(), "sometimes".into()],
+            2,
+            "[possible values: drop, side, accept]",
+        ),
+        (
+            vec!["--tumbling".into(), "1s".into(), "--emit".into(), "never".into()],
+            2,
+            "[possible values: final, updates]",
+        ),
         (vec!["--tumbling".into(), "1s".into(), "-w".into(), "zero".into()], 2, "whole number"),
         (vec!["--tumbling".into(), "1s".into(), "-n".into(), "2".into(), "-p".into(), "5".into()], 2, "out of range"),
-        (vec!["--session".into(), "0s".into()], 2, "a session gap must be at least 1ms"),
+        (vec!["--session".into(), "0s".into()], 2, "'--session <GAP>': must be at least 1ms"),
         (vec!["--tumbling".into(), "1s".into(), "--late".into(), "side".into()], 2, "needs --late-output"),
+        // The slide is at most the size: events between windows would be silently skipped.
+        (vec!["--sliding".into(), "2s,10s".into()], 2, "the slide (10s) is longer than the window (2s)"),
         (
             vec!["--input".into(), dir.join("missing.csv").display().to_string(), "--tumbling".into(), "1s".into()],
             1,
@@ -368,7 +378,12 @@ fn bad_flags_and_bad_files_give_clear_errors() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(code), "{args:?}: {stderr}");
         assert!(stderr.contains(message), "{args:?}: expected {message:?} in {stderr:?}");
+        if code == 2 {
+            assert!(stderr.contains("try '--help'"), "a usage error says where help is: {stderr}");
+        }
     }
+    let version = ok(&["--version"]);
+    assert_eq!(version.trim(), format!("window_agg {}", env!("CARGO_PKG_VERSION")));
     let help = ok(&["--help"]);
     for flag in [
         "--input",
@@ -600,8 +615,7 @@ fn regression_two_process_cluster_with_late_output() {
     ok(&["--write-input", input.to_str().unwrap(), "--events", "20000", "--quiet"]);
     let input = input.to_str().unwrap();
     let late = dir.join("late-single.csv");
-    let single =
-        ok(&["--input", input, "--tumbling", "10s", "--late-output", late.to_str().unwrap(), "--quiet"]);
+    let single = ok(&["--input", input, "--tumbling", "10s", "--late-output", late.to_str().unwrap(), "--quiet"]);
     let single_late = std::fs::read_to_string(&late).unwrap();
     let (inputs, _) = read_input(Path::new(input));
     let (_, late_lines) = expected(&inputs, 10_000, 10_000, 5_000, None);
