@@ -61,10 +61,11 @@ fn at(frontier: Option<Time>) -> String {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if cli.cluster.processes > 1 {
+    let cluster = cli.cluster.to_cluster().unwrap_or_else(|message| usage_error::<Cli>(message));
+    if cluster.processes > 1 {
         usage_error::<Cli>("ledger runs in one process (-n 1): its read model is queried in-process");
     }
-    let workers = cli.cluster.to_cluster().unwrap_or_else(|message| usage_error::<Cli>(message)).workers;
+    let workers = cluster.workers;
     if let Some(warning) = cli.cluster.oversubscription_warning() {
         eprintln!("ledger: {warning}");
     }
