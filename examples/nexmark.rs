@@ -17,7 +17,7 @@ use tideline::sink::{SinkHandle, SinkParallelism, SinkWriter};
 use tideline::source::SourceConfig;
 use tideline_connectors::file::{FileSink, SinkMode};
 use tideline_connectors::nexmark::NexmarkSource;
-use tideline_examples::cli::{ClusterArgs, HelpFlag, at_least_one, usage_error, whole_number};
+use tideline_examples::cli::{ClusterArgs, HelpFlag, at_least_one, same_configuration, usage_error, whole_number};
 use tideline_examples::nexmark::{QUERIES, Row, query};
 
 /// nexmark: runs a Nexmark query over the generator and reports its throughput.
@@ -102,8 +102,13 @@ fn main() -> ExitCode {
     let started = Instant::now();
     let (m, h, r, q, s) = (Arc::clone(&metrics), handle.clone(), Arc::clone(&results), name.clone(), source.clone());
     let workers = cluster.peers();
+    // Every process must generate the same events and run the same query.
+    let configuration = (cluster.processes > 1).then(|| format!("--query {name} {source:?}"));
     let job = std::thread::spawn(move || {
         execute(&cluster, move |worker| {
+            if let Some(configuration) = &configuration {
+                same_configuration(worker, configuration)?;
+            }
             let config = SourceConfig::new("nexmark").watermarks(s.watermarks()).metrics(Arc::clone(&m));
             let (sink, h, r, q, s) = (sink.clone(), h.clone(), Arc::clone(&r), q.clone(), s.clone());
             worker.dataflow::<Time, _, _>(move |scope| {
@@ -114,6 +119,7 @@ fn main() -> ExitCode {
                     None => out.sink_with(&h, SinkParallelism::PerWorker, |_, _| Some(Count(r))),
                 }
             });
+            Ok::<(), String>(())
         })
     });
     let mut last = Instant::now();
@@ -124,8 +130,12 @@ fn main() -> ExitCode {
             last = Instant::now();
         }
     }
-    match job.join() {
-        Ok(Ok(_)) => {}
+    match job.join().map(|workers| workers.map(|results| results.into_iter().collect::<Result<Vec<()>, String>>())) {
+        Ok(Ok(Ok(_))) => {}
+        Ok(Ok(Err(e))) => {
+            eprintln!("nexmark: error: {e}");
+            return ExitCode::FAILURE;
+        }
         Ok(Err(e)) => {
             eprintln!("nexmark: error: {e}");
             return ExitCode::FAILURE;

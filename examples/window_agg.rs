@@ -26,7 +26,8 @@ use tideline::time::late::LatePolicy;
 use tideline::window::aggregate::AllStats;
 use tideline_connectors::file::{FileSink, FileSource, SinkMode};
 use tideline_examples::cli::{
-    ClusterArgs, HelpFlag, duration, positive_duration, size_and_slide, usage_error, whole_number,
+    ClusterArgs, HelpFlag, duration, positive_duration, refuse_same_files, same_configuration, size_and_slide,
+    usage_error, whole_number,
 };
 use tideline_examples::{DeadRow, InputRow, LateRow, OutputRow, generated_partition};
 
@@ -210,6 +211,17 @@ fn main() -> ExitCode {
         eprintln!("window_agg: {warning}");
     }
     let options = cli.options().unwrap_or_else(|message| usage_error::<Cli>(message));
+    // Before anything is read or written (issue 13, item 4).
+    let files = [
+        ("--input", options.input.as_deref()),
+        ("--write-input", options.write_input.as_deref()),
+        ("--output", options.output.as_deref()),
+        ("--late-output", options.late_output.as_deref()),
+        ("--dead-letter-output", options.dead_letter_output.as_deref()),
+    ];
+    if let Err(message) = refuse_same_files(&files) {
+        usage_error::<Cli>(message);
+    }
     match run(cluster, options) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
@@ -217,6 +229,43 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// What decides `window_agg`'s results, to check that every process of a cluster agrees.
+fn configuration(options: &Options) -> String {
+    let input = match options.input.as_deref() {
+        None => format!("the built-in data set of {} events", options.events),
+        Some("-") => "standard input".to_string(),
+        Some(path) => match std::fs::metadata(path) {
+            Ok(meta) if meta.is_file() => format!("a file of {} bytes", meta.len()),
+            _ => "a stream".to_string(),
+        },
+    };
+    let window = match options.window {
+        WindowKind::Tumbling(size) => format!("--tumbling {}", format_duration(size)),
+        WindowKind::Sliding(size, slide) => format!("--sliding {},{}", format_duration(size), format_duration(slide)),
+        WindowKind::Session(gap) => format!("--session {}", format_duration(gap)),
+    };
+    format!(
+        "{window} --out-of-orderness {} --late {:?} --emit {:?} over {input}",
+        format_duration(options.out_of_orderness),
+        options.late,
+        options.emit
+    )
+}
+
+/// A malformed line as shown on stderr: long lines are cut (the dead-letter output keeps them
+/// whole).
+fn shorten(text: &str) -> String {
+    const SHOWN: usize = 120;
+    if text.len() <= SHOWN {
+        return format!("{text:?}");
+    }
+    let mut cut = SHOWN;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{:?}... ({} bytes in all)", &text[..cut], text.len())
 }
 
 fn write_generated(path: &str, events: u64) -> Result<(), String> {
@@ -322,8 +371,12 @@ fn run(cluster: Cluster, options: Options) -> Result<(), String> {
     let worker_sinks = sinks.clone();
     let worker_dead = dead_letters.clone();
     let opts = options.clone();
+    let configuration = (cluster.processes > 1).then(|| configuration(&options));
     let guards = std::thread::spawn(move || {
         execute(&cluster, move |worker| {
+            if let Some(configuration) = &configuration {
+                same_configuration(worker, configuration)?;
+            }
             let config = SourceConfig::new("input")
                 .watermarks(WatermarkStrategy::bounded_out_of_orderness(opts.out_of_orderness))
                 .late(opts.late)
@@ -383,6 +436,7 @@ fn run(cluster: Cluster, options: Options) -> Result<(), String> {
                     None => dead.collect_into(&dead_letters),
                 }
             });
+            Ok::<(), String>(())
         })
     });
 
@@ -395,7 +449,8 @@ fn run(cluster: Cluster, options: Options) -> Result<(), String> {
             last = Instant::now();
         }
     }
-    guards.join().map_err(|_| "a worker thread panicked".to_string())?.map_err(|e| e.to_string())?;
+    let workers = guards.join().map_err(|_| "a worker thread panicked".to_string())?.map_err(|e| e.to_string())?;
+    workers.into_iter().collect::<Result<Vec<()>, String>>()?;
     for sink in &sinks {
         sink.check().map_err(|e| e.to_string())?;
     }
@@ -409,7 +464,7 @@ fn run(cluster: Cluster, options: Options) -> Result<(), String> {
     if !dead.is_empty() && !options.quiet {
         eprintln!("window_agg: {} malformed line(s) skipped (see --dead-letter-output):", totals.dead_letters);
         for (row, _) in dead.iter().take(5) {
-            eprintln!("  {}:{}: {}: {:?}", row.file, row.line, row.reason, row.raw);
+            eprintln!("  {}:{}: {}: {}", row.file, row.line, shorten(&row.reason), shorten(&row.raw));
         }
     }
     if !options.quiet {

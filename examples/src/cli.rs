@@ -152,3 +152,105 @@ pub fn size_and_slide(text: &str) -> Result<(Duration, Duration), String> {
 pub fn usage_error<C: clap::CommandFactory>(message: impl std::fmt::Display) -> ! {
     C::command().error(clap::error::ErrorKind::ValueValidation, message).exit()
 }
+
+/// What a path names on this machine, to tell whether two flags name the same file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum FileIdentity {
+    /// An existing file: its device and inode.
+    Inode(u64, u64),
+    /// A file yet to be created: its canonical path.
+    Path(std::path::PathBuf),
+}
+
+/// The identity of `path` (`-`: standard input), or `None` for what may be shared
+/// harmlessly: a character device such as `/dev/null` or a terminal.
+fn file_identity(path: &str) -> Option<FileIdentity> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let path = if path == "-" { "/dev/stdin" } else { path };
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.file_type().is_char_device() => None,
+        Ok(meta) => Some(FileIdentity::Inode(meta.dev(), meta.ino())),
+        Err(_) => {
+            let path = std::path::Path::new(path);
+            let parent = match path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => std::path::Path::new("."),
+            };
+            let parent = std::fs::canonicalize(parent).unwrap_or_else(|_| parent.to_path_buf());
+            Some(FileIdentity::Path(parent.join(path.file_name()?)))
+        }
+    }
+}
+
+/// Refuses two flags that name the same file — by device and inode for existing files
+/// (links, `/dev/stdin` and `/proc/self/fd/N` included), by canonical path for new ones —
+/// before anything is read or written: an output that is also the input, or two outputs
+/// that would overwrite each other, destroy data. Character devices (`/dev/null`) may be
+/// shared. `named` is `(flag, path)`; `None` paths are skipped.
+///
+/// ```
+/// use tideline_examples::cli::refuse_same_files;
+///
+/// let dir = std::env::temp_dir();
+/// let out = dir.join("refuse-doc-out.csv").display().to_string();
+/// let late = dir.join("refuse-doc-late.csv").display().to_string();
+/// assert!(refuse_same_files(&[("--output", Some(&out)), ("--late-output", Some(&late))]).is_ok());
+/// let error = refuse_same_files(&[("--output", Some(&out)), ("--late-output", Some(&out))]).unwrap_err();
+/// assert!(error.contains("--output and --late-output name the same file"));
+/// assert!(refuse_same_files(&[("--output", Some("/dev/null")), ("--late-output", Some("/dev/null"))]).is_ok());
+/// ```
+pub fn refuse_same_files(named: &[(&str, Option<&str>)]) -> Result<(), String> {
+    let identities: Vec<(&str, &str, FileIdentity)> = named
+        .iter()
+        .filter_map(|(flag, path)| {
+            let path = (*path)?;
+            Some((*flag, path, file_identity(path)?))
+        })
+        .collect();
+    for (i, (flag, path, identity)) in identities.iter().enumerate() {
+        if let Some((other, other_path, _)) = identities[..i].iter().find(|(_, _, id)| id == identity) {
+            let shown = if path == other_path { path.to_string() } else { format!("{other_path} and {path}") };
+            return Err(format!(
+                "{other} and {flag} name the same file ({shown}): one would overwrite the other; give each its own file"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks, on every worker of a cluster, that every process runs with the same
+/// `configuration` (a text naming whatever decides the results: windows, watermarks, input…),
+/// and fails clearly otherwise: processes started with different flags would exchange data
+/// under different rules and write wrong results without noticing (issue 13, item 9).
+///
+/// Call it first in each worker, before building the program's dataflows (it builds and runs
+/// one small dataflow of its own: every worker must build the same dataflows in the same
+/// order). Every worker sees every process's configuration, so all fail together.
+pub fn same_configuration(worker: &mut tideline::timely::worker::Worker, configuration: &str) -> Result<(), String> {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    use tideline::timely::dataflow::operators::probe::Handle;
+    use tideline::timely::dataflow::operators::vec::{Broadcast, ToStream};
+    use tideline::timely::dataflow::operators::{Inspect, Probe};
+
+    let seen: Rc<RefCell<Vec<(usize, String)>>> = Rc::default();
+    let probe = Handle::new();
+    let mine = (worker.index(), configuration.to_string());
+    let sink = Rc::clone(&seen);
+    worker.dataflow::<u64, _, _>(|scope| {
+        vec![mine].to_stream(scope).broadcast().inspect(move |x| sink.borrow_mut().push(x.clone())).probe_with(&probe);
+    });
+    while !probe.done() {
+        worker.step();
+    }
+    let seen = seen.borrow();
+    let differing: Vec<&(usize, String)> = seen.iter().filter(|(_, c)| c != configuration).collect();
+    match differing.first() {
+        None => Ok(()),
+        Some((peer, theirs)) => Err(format!(
+            "the processes of this cluster run different configurations: worker {} has {configuration:?}, worker \
+             {peer} has {theirs:?}; start every process with the same flags (apart from -p)",
+            worker.index()
+        )),
+    }
+}
