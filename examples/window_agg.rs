@@ -60,6 +60,11 @@ struct Cli {
     /// Write the built-in data set as CSV to FILE and exit
     #[arg(long, value_name = "FILE.csv", help_heading = "Input")]
     write_input: Option<String>,
+    /// Write a bid-like data set of --events bids as CSV to FILE and exit: one bid per ms of
+    /// event time, keyed by auction (10 000, half of the bids on a hot set of 100 that moves
+    /// every minute), 5 % out of order by up to 5 s (for measurements)
+    #[arg(long, value_name = "FILE.csv", help_heading = "Input", conflicts_with = "write_input")]
+    write_bids: Option<String>,
 
     /// Tumbling windows of SIZE
     #[arg(long, value_name = "SIZE", value_parser = positive_duration, help_heading = "Windows (exactly one)")]
@@ -141,6 +146,7 @@ struct Options {
     input: Option<String>,
     events: u64,
     write_input: Option<String>,
+    write_bids: Option<String>,
     output: Option<String>,
     late_output: Option<String>,
     dead_letter_output: Option<String>,
@@ -160,7 +166,9 @@ impl Cli {
             (_, Some((size, slide)), _) => WindowKind::Sliding(size, slide),
             (_, _, Some(gap)) => WindowKind::Session(gap),
             // Only the data set matters; a window flag is not needed.
-            _ if self.write_input.is_some() => WindowKind::Tumbling(Duration::from_secs(1)),
+            _ if self.write_input.is_some() || self.write_bids.is_some() => {
+                WindowKind::Tumbling(Duration::from_secs(1))
+            }
             _ => return Err("choose a window: --tumbling SIZE, --sliding SIZE,SLIDE or --session GAP".into()),
         };
         let late = match self.late {
@@ -186,6 +194,7 @@ impl Cli {
             input: self.input,
             events: self.events,
             write_input: self.write_input,
+            write_bids: self.write_bids,
             output: self.output,
             late_output: self.late_output,
             dead_letter_output: self.dead_letter_output,
@@ -215,6 +224,7 @@ fn main() -> ExitCode {
     let files = [
         ("--input", options.input.as_deref()),
         ("--write-input", options.write_input.as_deref()),
+        ("--write-bids", options.write_bids.as_deref()),
         ("--output", options.output.as_deref()),
         ("--late-output", options.late_output.as_deref()),
         ("--dead-letter-output", options.dead_letter_output.as_deref()),
@@ -268,35 +278,50 @@ fn shorten(text: &str) -> String {
     format!("{:?}... ({} bytes in all)", &text[..cut], text.len())
 }
 
-fn write_generated(path: &str, events: u64) -> Result<(), String> {
+/// Writes `rows` as `window_agg`'s input CSV.
+fn write_rows(path: &str, rows: impl Iterator<Item = InputRow>) -> Result<(), String> {
     let file = std::fs::File::create(path).map_err(|e| format!("{path}: {e}"))?;
     let mut out = std::io::BufWriter::new(file);
     let io = |e: std::io::Error| format!("{path}: {e}");
     writeln!(out, "event_time_ms,key,value").map_err(io)?;
-    // Interleave the partitions round-robin: one ordered stream, as a file is.
-    let mut partitions: Vec<_> =
-        (0..tideline_examples::GENERATED_PARTITIONS).map(|p| generated_partition(p, events)).collect();
-    let mut live = partitions.len();
-    while live > 0 {
-        live = 0;
-        for partition in &mut partitions {
-            if let Some(row) = partition.next() {
-                live += 1;
-                writeln!(out, "{},{},{}", row.event_time_ms, row.key, row.value).map_err(io)?;
-            }
-        }
+    for row in rows {
+        writeln!(out, "{},{},{}", row.event_time_ms, row.key, row.value).map_err(io)?;
     }
     out.flush().map_err(io)
 }
 
+/// The built-in data set as one ordered stream, as a file is: its partitions round-robin.
+fn generated_in_file_order(events: u64) -> impl Iterator<Item = InputRow> {
+    let mut partitions: Vec<_> =
+        (0..tideline_examples::GENERATED_PARTITIONS).map(|p| generated_partition(p, events)).collect();
+    let mut next = 0;
+    std::iter::from_fn(move || {
+        for _ in 0..partitions.len() {
+            let partition = next % partitions.len();
+            next += 1;
+            if let Some(row) = partitions[partition].next() {
+                return Some(row);
+            }
+        }
+        None
+    })
+}
+
 fn run(cluster: Cluster, options: Options) -> Result<(), String> {
+    if let Some(path) = &options.write_bids {
+        write_rows(path, tideline_examples::bids(options.events))?;
+        if !options.quiet {
+            eprintln!("window_agg: wrote {} bids to {path}", options.events);
+        }
+        return Ok(());
+    }
     if cluster.processes > 1 && options.output.is_none() && options.write_input.is_none() {
         return Err("with several processes (-n), give --output FILE: timely prints its connection \
                     messages on standard output"
             .into());
     }
     if let Some(path) = &options.write_input {
-        write_generated(path, options.events)?;
+        write_rows(path, generated_in_file_order(options.events))?;
         if !options.quiet {
             eprintln!("window_agg: wrote {} events to {path}", options.events);
         }
