@@ -92,10 +92,10 @@ struct Cli {
     emit: EmitArg,
 
     /// Results (default: standard output), header
-    /// window_start_ms,window_end_ms,key,count,sum,min,max[,diff], written as they complete: in
-    /// the order results complete (by result time), then by window start and key (for tumbling
-    /// and sliding windows: by window, then key). A file is written as OUT.csv.partial and
-    /// renamed to OUT.csv when complete
+    /// window_start_ms,window_end_ms,key,count,sum,min,max (and diff, for changelogs), written
+    /// as they complete: in the order results complete (by result time), then by window start
+    /// and key (for tumbling and sliding windows: by window, then key). A file is written as
+    /// OUT.csv.partial and renamed to OUT.csv when complete
     #[arg(long, value_name = "OUT.csv", help_heading = "Output")]
     output: Option<String>,
     /// Late records not accepted, in input order (per input partition), written as they arrive
