@@ -15,169 +15,113 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use tideline::prelude::*;
 use tideline::runtime::metrics::{SourceMetrics, StateMetrics};
-use tideline::runtime::{CLUSTER_FLAGS_HELP, Cluster, execute};
+use tideline::runtime::{Cluster, execute};
 use tideline::sink::SinkHandle;
 use tideline::source::SourceConfig;
-use tideline::time::parse_duration;
 use tideline::window::aggregate::AllStats;
 use tideline_connectors::kafka::{KafkaConfig, KafkaSink, KafkaSource, SinkFormat, StartOffsets, create_topic};
+use tideline_examples::cli::{
+    ClusterArgs, HelpFlag, at_least_one, duration, positive_duration, usage_error, whole_number,
+};
 use tideline_examples::{GENERATED_PARTITIONS, InputRow, OutputRow, generated_partition};
 
-const USAGE: &str = "\
-kafka_pipeline: windowed count, sum, min and max per key, from a Kafka topic of JSON readings
-to Kafka topics, at least once.
+/// kafka_pipeline: windowed count, sum, min and max per key, from a Kafka topic of JSON
+/// readings to Kafka topics, at least once.
+#[derive(Parser, Debug)]
+#[command(
+    name = "kafka_pipeline",
+    version,
+    disable_help_flag = true,
+    override_usage = "kafka_pipeline --brokers HOST:PORT --generate N [--input TOPIC] [--partitions P]
+       kafka_pipeline --brokers HOST:PORT [TOPICS] [WINDOWS] [--bounded] [-w N]",
+    after_help = "Durations are a whole number with a unit: ms, s, m or h."
+)]
+struct Cli {
+    #[command(flatten)]
+    help: HelpFlag,
+    #[command(flatten)]
+    options: Options,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
 
-USAGE:
-  kafka_pipeline --brokers HOST:PORT --generate N [--input TOPIC] [--partitions P]
-  kafka_pipeline --brokers HOST:PORT [TOPICS] [WINDOWS] [--bounded] [-w N]
-
-  --brokers HOST:PORT     bootstrap servers (comma-separated); other client properties with
-                          --set KEY=VALUE (e.g. --set security.protocol=SASL_SSL, which
-                          needs a build with --features kafka-ssl)
-
-GENERATE (then exit):
-  --generate N            produce N generated sensor readings to --input (the window_agg data
-                          set: out of order by up to 3 s, one in a thousand 5-30 s late),
-                          generated partition p to topic partition p
-  --partitions P          create --input with P partitions if it does not exist (default 4)
-  --malformed-every K     replace every K-th message of each partition by one that is not a
-                          reading (default 0: none)
-
-TOPICS:
-  --input TOPIC           JSON readings {\"event_time_ms\":..,\"key\":..,\"value\":..}
-                          (default readings)
-  --output TOPIC          window results as upserts: key KEY@WINDOW_START_MS, value JSON
-                          {window_start_ms, window_end_ms, key, count, sum, min, max}
-                          (default window-stats)
-  --late TOPIC            readings that arrived behind the watermark, unchanged
-                          (default late-readings)
-  --dead-letters TOPIC    messages that are not readings, with headers saying where they came
-                          from and why (default readings-dead-letters)
-  --group GROUP           consumer group the offsets are committed to (default kafka-pipeline);
-                          a restart resumes from its committed offsets
-
-WINDOWS:
-  --tumbling SIZE         tumbling windows (default 10s)
-  --out-of-orderness D    watermark = largest event time seen - D, per partition (default 5s)
-  --idle-timeout T        partitions silent for T stop holding the watermark (default: never)
-  --bounded               read to the end offsets seen at the start, write everything, commit,
-                          and exit (default: run until interrupted)
-  --quiet                 no progress on stderr
-
-Durations are a whole number with a unit: ms, s, m or h.
-
-CLUSTER (timely):
-";
-
-#[derive(Clone, Debug)]
+#[derive(clap::Args, Clone, Debug)]
 struct Options {
+    /// Bootstrap servers (comma-separated)
+    #[arg(long, value_name = "HOST:PORT", required = true)]
     brokers: String,
+    /// Another client property, e.g. --set security.protocol=SASL_SSL (which needs a build
+    /// with --features kafka-ssl); repeat for more
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = key_value)]
     properties: Vec<(String, String)>,
+    /// Produce N generated sensor readings to --input (the window_agg data set: out of order
+    /// by up to 3 s, one in a thousand 5-30 s late), generated partition p to topic partition
+    /// p, then exit
+    #[arg(long, value_name = "N", value_parser = whole_number, help_heading = "Generate (then exit)")]
     generate: Option<u64>,
+    /// Create --input with P partitions if it does not exist
+    #[arg(long, value_name = "P", default_value_t = GENERATED_PARTITIONS as i32, value_parser = partitions,
+          help_heading = "Generate (then exit)")]
     partitions: i32,
+    /// Replace every K-th message of each partition by one that is not a reading (0: none)
+    #[arg(long, value_name = "K", default_value_t = 0, value_parser = whole_number, help_heading = "Generate (then exit)")]
     malformed_every: u64,
+    /// JSON readings {"event_time_ms":..,"key":..,"value":..}
+    #[arg(long, value_name = "TOPIC", default_value = "readings", help_heading = "Topics")]
     input: String,
+    /// Window results as upserts: key KEY@WINDOW_START_MS, value JSON {window_start_ms,
+    /// window_end_ms, key, count, sum, min, max}
+    #[arg(long, value_name = "TOPIC", default_value = "window-stats", help_heading = "Topics")]
     output: String,
+    /// Readings late for every window they belong to (their windows had expired), unchanged
+    #[arg(long, value_name = "TOPIC", default_value = "late-readings", help_heading = "Topics")]
     late: String,
+    /// Messages that are not readings, with headers saying where they came from and why
+    #[arg(long, value_name = "TOPIC", default_value = "readings-dead-letters", help_heading = "Topics")]
     dead_letters: String,
+    /// Consumer group the offsets are committed to; a restart resumes from its committed
+    /// offsets
+    #[arg(long, value_name = "GROUP", default_value = "kafka-pipeline", help_heading = "Topics")]
     group: String,
+    /// Tumbling windows of SIZE
+    #[arg(long = "tumbling", value_name = "SIZE", default_value = "10s", value_parser = positive_duration,
+          help_heading = "Windows")]
     window: Duration,
+    /// Watermark = largest event time seen - D, per partition
+    #[arg(long, value_name = "D", default_value = "5s", value_parser = duration, help_heading = "Windows")]
     out_of_orderness: Duration,
+    /// Partitions silent for T stop holding the watermark [default: never]
+    #[arg(long, value_name = "T", value_parser = duration, help_heading = "Windows")]
     idle_timeout: Option<Duration>,
+    /// Read to the end offsets seen at the start, write everything, commit, and exit
+    /// (default: run until interrupted)
+    #[arg(long, help_heading = "Windows")]
     bounded: bool,
+    /// No progress on stderr
+    #[arg(long)]
     quiet: bool,
 }
 
-fn parse(args: Vec<String>) -> Result<Option<Options>, String> {
-    let mut options = Options {
-        brokers: String::new(),
-        properties: Vec::new(),
-        generate: None,
-        partitions: GENERATED_PARTITIONS as i32,
-        malformed_every: 0,
-        input: "readings".into(),
-        output: "window-stats".into(),
-        late: "late-readings".into(),
-        dead_letters: "readings-dead-letters".into(),
-        group: "kafka-pipeline".into(),
-        window: Duration::from_secs(10),
-        out_of_orderness: Duration::from_secs(5),
-        idle_timeout: None,
-        bounded: false,
-        quiet: false,
-    };
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") && f != "--set" => (f.to_string(), Some(v.to_string())),
-            _ => (arg.clone(), None),
-        };
-        let mut value =
-            |name: &str| inline.clone().or_else(|| args.next()).ok_or_else(|| format!("{name} needs a value"));
-        let number = |name: &str, text: String| {
-            text.parse::<u64>().map_err(|_| format!("{name} expects a whole number, got {text:?}"))
-        };
-        let duration = |name: &str, text: String| parse_duration(&text).map_err(|e| format!("{name}: {e}"));
-        match flag.as_str() {
-            "--help" => return Ok(None),
-            "--brokers" => options.brokers = value("--brokers")?,
-            "--set" => {
-                let text = value("--set")?;
-                let (key, val) =
-                    text.split_once('=').ok_or_else(|| format!("--set expects KEY=VALUE, got {text:?}"))?;
-                options.properties.push((key.to_string(), val.to_string()));
-            }
-            "--generate" => options.generate = Some(number("--generate", value("--generate")?)?),
-            "--partitions" => {
-                let p = number("--partitions", value("--partitions")?)?;
-                options.partitions =
-                    i32::try_from(p).ok().filter(|p| *p > 0).ok_or("--partitions must be 1 or more")?;
-            }
-            "--malformed-every" => options.malformed_every = number("--malformed-every", value("--malformed-every")?)?,
-            "--input" => options.input = value("--input")?,
-            "--output" => options.output = value("--output")?,
-            "--late" => options.late = value("--late")?,
-            "--dead-letters" => options.dead_letters = value("--dead-letters")?,
-            "--group" => options.group = value("--group")?,
-            "--tumbling" => {
-                options.window = duration("--tumbling", value("--tumbling")?)?;
-                if options.window.is_zero() {
-                    return Err("--tumbling: a window must be at least 1ms long".into());
-                }
-            }
-            "--out-of-orderness" => {
-                options.out_of_orderness = duration("--out-of-orderness", value("--out-of-orderness")?)?
-            }
-            "--idle-timeout" => options.idle_timeout = Some(duration("--idle-timeout", value("--idle-timeout")?)?),
-            "--bounded" => options.bounded = true,
-            "--quiet" => options.quiet = true,
-            other if other.starts_with('-') => return Err(format!("unknown flag {other}")),
-            other => return Err(format!("unexpected argument {other:?}")),
-        }
-    }
-    if options.brokers.is_empty() {
-        return Err("give the Kafka brokers: --brokers HOST:PORT (e.g. 127.0.0.1:19092)".into());
-    }
-    Ok(Some(options))
+/// `--set KEY=VALUE`.
+fn key_value(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text.split_once('=').ok_or_else(|| format!("expected KEY=VALUE, got {text:?}"))?;
+    Ok((key.to_string(), value.to_string()))
+}
+
+/// `--partitions`: a partition count as Kafka takes it.
+fn partitions(text: &str) -> Result<i32, String> {
+    i32::try_from(at_least_one(text)?).map_err(|_| format!("at most {} partitions", i32::MAX))
 }
 
 fn main() -> ExitCode {
-    let (cluster, args) = match Cluster::from_args(std::env::args().skip(1)) {
-        Ok(parsed) => parsed,
-        Err(error) => return usage_error(&error.to_string()),
-    };
-    let options = match parse(args) {
-        Ok(Some(options)) => options,
-        Ok(None) => {
-            println!("{USAGE}{CLUSTER_FLAGS_HELP}");
-            return ExitCode::SUCCESS;
-        }
-        Err(message) => return usage_error(&message),
-    };
+    let cli = Cli::parse();
+    let cluster = cli.cluster.to_cluster().unwrap_or_else(|message| usage_error::<Cli>(message));
+    let options = cli.options;
     let result = match options.generate {
         Some(events) => generate(&options, events),
         None => run(cluster, &options),
@@ -189,11 +133,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn usage_error(message: &str) -> ExitCode {
-    eprintln!("kafka_pipeline: {message}\nRun kafka_pipeline --help for usage.");
-    ExitCode::from(2)
 }
 
 fn kafka_config(options: &Options) -> KafkaConfig {

@@ -14,22 +14,37 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tideline::runtime::{CLUSTER_FLAGS_HELP, Cluster};
+use clap::Parser;
 use tideline::table::read_model::ReadModel;
 use tideline::{Error, Time};
+use tideline_examples::cli::{ClusterArgs, HelpFlag, at_least_one, usage_error};
 use tideline_examples::ledger::{self, LOG_START, Pace, account, balances_before, event_log, overdrafts_of};
 
-const USAGE: &str = "\
-ledger: an event-sourced account ledger with a queryable balance read model.
+/// ledger: an event-sourced account ledger with a queryable balance read model.
+#[derive(Parser, Debug)]
+#[command(
+    name = "ledger",
+    version,
+    disable_help_flag = true,
+    override_usage = "ledger [--events N] [--accounts N] [--rebuild-workers N] [-w N]"
+)]
+struct Cli {
+    #[command(flatten)]
+    help: HelpFlag,
 
-USAGE:
-  ledger [--events N] [--accounts N] [--rebuild-workers N] [-w N]
+    /// Events in the generated log
+    #[arg(long, value_name = "N", default_value_t = 20_000, value_parser = at_least_one)]
+    events: usize,
+    /// Accounts
+    #[arg(long, value_name = "N", default_value_t = 50, value_parser = at_least_one)]
+    accounts: usize,
+    /// Workers of the rebuild from the start of the log [default: -w + 1]
+    #[arg(long, value_name = "N", value_parser = at_least_one)]
+    rebuild_workers: Option<usize>,
 
-  --events N            events in the generated log (default 20000)
-  --accounts N          accounts (default 50)
-  --rebuild-workers N   workers of the rebuild from the start of the log (default: -w + 1)
-  -w, --workers N       workers of the live run (default 1)
-";
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
 
 fn cents(amount: i64) -> String {
     format!("{}{}.{:02}", if amount < 0 { "-" } else { "" }, amount.abs() / 100, amount.abs() % 100)
@@ -45,7 +60,17 @@ fn at(frontier: Option<Time>) -> String {
 }
 
 fn main() -> ExitCode {
-    match run() {
+    let cli = Cli::parse();
+    let cluster = cli.cluster.to_cluster().unwrap_or_else(|message| usage_error::<Cli>(message));
+    if cluster.processes > 1 {
+        usage_error::<Cli>("ledger runs in one process (-n 1): its read model is queried in-process");
+    }
+    let workers = cluster.workers;
+    if let Some(warning) = cli.cluster.oversubscription_warning() {
+        eprintln!("ledger: {warning}");
+    }
+    let rebuild_workers = cli.rebuild_workers.unwrap_or(workers + 1);
+    match run(workers, cli.events, cli.accounts, rebuild_workers) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("ledger: {error}");
@@ -54,29 +79,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run() -> tideline::Result<()> {
-    let (cluster, args) = Cluster::from_args(std::env::args().skip(1))?;
-    if cluster.processes > 1 {
-        return Err(Error::Config("ledger runs in one process: its read model is queried in-process".into()));
-    }
-    let (mut events, mut accounts, mut rebuild_workers) = (20_000, 50, cluster.workers + 1);
-    let mut args = args.into_iter();
-    while let Some(flag) = args.next() {
-        let mut number = |name: &str| -> tideline::Result<usize> {
-            let value = args.next().ok_or_else(|| Error::Config(format!("{name} needs a value")))?;
-            value.parse().map_err(|_| Error::Config(format!("{name} expects a whole number, got {value:?}")))
-        };
-        match flag.as_str() {
-            "--events" => events = number("--events")?,
-            "--accounts" => accounts = number("--accounts")?.max(1),
-            "--rebuild-workers" => rebuild_workers = number("--rebuild-workers")?.max(1),
-            "--help" => {
-                println!("{USAGE}\nCLUSTER (timely):\n{CLUSTER_FLAGS_HELP}");
-                return Ok(());
-            }
-            other => return Err(Error::Config(format!("unknown argument {other:?}; try --help"))),
-        }
-    }
+fn run(workers: usize, events: usize, accounts: usize, rebuild_workers: usize) -> tideline::Result<()> {
     let log = Arc::new(event_log(events, accounts));
 
     // ANCHOR: query
@@ -110,14 +113,14 @@ fn run() -> tideline::Result<()> {
     };
     // ANCHOR_END: query
     let live = Pace::Live { events: 400, pause: Duration::from_millis(5) };
-    let overdrafts = ledger::run(Arc::clone(&log), cluster.workers, live, &balances)?;
+    let overdrafts = ledger::run(Arc::clone(&log), workers, live, &balances)?;
     let answers = queries.join().map_err(|_| Error::Internal("the query thread panicked".into()))?;
 
     let final_balances = balances.snapshot();
     let total: i64 = final_balances.value.iter().map(|(_, b)| b).sum();
     println!(
         "live run on {} workers: {} events, {} accounts, total balance {}, {} overdrafts, {answers} read-model answers",
-        cluster.workers,
+        workers,
         log.len(),
         final_balances.value.len(),
         cents(total),

@@ -9,75 +9,80 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use tideline::prelude::*;
+use tideline::runtime::execute;
 use tideline::runtime::metrics::SourceMetrics;
-use tideline::runtime::{CLUSTER_FLAGS_HELP, Cluster, execute};
 use tideline::sink::{SinkHandle, SinkParallelism, SinkWriter};
 use tideline::source::SourceConfig;
 use tideline_connectors::file::{FileSink, SinkMode};
 use tideline_connectors::nexmark::NexmarkSource;
+use tideline_examples::cli::{ClusterArgs, HelpFlag, at_least_one, same_configuration, usage_error, whole_number};
 use tideline_examples::nexmark::{QUERIES, Row, query};
 
-const USAGE: &str = "\
-nexmark: runs a Nexmark query over the generator and reports its throughput.
+/// nexmark: runs a Nexmark query over the generator and reports its throughput.
+#[derive(Parser, Debug)]
+#[command(
+    name = "nexmark",
+    version,
+    disable_help_flag = true,
+    override_usage = "nexmark --query QUERY [--events N] [-w N] [--output FILE.jsonl] [GENERATOR OPTIONS]"
+)]
+struct Cli {
+    #[command(flatten)]
+    help: HelpFlag,
 
-USAGE:
-  nexmark --query QUERY [--events N] [-w N] [--output FILE.jsonl] [generator options]
+    /// The query
+    #[arg(long, value_name = "QUERY", value_parser = clap::builder::PossibleValuesParser::new(QUERIES))]
+    query: String,
+    /// Events to generate
+    #[arg(long, value_name = "N", default_value_t = 1_000_000, value_parser = whole_number)]
+    events: u64,
+    /// Write the query's output as a JSON Lines changelog (a file is written as
+    /// FILE.jsonl.partial and renamed when complete)
+    #[arg(long, value_name = "FILE.jsonl")]
+    output: Option<String>,
+    /// No progress on stderr
+    #[arg(long)]
+    quiet: bool,
 
-  --query QUERY              one of: q0 q1 q2 q3 q5 q7 q8 q11 q18 q19 q20
-  --events N                 events to generate (default 1000000)
-  --output FILE.jsonl        write the query's output as a JSON Lines changelog
-  --partitions P             generator partitions (default 16; results do not depend on -w)
-  --rate R                   events per second of event time (default 10000)
-  --active-people N          people active at any time (default 1000)
-  --in-flight-auctions N     auctions open at any time (default 100)
-  --out-of-order-group N     events shuffled within groups of N (default 1: in order)
-  --quiet                    no progress on stderr
+    /// Generator partitions (results do not depend on -w)
+    #[arg(long, value_name = "P", default_value_t = 16, value_parser = at_least_one, help_heading = "Generator")]
+    partitions: usize,
+    /// Events per second of event time
+    #[arg(long, value_name = "R", default_value_t = 10_000, value_parser = at_least_one, help_heading = "Generator")]
+    rate: usize,
+    /// People active at any time
+    #[arg(long, value_name = "N", default_value_t = 1_000, value_parser = at_least_one, help_heading = "Generator")]
+    active_people: usize,
+    /// Auctions open at any time
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = at_least_one, help_heading = "Generator")]
+    in_flight_auctions: usize,
+    /// Events shuffled within groups of N (1: in order)
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = at_least_one, help_heading = "Generator")]
+    out_of_order_group: usize,
 
-CLUSTER (timely):
-";
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
 
 fn main() -> ExitCode {
-    let (cluster, args) = match Cluster::from_args(std::env::args().skip(1)) {
-        Ok(parsed) => parsed,
-        Err(e) => return usage(&e.to_string()),
-    };
-    let mut name = None;
-    let mut output = None;
-    let mut quiet = false;
-    let mut source = NexmarkSource::new(1_000_000);
-    let mut args = args.into_iter();
-    while let Some(flag) = args.next() {
-        let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
-        let result: Result<(), String> = (|| {
-            let number = |v: String| v.parse::<u64>().map_err(|_| format!("{flag} expects a whole number, got {v:?}"));
-            match flag.as_str() {
-                "--help" => {
-                    println!("{USAGE}{CLUSTER_FLAGS_HELP}");
-                    std::process::exit(0);
-                }
-                "--query" => name = Some(value()?),
-                "--events" => source.events = number(value()?)?,
-                "--output" => output = Some(value()?),
-                "--partitions" => source.partitions = number(value()?)?.max(1) as usize,
-                "--rate" => source.rate = number(value()?)?.max(1) as usize,
-                "--active-people" => source.active_people = number(value()?)?.max(1) as usize,
-                "--in-flight-auctions" => source.in_flight_auctions = number(value()?)?.max(1) as usize,
-                "--out-of-order-group" => source.out_of_order_group = number(value()?)?.max(1) as usize,
-                "--quiet" => quiet = true,
-                other => return Err(format!("unknown flag {other}")),
-            }
-            Ok(())
-        })();
-        if let Err(message) = result {
-            return usage(&message);
-        }
+    let cli = Cli::parse();
+    let cluster = cli.cluster.to_cluster().unwrap_or_else(|message| usage_error::<Cli>(message));
+    if !cli.quiet
+        && let Some(warning) = cli.cluster.oversubscription_warning()
+    {
+        eprintln!("nexmark: {warning}");
     }
-    let Some(name) = name.filter(|n| QUERIES.contains(&n.as_str())) else {
-        return usage(&format!("choose a query with --query: one of {}", QUERIES.join(" ")));
-    };
+    let (name, output, quiet) = (cli.query, cli.output, cli.quiet);
+    let mut source = NexmarkSource::new(cli.events);
+    source.partitions = cli.partitions;
+    source.rate = cli.rate;
+    source.active_people = cli.active_people;
+    source.in_flight_auctions = cli.in_flight_auctions;
+    source.out_of_order_group = cli.out_of_order_group;
     if cluster.processes > 1 && output.is_none() {
-        return usage("with several processes (-n), give --output FILE");
+        usage_error::<Cli>("with several processes (-n), give --output FILE");
     }
     let sink = match &output {
         Some(path) => match FileSink::<Row>::json_lines(path).mode(SinkMode::Changelog).name("output").build() {
@@ -97,8 +102,13 @@ fn main() -> ExitCode {
     let started = Instant::now();
     let (m, h, r, q, s) = (Arc::clone(&metrics), handle.clone(), Arc::clone(&results), name.clone(), source.clone());
     let workers = cluster.peers();
+    // Every process must generate the same events and run the same query.
+    let configuration = (cluster.processes > 1).then(|| format!("--query {name} {source:?}"));
     let job = std::thread::spawn(move || {
         execute(&cluster, move |worker| {
+            if let Some(configuration) = &configuration {
+                same_configuration(worker, configuration)?;
+            }
             let config = SourceConfig::new("nexmark").watermarks(s.watermarks()).metrics(Arc::clone(&m));
             let (sink, h, r, q, s) = (sink.clone(), h.clone(), Arc::clone(&r), q.clone(), s.clone());
             worker.dataflow::<Time, _, _>(move |scope| {
@@ -109,6 +119,7 @@ fn main() -> ExitCode {
                     None => out.sink_with(&h, SinkParallelism::PerWorker, |_, _| Some(Count(r))),
                 }
             });
+            Ok::<(), String>(())
         })
     });
     let mut last = Instant::now();
@@ -119,8 +130,12 @@ fn main() -> ExitCode {
             last = Instant::now();
         }
     }
-    match job.join() {
-        Ok(Ok(_)) => {}
+    match job.join().map(|workers| workers.map(|results| results.into_iter().collect::<Result<Vec<()>, String>>())) {
+        Ok(Ok(Ok(_))) => {}
+        Ok(Ok(Err(e))) => {
+            eprintln!("nexmark: error: {e}");
+            return ExitCode::FAILURE;
+        }
         Ok(Err(e)) => {
             eprintln!("nexmark: error: {e}");
             return ExitCode::FAILURE;
@@ -147,11 +162,6 @@ fn main() -> ExitCode {
         events as f64 / elapsed / workers as f64
     );
     ExitCode::SUCCESS
-}
-
-fn usage(message: &str) -> ExitCode {
-    eprintln!("nexmark: {message}\nRun nexmark --help for usage.");
-    ExitCode::from(2)
 }
 
 /// A sink that counts the result updates it is handed (consolidated per time), and keeps

@@ -1,7 +1,8 @@
-//! `window_agg`: windowed count, sum, min and max per key over a CSV file of events.
+//! `window_agg`: windowed count, sum, min and max per key over a CSV file or stream of
+//! events.
 //!
 //! ```text
-//! window_agg --input FILE.csv [--output OUT.csv] [--late-output LATE.csv]
+//! window_agg [--input FILE.csv|-] [--output OUT.csv] [--late-output LATE.csv]
 //!            (--tumbling 10s | --sliding 10s,2s | --session 30s)
 //!            [--out-of-orderness 5s] [--allowed-lateness 0s] [--late drop|side|accept]
 //!            [--emit final|updates] [-w N] [timely cluster flags]
@@ -14,66 +15,129 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use clap::{Parser, ValueEnum};
 use tideline::prelude::*;
 use tideline::runtime::metrics::{SourceMetrics, StateMetrics};
-use tideline::runtime::{CLUSTER_FLAGS_HELP, Cluster, execute};
+use tideline::runtime::{Cluster, execute};
 use tideline::sink::SinkHandle;
 use tideline::source::{SourceConfig, memory};
+use tideline::time::format_duration;
 use tideline::time::late::LatePolicy;
-use tideline::time::parse_duration;
 use tideline::window::aggregate::AllStats;
 use tideline_connectors::file::{FileSink, FileSource, SinkMode};
-use tideline_examples::{InputRow, OutputRow, generated_partition};
+use tideline_examples::cli::{
+    ClusterArgs, HelpFlag, duration, positive_duration, refuse_same_files, same_configuration, size_and_slide,
+    usage_error, whole_number,
+};
+use tideline_examples::{DeadRow, InputRow, OutputRow, generated_partition};
 
-const USAGE: &str = "\
-window_agg: windowed count, sum, min and max per key over a CSV file of events.
+/// window_agg: windowed count, sum, min and max per key over a CSV file of events, or over
+/// standard input as an unbounded stream.
+#[derive(Parser, Debug)]
+#[command(
+    name = "window_agg",
+    version,
+    disable_help_flag = true,
+    override_usage = "window_agg [--input FILE.csv|-] [--output OUT.csv] [--late-output LATE.csv]
+                  (--tumbling 10s | --sliding 10s,2s | --session 30s)
+                  [--out-of-orderness 5s] [--allowed-lateness 0s] [--late drop|side|accept]
+                  [--emit final|updates] [-w N] [CLUSTER FLAGS]",
+    group(clap::ArgGroup::new("window").args(["tumbling", "sliding", "session"]).multiple(false)),
+    after_help = "Durations are a whole number with a unit: ms, s, m or h (e.g. 250ms, 10s, 5m, 1h)."
+)]
+struct Cli {
+    #[command(flatten)]
+    help: HelpFlag,
 
-USAGE:
-  window_agg --input FILE.csv [--output OUT.csv] [--late-output LATE.csv]
-             (--tumbling 10s | --sliding 10s,2s | --session 30s)
-             [--out-of-orderness 5s] [--allowed-lateness 0s] [--late drop|side|accept]
-             [--emit final|updates] [-w N] [timely cluster flags]
+    /// CSV with the header event_time_ms,key,value (u64, string, i64); `-` (or a pipe) is read
+    /// as an unbounded stream, and results are written as windows complete. Without --input, a
+    /// built-in generated data set is used
+    #[arg(long, value_name = "FILE.csv", help_heading = "Input")]
+    input: Option<String>,
+    /// Size of the built-in data set
+    #[arg(long, value_name = "N", default_value_t = 1_000_000, value_parser = whole_number, help_heading = "Input")]
+    events: u64,
+    /// Write the built-in data set as CSV to FILE and exit
+    #[arg(long, value_name = "FILE.csv", help_heading = "Input")]
+    write_input: Option<String>,
+    /// Write a bid-like data set of --events bids as CSV to FILE and exit: one bid per ms of
+    /// event time, keyed by auction (10 000, half of the bids on a hot set of 100 that moves
+    /// every minute), 5 % out of order by up to 5 s (for measurements)
+    #[arg(long, value_name = "FILE.csv", help_heading = "Input", conflicts_with = "write_input")]
+    write_bids: Option<String>,
 
-INPUT:
-  --input FILE.csv          CSV with the header event_time_ms,key,value (u64, string, i64).
-                            Without --input, a built-in generated data set is used.
-  --events N                size of the built-in data set (default 1000000)
-  --write-input FILE.csv    write the built-in data set as CSV to FILE and exit
+    /// Tumbling windows of SIZE
+    #[arg(long, value_name = "SIZE", value_parser = positive_duration, help_heading = "Windows (exactly one)")]
+    tumbling: Option<Duration>,
+    /// Sliding windows of SIZE, one starting every SLIDE (at most SIZE)
+    #[arg(long, value_name = "SIZE,SLIDE", value_parser = size_and_slide, help_heading = "Windows (exactly one)")]
+    sliding: Option<(Duration, Duration)>,
+    /// Session windows per key, closed by GAP of inactivity: rows carry window_start_ms = first
+    /// event, window_end_ms = last event + GAP
+    #[arg(long, value_name = "GAP", value_parser = positive_duration, help_heading = "Windows (exactly one)")]
+    session: Option<Duration>,
 
-WINDOWS (exactly one):
-  --tumbling SIZE           tumbling windows of SIZE
-  --sliding SIZE,SLIDE      sliding windows of SIZE, one starting every SLIDE
-  --session GAP             session windows per key, closed by GAP of inactivity: rows carry
-                            window_start_ms = first event, window_end_ms = last event + GAP
+    /// Watermark = largest event time seen - D
+    #[arg(long, value_name = "D", default_value = "5s", value_parser = duration, help_heading = "Time and late data")]
+    out_of_orderness: Duration,
+    /// What happens to late records — those too late for every window they belong to (each
+    /// window's end + the allowed lateness already behind the watermark) [default: drop, or side
+    /// with --late-output]
+    #[arg(long, value_name = "POLICY", value_enum, help_heading = "Time and late data")]
+    late: Option<LateArg>,
+    /// A window takes records that arrive behind the watermark until the watermark passes its
+    /// end + L: a window not yet emitted takes them silently, one already emitted is corrected (a
+    /// retraction row and a new row, with a diff column in the output) [default: 0s]
+    #[arg(long, value_name = "L", value_parser = duration, help_heading = "Time and late data")]
+    allowed_lateness: Option<Duration>,
+    /// final: one row per window and key, when complete; updates: every change of a window's
+    /// result, with a diff column
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = EmitArg::Final, help_heading = "Time and late data")]
+    emit: EmitArg,
 
-TIME AND LATE DATA:
-  --out-of-orderness D      watermark = largest event time seen - D (default 5s)
-  --allowed-lateness L      a window takes records that arrive behind the watermark until
-                            the watermark passes its end + L (default 0s); a window not yet
-                            emitted takes them silently, one already emitted is corrected (a
-                            retraction row and a new row, with a diff column in the output)
-  --late POLICY             what happens to late records, those too late for every window
-                            they belong to (window end + L already behind the watermark):
-                              drop    count and drop them (default without --late-output)
-                              side    write them to --late-output (default with it)
-                              accept  the same as side (kept for older scripts; records
-                                      within the allowed lateness are always taken)
-  --emit MODE               final (default): one row per window and key, when complete;
-                            updates: every change of a window's result, with a diff column
+    /// Results (default: standard output), header
+    /// window_start_ms,window_end_ms,key,count,sum,min,max (and diff, for changelogs), written
+    /// as they complete: in the order results complete (by result time), then by window start
+    /// and key (for tumbling and sliding windows: by window, then key). A file is written as
+    /// OUT.csv.partial and renamed to OUT.csv when complete
+    #[arg(long, value_name = "OUT.csv", help_heading = "Output")]
+    output: Option<String>,
+    /// Late records, event_time_ms,key,value as read, written as they arrive: by the watermark
+    /// they arrived at, then by event time, key and value
+    #[arg(long, value_name = "LATE.csv", help_heading = "Output")]
+    late_output: Option<String>,
+    /// Malformed input lines: file,line,reason,raw, written when the input ends (default: a
+    /// summary on stderr)
+    #[arg(long, value_name = "FILE.csv", help_heading = "Output")]
+    dead_letter_output: Option<String>,
+    /// No progress or summary on stderr
+    #[arg(long, help_heading = "Output")]
+    quiet: bool,
 
-OUTPUT:
-  --output OUT.csv          results (default: standard output), header
-                            window_start_ms,window_end_ms,key,count,sum,min,max[,diff],
-                            rows sorted by (window_start_ms, key)
-  --late-output LATE.csv    late records: event_time_ms,key,value as read, in the order they
-                            arrived (by watermark), then by event time, key and value
-  --dead-letter-output F    malformed input lines: file,line,reason,raw (default: summary on stderr)
-  --quiet                   no progress or summary on stderr
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
 
-Durations are a whole number with a unit: ms, s, m or h (e.g. 250ms, 10s, 5m, 1h).
+/// `--late`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LateArg {
+    /// Count and drop them
+    Drop,
+    /// Write them to --late-output
+    Side,
+    /// The same as side (kept for older scripts: records within --allowed-lateness are always
+    /// taken, late ones go to --late-output)
+    Accept,
+}
 
-CLUSTER (timely):
-";
+/// `--emit`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum EmitArg {
+    /// One row per window and key, when complete
+    Final,
+    /// Every change of a window's result, with a diff column
+    Updates,
+}
 
 #[derive(Clone, Debug)]
 enum WindowKind {
@@ -87,6 +151,7 @@ struct Options {
     input: Option<String>,
     events: u64,
     write_input: Option<String>,
+    write_bids: Option<String>,
     output: Option<String>,
     late_output: Option<String>,
     dead_letter_output: Option<String>,
@@ -98,146 +163,74 @@ struct Options {
     quiet: bool,
 }
 
-/// A usage error: printed with a hint, exit code 2.
-struct Usage(String);
-
-fn parse(args: Vec<String>) -> Result<Option<Options>, Usage> {
-    let mut input = None;
-    let mut events = 1_000_000u64;
-    let mut write_input = None;
-    let mut output = None;
-    let mut late_output = None;
-    let mut dead_letter_output = None;
-    let mut windows: Vec<(String, String)> = Vec::new();
-    let mut out_of_orderness = Duration::from_secs(5);
-    let mut allowed_lateness = None;
-    let mut late = None;
-    let mut emit = Emit::Final;
-    let mut quiet = false;
-
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
-            _ => (arg.clone(), None),
+impl Cli {
+    /// The options, once the flags agree with each other (a usage error otherwise).
+    fn options(self) -> Result<Options, String> {
+        let window = match (self.tumbling, self.sliding, self.session) {
+            (Some(size), _, _) => WindowKind::Tumbling(size),
+            (_, Some((size, slide)), _) => WindowKind::Sliding(size, slide),
+            (_, _, Some(gap)) => WindowKind::Session(gap),
+            // Only the data set matters; a window flag is not needed.
+            _ if self.write_input.is_some() || self.write_bids.is_some() => {
+                WindowKind::Tumbling(Duration::from_secs(1))
+            }
+            _ => return Err("choose a window: --tumbling SIZE, --sliding SIZE,SLIDE or --session GAP".into()),
         };
-        let mut value = |name: &str| -> Result<String, Usage> {
-            inline.clone().or_else(|| args.next()).ok_or_else(|| Usage(format!("{name} needs a value")))
+        let late = match self.late {
+            None if self.late_output.is_some() => LatePolicy::SideOutput,
+            None | Some(LateArg::Drop) => LatePolicy::Drop,
+            Some(LateArg::Side | LateArg::Accept) => LatePolicy::SideOutput,
         };
-        let duration = |name: &str, text: String| parse_duration(&text).map_err(|e| Usage(format!("{name}: {e}")));
-        match flag.as_str() {
-            "--help" => return Ok(None),
-            "--input" => input = Some(value("--input")?),
-            "--events" => {
-                let text = value("--events")?;
-                events = text.parse().map_err(|_| Usage(format!("--events expects a whole number, got {text:?}")))?;
-            }
-            "--write-input" => write_input = Some(value("--write-input")?),
-            "--output" => output = Some(value("--output")?),
-            "--late-output" => late_output = Some(value("--late-output")?),
-            "--dead-letter-output" => dead_letter_output = Some(value("--dead-letter-output")?),
-            "--tumbling" | "--sliding" | "--session" => windows.push((flag.clone(), value(&flag)?)),
-            "--out-of-orderness" => out_of_orderness = duration("--out-of-orderness", value("--out-of-orderness")?)?,
-            "--allowed-lateness" => {
-                allowed_lateness = Some(duration("--allowed-lateness", value("--allowed-lateness")?)?)
-            }
-            "--late" => late = Some(value("--late")?),
-            "--emit" => {
-                emit = match value("--emit")?.as_str() {
-                    "final" => Emit::Final,
-                    "updates" => Emit::Updates,
-                    other => return Err(Usage(format!("--emit expects final or updates, got {other:?}"))),
-                }
-            }
-            "--quiet" => quiet = true,
-            other if other.starts_with('-') => return Err(Usage(format!("unknown flag {other}"))),
-            other => return Err(Usage(format!("unexpected argument {other:?}"))),
+        if self.late_output.is_some() && late == LatePolicy::Drop {
+            return Err("--late drop and --late-output contradict each other: use --late side".into());
         }
-    }
-
-    if write_input.is_some() {
-        // Only the data set matters; a window flag is not needed.
-        windows.push(("--tumbling".into(), "1s".into()));
-    }
-    let window = match windows.as_slice() {
-        [] => return Err(Usage("choose a window: --tumbling SIZE, --sliding SIZE,SLIDE or --session GAP".into())),
-        [(flag, text)] => match flag.as_str() {
-            "--tumbling" => WindowKind::Tumbling(duration_arg(flag, text)?),
-            "--sliding" => {
-                let (size, slide) = text
-                    .split_once(',')
-                    .ok_or_else(|| Usage(format!("--sliding expects SIZE,SLIDE (e.g. 10s,2s), got {text:?}")))?;
-                WindowKind::Sliding(duration_arg(flag, size)?, duration_arg(flag, slide)?)
-            }
-            _ => WindowKind::Session(duration_arg(flag, text)?),
-        },
-        [_, _, ..] if write_input.is_none() => {
-            return Err(Usage("choose only one of --tumbling, --sliding and --session".into()));
+        if self.late_output.is_none() && late == LatePolicy::SideOutput {
+            return Err("--late side needs --late-output LATE.csv to write the late records to (or --late drop to \
+                        count and drop them)"
+                .into());
         }
-        _ => WindowKind::Tumbling(Duration::from_secs(1)),
-    };
-    let policy = match late.as_deref() {
-        None if late_output.is_some() => LatePolicy::SideOutput,
-        None | Some("drop") => LatePolicy::Drop,
-        Some("side" | "accept") => LatePolicy::SideOutput,
-        Some(other) => return Err(Usage(format!("--late expects drop, side or accept, got {other:?}"))),
-    };
-    if late_output.is_some() && policy == LatePolicy::Drop {
-        return Err(Usage("--late drop and --late-output contradict each other: use --late side".into()));
+        Ok(Options {
+            input: self.input,
+            events: self.events,
+            write_input: self.write_input,
+            write_bids: self.write_bids,
+            output: self.output,
+            late_output: self.late_output,
+            dead_letter_output: self.dead_letter_output,
+            window,
+            out_of_orderness: self.out_of_orderness,
+            allowed_lateness: self.allowed_lateness.unwrap_or(Duration::ZERO),
+            late,
+            emit: match self.emit {
+                EmitArg::Final => Emit::Final,
+                EmitArg::Updates => Emit::Updates,
+            },
+            quiet: self.quiet,
+        })
     }
-    if late_output.is_none() && policy == LatePolicy::SideOutput {
-        return Err(Usage(
-            "--late side needs --late-output LATE.csv to write the late records to (or --late drop to count and drop them)"
-                .into(),
-        ));
-    }
-    Ok(Some(Options {
-        input,
-        events,
-        write_input,
-        output,
-        late_output,
-        dead_letter_output,
-        window,
-        out_of_orderness,
-        allowed_lateness: allowed_lateness.unwrap_or(Duration::ZERO),
-        late: policy,
-        emit,
-        quiet,
-    }))
-}
-
-fn duration_arg(flag: &str, text: &str) -> Result<Duration, Usage> {
-    let d = parse_duration(text).map_err(|e| Usage(format!("{flag}: {e}")))?;
-    if d.is_zero() {
-        let what = if flag == "--session" { "a session gap" } else { "a window" };
-        return Err(Usage(format!("{flag}: {what} must be at least 1ms long")));
-    }
-    Ok(d)
-}
-
-/// A dead letter as a CSV row.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
-struct DeadRow {
-    file: String,
-    line: u64,
-    reason: String,
-    raw: String,
 }
 
 fn main() -> ExitCode {
-    let (cluster, args) = match Cluster::from_args(std::env::args().skip(1)) {
-        Ok(parsed) => parsed,
-        Err(error) => return usage_error(&error.to_string()),
-    };
-    let options = match parse(args) {
-        Ok(Some(options)) => options,
-        Ok(None) => {
-            println!("{USAGE}{CLUSTER_FLAGS_HELP}");
-            return ExitCode::SUCCESS;
-        }
-        Err(Usage(message)) => return usage_error(&message),
-    };
+    let cli = Cli::parse();
+    let cluster = cli.cluster.to_cluster().unwrap_or_else(|message| usage_error::<Cli>(message));
+    if !cli.quiet
+        && let Some(warning) = cli.cluster.oversubscription_warning()
+    {
+        eprintln!("window_agg: {warning}");
+    }
+    let options = cli.options().unwrap_or_else(|message| usage_error::<Cli>(message));
+    // Before anything is read or written (issue 13, item 4).
+    let files = [
+        ("--input", options.input.as_deref()),
+        ("--write-input", options.write_input.as_deref()),
+        ("--write-bids", options.write_bids.as_deref()),
+        ("--output", options.output.as_deref()),
+        ("--late-output", options.late_output.as_deref()),
+        ("--dead-letter-output", options.dead_letter_output.as_deref()),
+    ];
+    if let Err(message) = refuse_same_files(&files) {
+        usage_error::<Cli>(message);
+    }
     match run(cluster, options) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
@@ -247,40 +240,88 @@ fn main() -> ExitCode {
     }
 }
 
-fn usage_error(message: &str) -> ExitCode {
-    eprintln!("window_agg: {message}\nRun window_agg --help for usage.");
-    ExitCode::from(2)
+/// What decides `window_agg`'s results, to check that every process of a cluster agrees.
+fn configuration(options: &Options) -> String {
+    let input = match options.input.as_deref() {
+        None => format!("the built-in data set of {} events", options.events),
+        Some("-") => "standard input".to_string(),
+        Some(path) => match std::fs::metadata(path) {
+            Ok(meta) if meta.is_file() => format!("a file of {} bytes", meta.len()),
+            _ => "a stream".to_string(),
+        },
+    };
+    let window = match options.window {
+        WindowKind::Tumbling(size) => format!("--tumbling {}", format_duration(size)),
+        WindowKind::Sliding(size, slide) => format!("--sliding {},{}", format_duration(size), format_duration(slide)),
+        WindowKind::Session(gap) => format!("--session {}", format_duration(gap)),
+    };
+    format!(
+        "{window} --out-of-orderness {} --allowed-lateness {} --late {:?} --emit {:?} over {input}",
+        format_duration(options.out_of_orderness),
+        format_duration(options.allowed_lateness),
+        options.late,
+        options.emit
+    )
 }
 
-fn write_generated(path: &str, events: u64) -> Result<(), String> {
+/// A malformed line as shown on stderr: long lines are cut (the dead-letter output keeps them
+/// whole).
+fn shorten(text: &str) -> String {
+    const SHOWN: usize = 120;
+    if text.len() <= SHOWN {
+        return format!("{text:?}");
+    }
+    let mut cut = SHOWN;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{:?}... ({} bytes in all)", &text[..cut], text.len())
+}
+
+/// Writes `rows` as `window_agg`'s input CSV.
+fn write_rows(path: &str, rows: impl Iterator<Item = InputRow>) -> Result<(), String> {
     let file = std::fs::File::create(path).map_err(|e| format!("{path}: {e}"))?;
     let mut out = std::io::BufWriter::new(file);
     let io = |e: std::io::Error| format!("{path}: {e}");
     writeln!(out, "event_time_ms,key,value").map_err(io)?;
-    // Interleave the partitions round-robin: one ordered stream, as a file is.
-    let mut partitions: Vec<_> =
-        (0..tideline_examples::GENERATED_PARTITIONS).map(|p| generated_partition(p, events)).collect();
-    let mut live = partitions.len();
-    while live > 0 {
-        live = 0;
-        for partition in &mut partitions {
-            if let Some(row) = partition.next() {
-                live += 1;
-                writeln!(out, "{},{},{}", row.event_time_ms, row.key, row.value).map_err(io)?;
-            }
-        }
+    for row in rows {
+        writeln!(out, "{},{},{}", row.event_time_ms, row.key, row.value).map_err(io)?;
     }
     out.flush().map_err(io)
 }
 
+/// The built-in data set as one ordered stream, as a file is: its partitions round-robin.
+fn generated_in_file_order(events: u64) -> impl Iterator<Item = InputRow> {
+    let mut partitions: Vec<_> =
+        (0..tideline_examples::GENERATED_PARTITIONS).map(|p| generated_partition(p, events)).collect();
+    let mut next = 0;
+    std::iter::from_fn(move || {
+        for _ in 0..partitions.len() {
+            let partition = next % partitions.len();
+            next += 1;
+            if let Some(row) = partitions[partition].next() {
+                return Some(row);
+            }
+        }
+        None
+    })
+}
+
 fn run(cluster: Cluster, options: Options) -> Result<(), String> {
+    if let Some(path) = &options.write_bids {
+        write_rows(path, tideline_examples::bids(options.events))?;
+        if !options.quiet {
+            eprintln!("window_agg: wrote {} bids to {path}", options.events);
+        }
+        return Ok(());
+    }
     if cluster.processes > 1 && options.output.is_none() && options.write_input.is_none() {
         return Err("with several processes (-n), give --output FILE: timely prints its connection \
                     messages on standard output"
             .into());
     }
     if let Some(path) = &options.write_input {
-        write_generated(path, options.events)?;
+        write_rows(path, generated_in_file_order(options.events))?;
         if !options.quiet {
             eprintln!("window_agg: wrote {} events to {path}", options.events);
         }
@@ -327,7 +368,7 @@ fn run(cluster: Cluster, options: Options) -> Result<(), String> {
             FileSink::<InputRow>::csv(path)
                 .header(["event_time_ms", "key", "value"])
                 .mode(SinkMode::AppendOnly)
-                .sort_by(|a, b| a.cmp(b))
+                .sort_by(|a: &InputRow, b: &InputRow| a.cmp(b))
                 .name("late-output")
                 .build()
                 .map_err(|e| e.to_string())?,
@@ -338,7 +379,7 @@ fn run(cluster: Cluster, options: Options) -> Result<(), String> {
         Some(path) => Some(
             FileSink::<DeadRow>::csv(path)
                 .header(["file", "line", "reason", "raw"])
-                .mode(SinkMode::AppendOnly)
+                .mode(SinkMode::Snapshot)
                 .sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)))
                 .name("dead-letter-output")
                 .build()
@@ -358,8 +399,12 @@ fn run(cluster: Cluster, options: Options) -> Result<(), String> {
     let worker_sinks = sinks.clone();
     let worker_dead = dead_letters.clone();
     let opts = options.clone();
+    let configuration = (cluster.processes > 1).then(|| configuration(&options));
     let guards = std::thread::spawn(move || {
         execute(&cluster, move |worker| {
+            if let Some(configuration) = &configuration {
+                same_configuration(worker, configuration)?;
+            }
             let config = SourceConfig::new("input")
                 .watermarks(WatermarkStrategy::bounded_out_of_orderness(opts.out_of_orderness))
                 .metrics(Arc::clone(&worker_metrics));
@@ -414,6 +459,7 @@ fn run(cluster: Cluster, options: Options) -> Result<(), String> {
                     None => dead.collect_into(&dead_letters),
                 }
             });
+            Ok::<(), String>(())
         })
     });
 
@@ -426,7 +472,8 @@ fn run(cluster: Cluster, options: Options) -> Result<(), String> {
             last = Instant::now();
         }
     }
-    guards.join().map_err(|_| "a worker thread panicked".to_string())?.map_err(|e| e.to_string())?;
+    let workers = guards.join().map_err(|_| "a worker thread panicked".to_string())?.map_err(|e| e.to_string())?;
+    workers.into_iter().collect::<Result<Vec<()>, String>>()?;
     for sink in &sinks {
         sink.check().map_err(|e| e.to_string())?;
     }
@@ -440,7 +487,7 @@ fn run(cluster: Cluster, options: Options) -> Result<(), String> {
     if !dead.is_empty() && !options.quiet {
         eprintln!("window_agg: {} malformed line(s) skipped (see --dead-letter-output):", totals.dead_letters);
         for (row, _) in dead.iter().take(5) {
-            eprintln!("  {}:{}: {}: {:?}", row.file, row.line, row.reason, row.raw);
+            eprintln!("  {}:{}: {}: {}", row.file, row.line, shorten(&row.reason), shorten(&row.raw));
         }
     }
     if !options.quiet {

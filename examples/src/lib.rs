@@ -1,6 +1,8 @@
-//! Code shared by the example programs: the `window_agg` record types and its built-in,
-//! generated data set, the Nexmark queries, and the `ledger` dataflow ([`ledger`]).
+//! Code shared by the example programs: the `window_agg` record types (input, output, late and
+//! dead-letter rows) and its built-in, generated data set, the Nexmark queries, and the
+//! `ledger` dataflow ([`ledger`]).
 
+pub mod cli;
 pub mod ledger;
 pub mod nexmark;
 
@@ -57,6 +59,19 @@ pub struct OutputRow {
     pub max: i64,
 }
 
+/// A malformed input line of `window_agg`, as a row of its dead-letter output.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct DeadRow {
+    /// The input file.
+    pub file: String,
+    /// The line number.
+    pub line: u64,
+    /// Why the line could not be decoded.
+    pub reason: String,
+    /// The line.
+    pub raw: String,
+}
+
 /// The start of the built-in data set's event time: 2026-01-01T00:00:00Z.
 pub const GENERATED_BASE_TIME: Time = 1_767_225_600_000;
 
@@ -82,5 +97,29 @@ pub fn generated_partition(partition: usize, events: u64) -> impl Iterator<Item 
         }
         let sensor = rng.gen_range(0..50u32);
         InputRow { event_time_ms: time, key: format!("sensor-{sensor:02}"), value: rng.gen_range(-100..1_000) }
+    })
+}
+
+/// Auctions of the bid-like data set ([`bids`]).
+pub const BID_AUCTIONS: u32 = 10_000;
+
+/// A bid-like data set, in the shape of Nexmark's bids at a modest rate, for whole-process
+/// measurements: `events` bids, one per millisecond of event time from
+/// [`GENERATED_BASE_TIME`] (so almost every bid has a timestamp of its own), keyed by auction
+/// (`auction-NNNNN`, 10 000 auctions, half of the bids on a hot set of 100 that moves every
+/// minute), valued by price; 5 % of them out of order by up to 5 s. Deterministic, in file
+/// order (what `window_agg --write-bids` writes).
+pub fn bids(events: u64) -> impl Iterator<Item = InputRow> + 'static {
+    let mut rng = SmallRng::seed_from_u64(0xb1d5);
+    (0..events).map(move |i| {
+        let clock = GENERATED_BASE_TIME + i;
+        let time = if rng.gen_ratio(1, 20) { clock.saturating_sub(rng.gen_range(0..5_000)) } else { clock };
+        let auction = if rng.gen_ratio(1, 2) {
+            let hot_set = (i / 60_000) as u32;
+            (hot_set * 100 + rng.gen_range(0..100)) % BID_AUCTIONS
+        } else {
+            rng.gen_range(0..BID_AUCTIONS)
+        };
+        InputRow { event_time_ms: time, key: format!("auction-{auction:05}"), value: rng.gen_range(1..10_000) }
     })
 }

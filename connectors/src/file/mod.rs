@@ -1,11 +1,12 @@
 //! Files: CSV and JSON Lines, in and out.
 //!
-//! - [`FileSource`] reads one or many files as a watermarked, partitioned source: each file is
-//!   one ordered stream (a partition). Large files are split across workers *without changing
-//!   results*: each worker reads a contiguous byte range, and starts it with the watermark the
-//!   lines before it produce, so every record is on time or late exactly as if the file were
-//!   read from start to end. Lines that fail to parse go to the dead-letter collection with
-//!   the file, line number, raw text and reason.
+//! - [`FileSource`] reads one or many files, or standard input, as a watermarked, partitioned
+//!   source: each file is one ordered stream (a partition). Files are split across workers
+//!   *without changing results*: workers read interleaved chunks, each started with the
+//!   watermark the lines before it produce, so every record is on time or late exactly as if
+//!   the file were read from start to end, and workers stay near the same event time. Pipes
+//!   and standard input are read once, by one worker. Lines that fail to parse go to the
+//!   dead-letter collection with the file, line number, raw text and reason.
 //! - [`FileSink`] writes a collection as CSV or JSON Lines: a changelog with diffs, append-only
 //!   rows, or the final contents.
 

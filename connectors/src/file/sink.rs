@@ -32,6 +32,35 @@ pub enum SinkMode {
 
 type Compare<D> = Arc<dyn Fn(&D, &D) -> Ordering + Send + Sync>;
 
+/// How a row becomes a line: its own serde form, or a projection's (see
+/// [`FileSinkBuilder::write_as`]).
+struct Encoder<D> {
+    /// The line for a row (with a `diff` column or field when given).
+    line: Box<dyn Fn(&D, Format, Option<isize>) -> Result<Vec<u8>, String> + Send + Sync>,
+    /// The CSV column names serde would write for a row.
+    names: Box<dyn Fn(&D, u8) -> Result<Vec<String>, String> + Send + Sync>,
+}
+
+impl<D: Serialize + 'static> Encoder<D> {
+    /// Rows as themselves.
+    fn own() -> Self {
+        Encoder {
+            line: Box::new(encode),
+            names: Box::new(|row, delimiter| csv_field_names(row, delimiter).map_err(|e| e.to_string())),
+        }
+    }
+}
+
+impl<D> Encoder<D> {
+    fn of<R: Serialize>(project: impl Fn(&D) -> R + Clone + Send + Sync + 'static) -> Self {
+        let names = project.clone();
+        Encoder {
+            line: Box::new(move |row, format, diff| encode(&project(row), format, diff)),
+            names: Box::new(move |row, delimiter| csv_field_names(&names(row), delimiter).map_err(|e| e.to_string())),
+        }
+    }
+}
+
 /// Configures a [`FileSink`].
 pub struct FileSinkBuilder<D> {
     path: Option<PathBuf>,
@@ -39,15 +68,29 @@ pub struct FileSinkBuilder<D> {
     mode: SinkMode,
     header: Option<Vec<String>>,
     sort: Option<Compare<D>>,
+    encoder: Option<Arc<Encoder<D>>>,
     name: Option<String>,
 }
 
-/// Writes a collection to one CSV or JSON Lines file (on worker 0 of process 0).
+/// Writes a collection to one CSV or JSON Lines file (on worker 0 of process 0), or to
+/// standard output.
 ///
-/// Times are written in order, each once the frontier has passed it; within a time,
-/// retractions come before insertions, each group sorted by the row's order. With
-/// [`sort_by`](FileSinkBuilder::sort_by) the whole output is sorted when the input completes
-/// instead (stable, so each row's changes stay in time order).
+/// Each time's updates are written, and flushed, as soon as the frontier has passed that
+/// time, so a reader sees results as they complete and the sink keeps nothing but the times
+/// not yet complete. Times are written in order; within a time, retractions come before
+/// insertions, each group in the row's order, or, with [`sort_by`](FileSinkBuilder::sort_by),
+/// sorted by the given order (retractions first among rows it finds equal).
+/// [`SinkMode::Snapshot`] alone waits for the end of the input.
+///
+/// # Files
+///
+/// A path that is a regular file, or does not exist yet, is written as `PATH.partial` beside
+/// it: the old `PATH` is removed when the writer starts, and the partial file is synced and
+/// renamed to `PATH` when the input is complete. So `PATH` is either this run's complete output
+/// or absent (with the partial output visible beside it) — never an earlier run's results
+/// passing for this one's. Anything else — a FIFO, a character device such as `/dev/null`
+/// or `/dev/stdout`, a symbolic link — is opened once, when the writer starts, and written in
+/// place (truncated if it is a regular file behind a link); only regular files are synced.
 ///
 /// ```
 /// use tideline::prelude::*;
@@ -73,6 +116,7 @@ pub struct FileSink<D> {
     mode: SinkMode,
     header: Option<Vec<String>>,
     sort: Option<Compare<D>>,
+    encoder: Option<Arc<Encoder<D>>>,
     name: String,
     _marker: PhantomData<fn(D)>,
 }
@@ -85,6 +129,7 @@ impl<D> Clone for FileSink<D> {
             mode: self.mode,
             header: self.header.clone(),
             sort: self.sort.clone(),
+            encoder: self.encoder.clone(),
             name: self.name.clone(),
             _marker: PhantomData,
         }
@@ -116,6 +161,7 @@ impl<D> FileSinkBuilder<D> {
             mode: SinkMode::default(),
             header: None,
             sort: None,
+            encoder: None,
             name: None,
         }
     }
@@ -132,10 +178,19 @@ impl<D> FileSinkBuilder<D> {
         self
     }
 
-    /// Writes the whole output sorted by `compare` when the input completes (stable: changes
-    /// to equal rows stay in time order).
+    /// Orders the rows of each time by `compare` (stable: among rows it finds equal,
+    /// retractions come first). Times are still written in order, each as soon as it is
+    /// complete: the output is sorted by time, then by `compare`.
     pub fn sort_by(mut self, compare: impl Fn(&D, &D) -> Ordering + Send + Sync + 'static) -> Self {
         self.sort = Some(Arc::new(compare));
+        self
+    }
+
+    /// Writes `project(row)` for each row instead of the row itself — e.g. the part of a
+    /// record a reader wants — while rows are still ordered as `D`s. `D` itself keeps its own
+    /// serde form, which is what travels between workers and processes.
+    pub fn write_as<R: Serialize>(mut self, project: impl Fn(&D) -> R + Clone + Send + Sync + 'static) -> Self {
+        self.encoder = Some(Arc::new(Encoder::of(project)));
         self
     }
 
@@ -145,11 +200,35 @@ impl<D> FileSinkBuilder<D> {
         self
     }
 
-    /// Checks that the file can be written (creating it if missing, without truncating: the
-    /// writer truncates when it starts).
+    /// Checks that the output can be written: an existing regular file must be writable, a
+    /// new file's directory must exist, and a directory is refused. Nothing is created,
+    /// truncated or opened here (opening a FIFO would block, and closing it would end its
+    /// reader): the writer does that when it starts.
     pub fn build(self) -> Result<FileSink<D>, ConnectorError> {
         if let Some(path) = &self.path {
-            OpenOptions::new().create(true).append(true).open(path).map_err(|e| ConnectorError::io(path, e))?;
+            match std::fs::metadata(path) {
+                Ok(meta) if meta.is_dir() => {
+                    return Err(ConnectorError::Format { path: path.clone(), message: "is a directory".into() });
+                }
+                Ok(meta) if meta.is_file() => {
+                    OpenOptions::new().append(true).open(path).map_err(|e| ConnectorError::io(path, e))?;
+                }
+                Ok(_) => {} // A FIFO, a device, a socket: opened by the writer.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    let parent = parent_dir(path);
+                    match std::fs::metadata(&parent) {
+                        Ok(meta) if meta.is_dir() => {}
+                        Ok(_) => {
+                            return Err(ConnectorError::Format {
+                                path: path.clone(),
+                                message: format!("{} is not a directory", parent.display()),
+                            });
+                        }
+                        Err(e) => return Err(ConnectorError::io(path, e)),
+                    }
+                }
+                Err(e) => return Err(ConnectorError::io(path, e)),
+            }
         }
         let name = self
             .name
@@ -160,10 +239,26 @@ impl<D> FileSinkBuilder<D> {
             mode: self.mode,
             header: self.header,
             sort: self.sort,
+            encoder: self.encoder,
             name,
             _marker: PhantomData,
         })
     }
+}
+
+/// The directory a file `path` is in (`.` for a bare file name).
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Where the partial output of `path` is written until it is complete.
+fn partial_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".partial");
+    path.with_file_name(name)
 }
 
 impl<D: ExchangeData + Serialize> FileSink<D> {
@@ -171,12 +266,9 @@ impl<D: ExchangeData + Serialize> FileSink<D> {
     pub fn write(&self, collection: VecCollection<'_, Time, D>, handle: &SinkHandle) {
         let sink = self.clone();
         collection.sink_with(handle, SinkParallelism::Single, move |index, _peers| {
-            (index == 0).then(|| FileWriter {
-                sink,
-                out: None,
-                buffered: Vec::new(),
-                snapshot: BTreeMap::new(),
-                wrote_header: false,
+            (index == 0).then(|| {
+                let encoder = sink.encoder.clone().unwrap_or_else(|| Arc::new(Encoder::own()));
+                FileWriter { sink, encoder, out: None, snapshot: BTreeMap::new(), wrote_header: false }
             })
         });
     }
@@ -184,8 +276,8 @@ impl<D: ExchangeData + Serialize> FileSink<D> {
 
 struct FileWriter<D> {
     sink: FileSink<D>,
+    encoder: Arc<Encoder<D>>,
     out: Option<Output>,
-    buffered: Vec<(D, isize)>,
     snapshot: BTreeMap<D, isize>,
     wrote_header: bool,
 }
@@ -199,57 +291,41 @@ impl<D: ExchangeData + Serialize> FileWriter<D> {
         self.sink.path.clone().unwrap_or_else(|| PathBuf::from("<stdout>"))
     }
 
+    /// Opens the output when the writer starts (see [`FileSink`] for how).
     fn out(&mut self) -> tideline::Result<&mut Output> {
         if self.out.is_none() {
             self.out = Some(match &self.sink.path {
-                Some(path) => {
-                    let file = File::create(path).map_err(|e| tideline::Error::io(path, e))?;
-                    Output::File(BufWriter::with_capacity(1 << 16, file))
-                }
+                Some(path) => Output::open(path)?,
                 None => Output::Stdout(BufWriter::new(std::io::stdout())),
             });
         }
         Ok(self.out.as_mut().expect("just opened"))
     }
 
-    fn write_row(&mut self, row: &D, diff: Option<isize>) -> tideline::Result<()> {
-        let line = match self.sink.format {
-            Format::Csv { delimiter, .. } => {
-                if !self.wrote_header {
-                    let mut names = match &self.sink.header {
-                        Some(names) => names.clone(),
-                        None => csv_field_names(row, delimiter).map_err(|e| self.error(e))?,
-                    };
-                    if diff.is_some() {
-                        names.push("diff".to_string());
-                    }
-                    let header = csv_line(&names, delimiter).map_err(|e| self.error(e))?;
-                    self.out()?.write_all(&header).map_err(|e| tideline::Error::io(self.path(), e))?;
-                    self.wrote_header = true;
-                }
-                match diff {
-                    Some(diff) => csv_line(&(row, diff), delimiter),
-                    None => csv_line(row, delimiter),
-                }
-                .map_err(|e| self.error(e))?
-            }
-            Format::JsonLines => {
-                let mut value = serde_json::to_value(row).map_err(|e| self.error(e))?;
-                if let Some(diff) = diff {
-                    value = match value {
-                        serde_json::Value::Object(mut map) => {
-                            map.insert("diff".into(), diff.into());
-                            serde_json::Value::Object(map)
-                        }
-                        other => serde_json::json!({ "row": other, "diff": diff }),
-                    };
-                }
-                let mut line = serde_json::to_vec(&value).map_err(|e| self.error(e))?;
-                line.push(b'\n');
-                line
-            }
+    fn write_header(&mut self, row: Option<&D>, diff: bool) -> tideline::Result<()> {
+        let Format::Csv { delimiter, .. } = self.sink.format else { return Ok(()) };
+        let mut names = match (&self.sink.header, row) {
+            (Some(names), _) => names.clone(),
+            (None, Some(row)) => (self.encoder.names)(row, delimiter).map_err(|e| self.error(e))?,
+            (None, None) => return Ok(()),
         };
-        self.out()?.write_all(&line).map_err(|e| tideline::Error::io(self.path(), e))
+        if diff {
+            names.push("diff".to_string());
+        }
+        let header = csv_line(&names, delimiter).map_err(|e| self.error(e))?;
+        let path = self.path();
+        self.out()?.write_all(&header).map_err(|e| tideline::Error::io(path, e))?;
+        self.wrote_header = true;
+        Ok(())
+    }
+
+    fn write_row(&mut self, row: &D, diff: Option<isize>) -> tideline::Result<()> {
+        if !self.wrote_header {
+            self.write_header(Some(row), diff.is_some())?;
+        }
+        let line = (self.encoder.line)(row, self.sink.format, diff).map_err(|e| self.error(e))?;
+        let path = self.path();
+        self.out()?.write_all(&line).map_err(|e| tideline::Error::io(path, e))
     }
 
     fn emit(&mut self, row: &D, diff: isize) -> tideline::Result<()> {
@@ -270,11 +346,11 @@ impl<D: ExchangeData + Serialize> FileWriter<D> {
 
 impl<D: ExchangeData + Serialize> SinkWriter<D> for FileWriter<D> {
     fn write(&mut self, _time: Time, updates: &[(D, isize)]) -> tideline::Result<()> {
-        // Retractions first, then insertions, each in row order.
-        let ordered = updates.iter().filter(|(_, r)| *r < 0).chain(updates.iter().filter(|(_, r)| *r > 0));
-        if self.sink.sort.is_some() && self.sink.mode != SinkMode::Snapshot {
-            self.buffered.extend(ordered.cloned());
-            return Ok(());
+        // Retractions first, then insertions, each in row order (or the sink's order).
+        let mut ordered: Vec<&(D, isize)> = updates.iter().collect();
+        match &self.sink.sort {
+            Some(compare) => ordered.sort_by(|a, b| compare(&a.0, &b.0).then((a.1 > 0).cmp(&(b.1 > 0)))),
+            None => ordered.sort_by_key(|(_, diff)| *diff > 0),
         }
         for (row, diff) in ordered {
             self.emit(row, *diff)?;
@@ -283,65 +359,128 @@ impl<D: ExchangeData + Serialize> SinkWriter<D> for FileWriter<D> {
     }
 
     fn advance(&mut self, frontier: Option<Time>) -> tideline::Result<()> {
+        // Open (and so truncate or replace) the output when the writer starts, not at the end.
+        self.out()?;
         if frontier.is_none() {
-            let mut rows: Vec<(D, isize)> = match self.sink.mode {
-                SinkMode::Snapshot => std::mem::take(&mut self.snapshot).into_iter().filter(|(_, r)| *r != 0).collect(),
-                _ => std::mem::take(&mut self.buffered),
-            };
-            if let Some(compare) = self.sink.sort.clone() {
-                rows.sort_by(|a, b| compare(&a.0, &b.0));
-            }
-            for (row, diff) in &rows {
-                match self.sink.mode {
-                    SinkMode::Snapshot => (0..*diff).try_for_each(|_| self.write_row(row, None))?,
-                    _ => self.emit(row, *diff)?,
+            if self.sink.mode == SinkMode::Snapshot {
+                let rows: Vec<(D, isize)> =
+                    std::mem::take(&mut self.snapshot).into_iter().filter(|(_, r)| *r != 0).collect();
+                let mut ordered: Vec<&(D, isize)> = rows.iter().collect();
+                if let Some(compare) = &self.sink.sort {
+                    ordered.sort_by(|a, b| compare(&a.0, &b.0));
+                }
+                for (row, diff) in ordered {
+                    (0..*diff).try_for_each(|_| self.write_row(row, None))?;
                 }
             }
-            self.out()?;
-            if !self.wrote_header
-                && let (Format::Csv { delimiter, .. }, Some(names)) = (self.sink.format, self.sink.header.clone())
-            {
+            if !self.wrote_header {
                 // An empty output still says what its columns are.
-                let mut names = names;
-                if self.sink.mode == SinkMode::Changelog {
-                    names.push("diff".to_string());
-                }
-                let header = csv_line(&names, delimiter).map_err(|e| self.error(e))?;
-                let path = self.path();
-                self.out()?.write_all(&header).map_err(|e| tideline::Error::io(path, e))?;
-                self.wrote_header = true;
+                self.write_header(None, self.sink.mode == SinkMode::Changelog)?;
             }
         }
         let path = self.path();
-        if let Some(out) = self.out.as_mut() {
-            out.flush().map_err(|e| tideline::Error::io(&path, e))?;
-            if frontier.is_none()
-                && let Output::File(file) = out
-            {
-                file.get_ref().sync_all().map_err(|e| tideline::Error::io(&path, e))?;
-            }
+        let out = self.out.as_mut().expect("opened above");
+        out.flush().map_err(|e| tideline::Error::io(&path, e))?;
+        if frontier.is_none() {
+            out.complete().map_err(|e| tideline::Error::io(&path, e))?;
         }
         Ok(())
     }
 }
 
+/// Where a [`FileWriter`] writes.
 enum Output {
-    File(BufWriter<File>),
+    /// A regular file written as `partial` and renamed to `path` when complete.
+    Replace { file: BufWriter<File>, partial: PathBuf, path: PathBuf, done: bool },
+    /// Anything else with a path (a FIFO, a device, a link), written in place.
+    InPlace { file: BufWriter<File>, regular: bool },
+    /// Standard output.
     Stdout(BufWriter<std::io::Stdout>),
+}
+
+impl Output {
+    fn open(path: &Path) -> tideline::Result<Output> {
+        let io = |e| tideline::Error::io(path, e);
+        let replace = match std::fs::symlink_metadata(path) {
+            Ok(meta) => meta.is_file(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+            Err(e) => return Err(io(e)),
+        };
+        if replace {
+            let partial = partial_path(path);
+            let file = File::create(&partial).map_err(|e| tideline::Error::io(&partial, e))?;
+            match std::fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(e)),
+            }
+            let file = BufWriter::with_capacity(1 << 16, file);
+            Ok(Output::Replace { file, partial, path: path.to_path_buf(), done: false })
+        } else {
+            // `create` truncates a regular file behind a link; FIFOs and devices ignore it.
+            let file = File::create(path).map_err(io)?;
+            let regular = file.metadata().map_err(io)?.is_file();
+            Ok(Output::InPlace { file: BufWriter::with_capacity(1 << 16, file), regular })
+        }
+    }
+
+    /// The input is complete and flushed: make the output durable and put it in place.
+    fn complete(&mut self) -> std::io::Result<()> {
+        match self {
+            Output::Replace { file, partial, path, done } => {
+                if !*done {
+                    file.get_ref().sync_all()?;
+                    std::fs::rename(&*partial, &*path)?;
+                    // The rename itself is durable once the directory is synced.
+                    File::open(parent_dir(path))?.sync_all()?;
+                    *done = true;
+                }
+                Ok(())
+            }
+            Output::InPlace { file, regular: true } => file.get_ref().sync_all(),
+            Output::InPlace { .. } | Output::Stdout(_) => Ok(()),
+        }
+    }
 }
 
 impl Write for Output {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         match self {
-            Output::File(w) => w.write(buf),
+            Output::Replace { file, .. } | Output::InPlace { file, .. } => file.write(buf),
             Output::Stdout(w) => w.write(buf),
         }
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
         match self {
-            Output::File(w) => w.flush(),
+            Output::Replace { file, .. } | Output::InPlace { file, .. } => file.flush(),
             Output::Stdout(w) => w.flush(),
+        }
+    }
+}
+
+/// A row as a line of `format`, with a `diff` column or field when given.
+fn encode<T: Serialize>(row: &T, format: Format, diff: Option<isize>) -> Result<Vec<u8>, String> {
+    match format {
+        Format::Csv { delimiter, .. } => match diff {
+            Some(diff) => csv_line(&(row, diff), delimiter),
+            None => csv_line(row, delimiter),
+        }
+        .map_err(|e| e.to_string()),
+        Format::JsonLines => {
+            let mut value = serde_json::to_value(row).map_err(|e| e.to_string())?;
+            if let Some(diff) = diff {
+                value = match value {
+                    serde_json::Value::Object(mut map) => {
+                        map.insert("diff".into(), diff.into());
+                        serde_json::Value::Object(map)
+                    }
+                    other => serde_json::json!({ "row": other, "diff": diff }),
+                };
+            }
+            let mut line = serde_json::to_vec(&value).map_err(|e| e.to_string())?;
+            line.push(b'\n');
+            Ok(line)
         }
     }
 }

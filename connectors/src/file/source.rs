@@ -1,11 +1,12 @@
 //! The file source.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
-use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
 use std::time::Duration;
 
 use csv::ByteRecord;
@@ -22,6 +23,19 @@ use crate::file::{Format, split_csv_line, trim_newline};
 
 type TimeFn<D> = Arc<dyn Fn(&D) -> Time + Send + Sync>;
 
+/// How much of a split file a worker reads at a time, by default.
+const DEFAULT_CHUNK_BYTES: u64 = 256 * 1024;
+
+/// How many of its chunks a worker decodes before the one it is emitting is done (the chunk
+/// being emitted included). Bounds how far workers drift apart: see [`FileSource`].
+const CHUNKS_AHEAD: usize = 2;
+
+/// Lines a stream's reading thread hands over at once (fewer when no more input is ready).
+const STREAM_BATCH: usize = 4096;
+
+/// A UTF-8 byte order mark, stripped from the start of a file.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
 /// Configures a [`FileSource`]; `build()` checks the files and their headers.
 pub struct FileSourceBuilder<D> {
     paths: Vec<PathBuf>,
@@ -30,21 +44,45 @@ pub struct FileSourceBuilder<D> {
     required: Vec<String>,
     event_time: TimeFn<D>,
     split: bool,
+    chunk_bytes: u64,
 }
 
-/// A watermarked source over CSV or JSON Lines files.
+/// A watermarked source over CSV or JSON Lines files, or standard input.
 ///
-/// Each file is a partition: one ordered stream with its own watermark. With a
-/// [`time_field`](FileSourceBuilder::time_field) and a bounded-out-of-orderness watermark
-/// strategy, each file is split into one contiguous byte range per worker; a worker starts
-/// its range with the watermark of the lines before it (a first pass shares each range's
-/// line count and largest event time), so lateness and results are exactly those of reading
-/// the file from start to end, whatever the number of workers. Otherwise file `i` is read
-/// whole by worker `i % workers`.
+/// Each file is a partition: one ordered stream with its own watermark. Lateness and results
+/// are always exactly those of reading each file from start to end, whatever the number of
+/// workers and processes.
+///
+/// # Splitting a file across workers
+///
+/// With a bounded-out-of-orderness watermark strategy (`W = max seen - D`, a function of the
+/// running maximum of event times) a regular file is read by all workers together, in
+/// *interleaved chunks* of [`chunk_bytes`](FileSourceBuilder::chunk_bytes) (256 KiB): worker
+/// `k` of `N` reads chunks `k, k + N, k + 2N, …` (shifted by the file's index). A worker
+/// decodes a chunk, tells every worker its line count and largest event time, and emits its
+/// records once it knows those of every chunk before it: the chunk then starts with exactly
+/// the watermark and line number that reading the file in order would give at that point.
+/// Each worker decodes at most one chunk ahead of the one it emits, so a worker can be at
+/// most about two rounds of `N` chunks ahead of the slowest: the workers stay near the same
+/// event time, and what downstream operators hold waiting for the slowest worker stays
+/// bounded by a few chunks, not by the file. Other watermark strategies read file `i` whole
+/// on worker `i % N`.
+///
+/// # Streams
+///
+/// `-` is standard input; a path that is not a regular file (a pipe such as `/dev/stdin` or
+/// `<(command)`, a FIFO, a device) is a stream. A stream is read once, from start to end, by
+/// one worker (file `i` by worker `i % N`), on a thread of its own, so a slow producer never
+/// blocks the dataflow: records are emitted as lines arrive, and the watermark moves with
+/// them (an unbounded input: windows close while it is read). Its header is checked when it
+/// arrives; a missing column stops the source with an error in its metrics.
+///
+/// # Bad lines
 ///
 /// A line that fails to decode (wrong field count, a bad number, broken JSON, invalid
 /// UTF-8) becomes a [`DeadLetter`] with the file, its line number, the raw line and the
-/// reason, and is counted; reading goes on. Empty lines are skipped.
+/// reason, and is counted; reading goes on. Empty lines are skipped. A UTF-8 byte order mark
+/// before the first line is ignored.
 ///
 /// Records must not contain newlines (CSV quoting works within a line).
 ///
@@ -81,19 +119,29 @@ impl<D> Clone for FileSource<D> {
     }
 }
 
+/// What a file is to the source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// A regular file of this many bytes: seekable, can be split.
+    Regular(u64),
+    /// Standard input (`-`) or anything that is not a regular file: read once, in order.
+    Stream,
+}
+
 struct FileInfo {
     path: PathBuf,
-    size: u64,
+    kind: Kind,
+    /// The CSV header, read by `build()` for regular files (streams: when it arrives).
     headers: Option<ByteRecord>,
-    time_column: Option<usize>,
 }
 
 struct Inner<D> {
     files: Vec<FileInfo>,
     format: Format,
-    time_field: Option<String>,
+    required: Vec<String>,
     event_time: TimeFn<D>,
     split: bool,
+    chunk_bytes: u64,
     _marker: PhantomData<fn() -> D>,
 }
 
@@ -118,6 +166,7 @@ impl<D: EventTime> FileSourceBuilder<D> {
             required: Vec::new(),
             event_time: Arc::new(|record: &D| record.event_time()),
             split: true,
+            chunk_bytes: DEFAULT_CHUNK_BYTES,
         }
     }
 }
@@ -129,9 +178,9 @@ impl<D> FileSourceBuilder<D> {
         self
     }
 
-    /// The column (CSV) or field (JSON) holding the event time as integer milliseconds: the
-    /// same time the record's event-time function returns. Lets large files be split across
-    /// workers without changing results.
+    /// The CSV column holding the event time: `build()` checks that every file's header has
+    /// it. (Splitting a file across workers does not need it: workers share the event times
+    /// of the records they decode.)
     pub fn time_field(mut self, name: impl Into<String>) -> Self {
         self.time_field = Some(name.into());
         self
@@ -149,241 +198,263 @@ impl<D> FileSourceBuilder<D> {
         self
     }
 
-    /// Whether large files may be split across workers (default: yes, when possible).
+    /// Whether regular files may be split across workers (default: yes, with a
+    /// bounded-out-of-orderness watermark strategy).
     pub fn split(mut self, split: bool) -> Self {
         self.split = split;
         self
     }
 
-    /// Checks that every file exists and is readable and, for CSV with headers, that its
-    /// header has the required columns and the time field.
+    /// How many bytes of a split file a worker reads at a time (default 256 KiB, at least
+    /// 1). Smaller chunks keep workers closer in event time, at more coordination per byte.
+    pub fn chunk_bytes(mut self, bytes: u64) -> Self {
+        self.chunk_bytes = bytes.max(1);
+        self
+    }
+
+    /// Checks that every regular file exists and is readable and, for CSV with headers, that
+    /// its header has the required columns and the time field. Streams (`-`, pipes, FIFOs)
+    /// are not opened here: reading them would consume them.
     pub fn build(self) -> Result<FileSource<D>, ConnectorError> {
         if self.paths.is_empty() {
             return Err(ConnectorError::Config("a file source needs at least one file".into()));
         }
+        let mut required = self.required.clone();
+        required.extend(self.time_field.iter().filter(|t| !self.required.contains(t)).cloned());
         let mut files = Vec::new();
         for path in self.paths {
-            let file = File::open(&path).map_err(|e| ConnectorError::io(&path, e))?;
-            let metadata = file.metadata().map_err(|e| ConnectorError::io(&path, e))?;
+            if is_stdin(&path) {
+                files.push(FileInfo { path, kind: Kind::Stream, headers: None });
+                continue;
+            }
+            let metadata = std::fs::metadata(&path).map_err(|e| ConnectorError::io(&path, e))?;
             if metadata.is_dir() {
                 return Err(ConnectorError::Format { path, message: "is a directory, not a file".into() });
             }
-            let (mut headers, mut time_column) = (None, None);
+            if !metadata.is_file() {
+                files.push(FileInfo { path, kind: Kind::Stream, headers: None });
+                continue;
+            }
+            let file = File::open(&path).map_err(|e| ConnectorError::io(&path, e))?;
+            let mut headers = None;
             if let Format::Csv { delimiter, has_headers: true } = self.format {
                 let mut first = Vec::new();
                 BufReader::new(file).read_until(b'\n', &mut first).map_err(|e| ConnectorError::io(&path, e))?;
-                if first.is_empty() {
-                    return Err(ConnectorError::Format {
-                        path,
-                        message: "is empty: expected a CSV header line naming the columns".into(),
-                    });
-                }
-                let mut record = ByteRecord::new();
-                split_csv_line(trim_newline(&first), delimiter, &mut record, &mut Vec::new()).map_err(|reason| {
-                    ConnectorError::Format { path: path.clone(), message: format!("bad header line: {reason}") }
-                })?;
-                let names: Vec<String> = record.iter().map(|f| String::from_utf8_lossy(f).trim().to_string()).collect();
-                let mut wanted: Vec<&String> = self.required.iter().collect();
-                wanted.extend(self.time_field.as_ref());
-                for column in wanted {
-                    if !names.iter().any(|n| n == column) {
-                        return Err(ConnectorError::Format {
-                            path,
-                            message: format!("header {names:?} has no column {column:?}"),
-                        });
-                    }
-                }
-                time_column = self.time_field.as_ref().and_then(|t| names.iter().position(|n| n == t));
-                headers = Some(ByteRecord::from(names));
+                let names = header_names(strip_bom(&first), delimiter, &required)
+                    .map_err(|message| ConnectorError::Format { path: path.clone(), message })?;
+                headers = Some(names);
             }
-            files.push(FileInfo { path, size: metadata.len(), headers, time_column });
+            files.push(FileInfo { path, kind: Kind::Regular(metadata.len()), headers });
         }
         Ok(FileSource {
             inner: Arc::new(Inner {
                 files,
                 format: self.format,
-                time_field: self.time_field,
+                required,
                 event_time: self.event_time,
                 split: self.split,
+                chunk_bytes: self.chunk_bytes,
                 _marker: PhantomData,
             }),
         })
     }
 }
 
+/// Whether `path` names standard input.
+fn is_stdin(path: &Path) -> bool {
+    path.as_os_str() == "-"
+}
+
+/// Removes a UTF-8 byte order mark from the start of a file's first line.
+fn strip_bom(line: &[u8]) -> &[u8] {
+    line.strip_prefix(BOM).unwrap_or(line)
+}
+
+/// Parses a CSV header line and checks that it names every `required` column.
+fn header_names(line: &[u8], delimiter: u8, required: &[String]) -> Result<ByteRecord, String> {
+    if line.is_empty() {
+        return Err("is empty: expected a CSV header line naming the columns".into());
+    }
+    let mut record = ByteRecord::new();
+    split_csv_line(trim_newline(line), delimiter, &mut record, &mut Vec::new())
+        .map_err(|reason| format!("bad header line: {reason}"))?;
+    let names: Vec<String> = record.iter().map(|f| String::from_utf8_lossy(f).trim().to_string()).collect();
+    for column in required {
+        if !names.iter().any(|n| n == column) {
+            return Err(format!("header {names:?} has no column {column:?}"));
+        }
+    }
+    Ok(ByteRecord::from(names))
+}
+
 impl<D> FileSource<D>
 where
     D: DeserializeOwned + Clone + 'static,
 {
-    /// The files, in partition order (file `i` is partition `i`).
+    /// The files, in partition order (file `i` is partition `i`; `-` is standard input).
     pub fn paths(&self) -> impl Iterator<Item = &Path> {
         self.inner.files.iter().map(|f| f.path.as_path())
     }
 
-    /// The total size of the files in bytes.
+    /// The total size of the regular files in bytes (streams count 0).
     pub fn total_bytes(&self) -> u64 {
-        self.inner.files.iter().map(|f| f.size).sum()
+        self.inner
+            .files
+            .iter()
+            .map(|f| match f.kind {
+                Kind::Regular(size) => size,
+                Kind::Stream => 0,
+            })
+            .sum()
     }
 
     /// Reads the files in `scope` as a watermarked source.
     pub fn read<'scope>(&self, scope: Scope<'scope, Time>, config: SourceConfig) -> SourceStreams<'scope, D> {
         let inner = Arc::clone(&self.inner);
-        let splittable = inner.split
-            && config.watermarks.out_of_orderness_ms().is_some()
-            && (inner.time_field.is_some()
-                && (inner.format == Format::JsonLines || inner.files.iter().all(|f| f.time_column.is_some())));
+        let splittable = inner.split && config.watermarks.out_of_orderness_ms().is_some();
         source(scope, config, move |setup: &SourceSetup<'_>| FileReader::new(inner, setup, splittable))
     }
 }
 
-/// Per-range facts from the first pass: lines in the range, largest event time.
-type RangeStats = (usize, usize, u64, Option<Time>);
+/// A chunk's summary, sent to every worker: `(file, chunk, lines, largest event time)`.
+type ChunkSummary = (usize, usize, u64, Option<Time>);
 
-struct Range {
-    file: usize,
-    start: u64,
-    end: u64,
+/// A decoded line of a chunk or stream: its line number within the chunk (from 0) and what
+/// it became.
+enum Item<D> {
+    Record { line: u64, time: Time, record: D },
+    Dead { line: u64, payload: Vec<u8>, reason: String },
 }
 
-struct OpenRange {
+/// A chunk this worker decoded, waiting to be emitted.
+struct Decoded<D> {
+    chunk: usize,
+    items: VecDeque<Item<D>>,
+    /// Whether its first record was emitted (and the watermark set for it).
+    started: bool,
+    /// Where it starts in the file — known once every earlier chunk's summary has arrived:
+    /// `(line number of its first line, largest event time before it)`.
+    start: Option<(u64, Option<Time>)>,
+}
+
+/// A worker's share of a split file: the chunks it owns, decoded a little ahead.
+struct Split<D> {
     file: usize,
-    reader: BufReader<File>,
-    offset: u64,
-    end: u64,
+    reader: Option<BufReader<File>>,
+    /// Own chunks not yet decoded, in order.
+    own: VecDeque<usize>,
+    /// Own chunks decoded and not yet fully emitted, in order (at most [`CHUNKS_AHEAD`]).
+    decoded: VecDeque<Decoded<D>>,
+    /// Summaries received of chunks past `next`.
+    summaries: BTreeMap<usize, (u64, Option<Time>)>,
+    /// The first chunk whose summary has not been folded into `lines` and `max`.
+    next: usize,
+    /// Lines in chunks `0..next`.
+    lines: u64,
+    /// Largest event time in chunks `0..next`.
+    max: Option<Time>,
+    /// Where own chunks start, recorded while folding summaries.
+    starts: BTreeMap<usize, (u64, Option<Time>)>,
+}
+
+/// A file read whole by this worker: a regular file from its start, or a stream through its
+/// reading thread.
+struct Whole {
+    file: usize,
+    source: WholeSource,
     line: u64,
 }
 
-enum Phase {
-    /// First pass (split files only): line counts and largest event times of own ranges.
-    Scan { next: usize, stats: Vec<(u64, Option<Time>)> },
-    /// Waiting for every worker's first-pass results.
-    Wait,
-    /// Opening own ranges and announcing their partitions.
-    Start,
-    /// Reading records.
-    Read,
+enum WholeSource {
+    /// A regular file, opened at the first poll.
+    File(Option<BufReader<File>>),
+    Stream {
+        lines: Option<Receiver<StreamBatch>>,
+        idle_polls: u32,
+    },
 }
+
+/// What a stream's reading thread sends: lines (with their newlines), or why it stopped.
+type StreamBatch = Result<Vec<Vec<u8>>, String>;
 
 struct FileReader<D> {
     inner: Arc<Inner<D>>,
-    ranges: Vec<Range>,
-    peers: usize,
-    index: usize,
-    split: bool,
-    channel: Option<Broadcast<RangeStats>>,
-    received: BTreeMap<(usize, usize), (u64, Option<Time>)>,
-    phase: Phase,
-    open: Vec<OpenRange>,
-    next_open: usize,
-    buffer: Vec<u8>,
+    splits: Vec<Split<D>>,
+    wholes: Vec<Whole>,
+    /// Whether this worker has announced its partitions.
+    started: bool,
+    channel: Option<Broadcast<ChunkSummary>>,
+    /// Per file: its CSV header (streams: once read).
+    headers: Vec<Option<ByteRecord>>,
     record: ByteRecord,
     scratch: Vec<u8>,
+    buffer: Vec<u8>,
+    next_turn: usize,
     error: Option<ConnectorError>,
 }
 
 impl<D: DeserializeOwned + 'static> FileReader<D> {
-    fn new(inner: Arc<Inner<D>>, setup: &SourceSetup<'_>, split: bool) -> Self {
+    fn new(inner: Arc<Inner<D>>, setup: &SourceSetup<'_>, splittable: bool) -> Self {
         let (index, peers) = (setup.index(), setup.peers());
-        let split = split && peers > 1;
-        let ranges = if split {
-            inner
-                .files
-                .iter()
-                .enumerate()
-                .map(|(file, info)| {
-                    let (start, end) = byte_range(info.size, index, peers);
-                    Range { file, start, end }
-                })
-                .collect()
-        } else {
-            inner
-                .files
-                .iter()
-                .enumerate()
-                .filter(|(file, _)| file % peers == index)
-                .map(|(file, info)| Range { file, start: 0, end: info.size })
-                .collect()
-        };
+        let split_file = |info: &FileInfo| splittable && peers > 1 && matches!(info.kind, Kind::Regular(_));
+        let mut splits = Vec::new();
+        let mut wholes = Vec::new();
+        for (file, info) in inner.files.iter().enumerate() {
+            if split_file(info) {
+                let Kind::Regular(size) = info.kind else { unreachable!("split files are regular") };
+                let chunks = size.div_ceil(inner.chunk_bytes).max(1) as usize;
+                let own = (0..chunks).filter(|chunk| (chunk + file) % peers == index).collect();
+                splits.push(Split {
+                    file,
+                    reader: None,
+                    own,
+                    decoded: VecDeque::new(),
+                    summaries: BTreeMap::new(),
+                    next: 0,
+                    lines: 0,
+                    max: None,
+                    starts: BTreeMap::new(),
+                });
+            } else if file % peers == index {
+                let source = match info.kind {
+                    Kind::Regular(_) => WholeSource::File(None),
+                    Kind::Stream => WholeSource::Stream { lines: None, idle_polls: 0 },
+                };
+                wholes.push(Whole { file, source, line: 0 });
+            }
+        }
+        // Every worker allocates the same channels: whether a file is split does not depend
+        // on the worker.
+        let any_split = inner.files.iter().any(split_file);
         FileReader {
-            channel: split.then(|| setup.broadcast()),
-            phase: if split { Phase::Scan { next: 0, stats: Vec::new() } } else { Phase::Start },
+            channel: any_split.then(|| setup.broadcast()),
+            headers: inner.files.iter().map(|f| f.headers.clone()).collect(),
             inner,
-            ranges,
-            peers,
-            index,
-            split,
-            received: BTreeMap::new(),
-            open: Vec::new(),
-            next_open: 0,
-            buffer: Vec::new(),
+            splits,
+            wholes,
+            started: false,
             record: ByteRecord::new(),
             scratch: Vec::new(),
+            buffer: Vec::new(),
+            next_turn: 0,
             error: None,
         }
     }
+}
 
-    /// Opens a range positioned at its first line start.
-    fn open(&self, range: &Range, first_line: u64) -> Result<OpenRange, ConnectorError> {
-        let info = &self.inner.files[range.file];
-        let file = File::open(&info.path).map_err(|e| ConnectorError::io(&info.path, e))?;
-        let mut reader = BufReader::with_capacity(1 << 20, file);
-        let mut offset = range.start;
-        if range.start > 0 {
-            // Skip the line that straddles the range's start: it belongs to the previous range.
-            reader.seek(SeekFrom::Start(range.start - 1)).map_err(|e| ConnectorError::io(&info.path, e))?;
-            let mut skipped = Vec::new();
-            let n = reader.read_until(b'\n', &mut skipped).map_err(|e| ConnectorError::io(&info.path, e))?;
-            offset = range.start - 1 + n as u64;
-        }
-        Ok(OpenRange { file: range.file, reader, offset, end: range.end, line: first_line })
-    }
+/// What one line became, before it is numbered.
+enum Line<D> {
+    Skip,
+    Record(Time, D),
+    Dead(Vec<u8>, String),
+}
 
-    /// First pass over one range: its line count and largest event time.
-    fn scan(&mut self, range: usize) -> Result<(u64, Option<Time>), ConnectorError> {
-        let r = &self.ranges[range];
-        let mut open = self.open(r, 1)?;
-        let inner = Arc::clone(&self.inner);
-        let info = &inner.files[r.file];
-        let (mut lines, mut max) = (0u64, None::<Time>);
-        let mut buffer = Vec::new();
-        while open.offset < open.end {
-            buffer.clear();
-            let n = open.reader.read_until(b'\n', &mut buffer).map_err(|e| ConnectorError::io(&info.path, e))?;
-            if n == 0 {
-                break;
-            }
-            let is_header = open.offset == 0 && info.headers.is_some();
-            open.offset += n as u64;
-            lines += 1;
-            if is_header {
-                continue;
-            }
-            if let Some(time) = self.scan_time(info, trim_newline(&buffer)) {
-                max = Some(max.map_or(time, |m: Time| m.max(time)));
-            }
-        }
-        Ok((lines, max))
-    }
-
-    fn scan_time(&mut self, info: &FileInfo, line: &[u8]) -> Option<Time> {
-        match self.inner.format {
-            Format::Csv { delimiter, .. } => {
-                split_csv_line(line, delimiter, &mut self.record, &mut self.scratch).ok()?;
-                let field = self.record.get(info.time_column?)?;
-                std::str::from_utf8(field).ok()?.trim().parse().ok()
-            }
-            Format::JsonLines => {
-                let value: serde_json::Value = serde_json::from_slice(line).ok()?;
-                value.get(self.inner.time_field.as_deref()?)?.as_u64()
-            }
-        }
-    }
-
+impl<D: DeserializeOwned + 'static> FileReader<D> {
     fn decode(&mut self, file: usize, line: &[u8]) -> Result<D, String> {
         match self.inner.format {
             Format::Csv { delimiter, .. } => {
                 split_csv_line(line, delimiter, &mut self.record, &mut self.scratch)?;
-                let headers = self.inner.files[file].headers.as_ref();
+                let headers = self.headers[file].as_ref();
                 if let Some(headers) = headers
                     && headers.len() != self.record.len()
                 {
@@ -395,119 +466,346 @@ impl<D: DeserializeOwned + 'static> FileReader<D> {
         }
     }
 
-    fn start_reading(&mut self, ctx: &mut ReadContext<'_, D>) -> Result<(), ConnectorError> {
-        for i in 0..self.ranges.len() {
-            let range = &self.ranges[i];
-            let (first_line, prefix_max) = if self.split {
-                let earlier = (0..self.index).map(|k| self.received[&(range.file, k)]);
-                let lines: u64 = earlier.clone().map(|(l, _)| l).sum();
-                (1 + lines, earlier.filter_map(|(_, m)| m).max())
-            } else {
-                (1, None)
-            };
-            let generator = ctx.strategy().generator_after(prefix_max);
-            ctx.add_partition_with(range.file as PartitionId, generator);
-            let open = self.open(range, first_line)?;
-            self.open.push(open);
+    /// Decodes one raw line (with its newline) that is line `number` of `file` (from 1).
+    /// The first line loses a byte order mark, and is the header of a CSV file with headers:
+    /// a stream's header is checked here.
+    fn decode_line(&mut self, file: usize, number: u64, raw: &[u8]) -> Result<Line<D>, ConnectorError> {
+        let mut text = trim_newline(raw);
+        if number == 1 {
+            text = strip_bom(text);
+            if let Format::Csv { delimiter, has_headers: true } = self.inner.format {
+                if self.headers[file].is_none() {
+                    let names = header_names(text, delimiter, &self.inner.required).map_err(|message| {
+                        ConnectorError::Format { path: self.inner.files[file].path.clone(), message }
+                    })?;
+                    self.headers[file] = Some(names);
+                }
+                return Ok(Line::Skip);
+            }
+        }
+        if text.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Line::Skip);
+        }
+        Ok(match self.decode(file, text) {
+            Ok(record) => Line::Record((self.inner.event_time)(&record), record),
+            Err(reason) => Line::Dead(text.to_vec(), reason),
+        })
+    }
+
+    fn dead_letter(&self, file: usize, position: u64, payload: Vec<u8>, reason: String) -> DeadLetter {
+        DeadLetter {
+            source: self.inner.files[file].path.display().to_string(),
+            partition: file as PartitionId,
+            position,
+            key: None,
+            payload,
+            reason,
+        }
+    }
+
+    fn start(&mut self, ctx: &mut ReadContext<'_, D>) {
+        for split in &self.splits {
+            ctx.add_partition(split.file as PartitionId);
+            if split.own.is_empty() {
+                ctx.finish_partition(split.file as PartitionId);
+            }
+        }
+        for whole in &self.wholes {
+            ctx.add_partition(whole.file as PartitionId);
+        }
+        self.started = true;
+    }
+
+    /// Decodes the chunk `chunk` of split `s` and tells every worker its summary.
+    fn decode_chunk(&mut self, s: usize, chunk: usize) -> Result<(), ConnectorError> {
+        let file = self.splits[s].file;
+        let info = &self.inner.files[file];
+        let path = info.path.clone();
+        let Kind::Regular(size) = info.kind else { unreachable!("split files are regular") };
+        let chunk_bytes = self.inner.chunk_bytes;
+        let (start, end) = (chunk as u64 * chunk_bytes, ((chunk as u64 + 1) * chunk_bytes).min(size));
+        let io = |e| ConnectorError::io(&path, e);
+        let mut reader = match self.splits[s].reader.take() {
+            Some(reader) => reader,
+            None => BufReader::with_capacity(1 << 18, File::open(&path).map_err(io)?),
+        };
+        let mut offset = start;
+        if start > 0 {
+            // Skip the line that straddles the chunk's start: it belongs to the chunk before.
+            reader.seek(SeekFrom::Start(start - 1)).map_err(io)?;
+            let mut skipped = Vec::new();
+            offset = start - 1 + reader.read_until(b'\n', &mut skipped).map_err(io)? as u64;
+        } else {
+            reader.seek(SeekFrom::Start(0)).map_err(io)?;
+        }
+        let (mut lines, mut max) = (0u64, None::<Time>);
+        let mut items = VecDeque::new();
+        let mut buffer = std::mem::take(&mut self.buffer);
+        while offset < end {
+            buffer.clear();
+            let n = reader.read_until(b'\n', &mut buffer).map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            // Line numbers of chunk 0 are known: its header is line 1.
+            let number = if offset == 0 { 1 } else { 2 };
+            offset += n as u64;
+            match self.decode_line(file, number, &buffer)? {
+                Line::Skip => {}
+                Line::Record(time, record) => {
+                    max = Some(max.map_or(time, |m| m.max(time)));
+                    items.push_back(Item::Record { line: lines, time, record });
+                }
+                Line::Dead(payload, reason) => items.push_back(Item::Dead { line: lines, payload, reason }),
+            }
+            lines += 1;
+        }
+        self.buffer = buffer;
+        let split = &mut self.splits[s];
+        split.reader = Some(reader);
+        let start = split.starts.get(&chunk).copied();
+        split.decoded.push_back(Decoded { chunk, items, started: false, start });
+        let channel = self.channel.as_mut().expect("split files have a channel");
+        channel.send((file, chunk, lines, max));
+        Ok(())
+    }
+
+    /// Takes in the summaries that arrived and folds those now contiguous from chunk 0.
+    fn receive(&mut self) {
+        let Some(channel) = self.channel.as_mut() else { return };
+        while let Some((file, chunk, lines, max)) = channel.recv() {
+            if let Some(split) = self.splits.iter_mut().find(|s| s.file == file) {
+                split.summaries.insert(chunk, (lines, max));
+            }
+        }
+        for split in &mut self.splits {
+            while let Some((lines, max)) = split.summaries.remove(&split.next) {
+                let start = (1 + split.lines, split.max);
+                if let Some(decoded) = split.decoded.iter_mut().find(|d| d.chunk == split.next) {
+                    decoded.start = Some(start);
+                }
+                if split.own.contains(&split.next) {
+                    split.starts.insert(split.next, start);
+                }
+                split.lines += lines;
+                split.max = match (split.max, max) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                };
+                split.next += 1;
+            }
+        }
+    }
+
+    /// Emits what split `s` can: the decoded chunks whose start is known, in order. Returns
+    /// whether anything was emitted.
+    fn emit_split(&mut self, s: usize, ctx: &mut ReadContext<'_, D>) -> bool {
+        let mut progress = false;
+        let file = self.splits[s].file;
+        let partition = file as PartitionId;
+        while ctx.budget() > 0 {
+            let Some(head) = self.splits[s].decoded.front_mut() else { break };
+            let Some((first_line, max_before)) = head.start else { break };
+            if !head.started {
+                // The chunk starts with the watermark of the lines before it.
+                head.started = true;
+                if let Some(max_before) = max_before {
+                    ctx.observe(partition, max_before);
+                }
+            }
+            match head.items.pop_front() {
+                Some(Item::Record { line, time, record }) => {
+                    ctx.record(partition, first_line + line, time, record);
+                    progress = true;
+                }
+                Some(Item::Dead { line, payload, reason }) => {
+                    let letter = self.dead_letter(file, first_line + line, payload, reason);
+                    ctx.dead_letter(letter);
+                    progress = true;
+                }
+                None => {
+                    let split = &mut self.splits[s];
+                    split.decoded.pop_front();
+                    progress = true;
+                    if split.own.is_empty() && split.decoded.is_empty() {
+                        ctx.finish_partition(partition);
+                    }
+                }
+            }
+        }
+        progress
+    }
+
+    /// One turn of split `s`: emit what can be emitted, decode the next own chunk if there is
+    /// room. Returns whether anything happened.
+    fn step_split(&mut self, s: usize, ctx: &mut ReadContext<'_, D>) -> Result<bool, ConnectorError> {
+        let mut progress = self.emit_split(s, ctx);
+        let split = &mut self.splits[s];
+        if split.decoded.len() < CHUNKS_AHEAD
+            && let Some(chunk) = split.own.pop_front()
+        {
+            self.decode_chunk(s, chunk)?;
+            self.receive();
+            self.emit_split(s, ctx);
+            progress = true;
+        }
+        Ok(progress)
+    }
+
+    fn split_done(&self, s: usize) -> bool {
+        self.splits[s].own.is_empty() && self.splits[s].decoded.is_empty()
+    }
+
+    /// Reads up to the budget of whole file `w`. Returns `(progress, done)`.
+    fn step_whole(&mut self, w: usize, ctx: &mut ReadContext<'_, D>) -> Result<(bool, bool), ConnectorError> {
+        let file = self.wholes[w].file;
+        let path = self.inner.files[file].path.clone();
+        let mut source = std::mem::replace(&mut self.wholes[w].source, WholeSource::File(None));
+        let result = self.read_whole(w, &path, &mut source, ctx);
+        self.wholes[w].source = source;
+        let (progress, done) = result?;
+        if done {
+            if self.wholes[w].line == 0
+                && let Format::Csv { has_headers: true, .. } = self.inner.format
+            {
+                return Err(ConnectorError::Format {
+                    path,
+                    message: "is empty: expected a CSV header line naming the columns".into(),
+                });
+            }
+            ctx.finish_partition(file as PartitionId);
+        }
+        Ok((progress, done))
+    }
+
+    fn read_whole(
+        &mut self,
+        w: usize,
+        path: &Path,
+        source: &mut WholeSource,
+        ctx: &mut ReadContext<'_, D>,
+    ) -> Result<(bool, bool), ConnectorError> {
+        let mut progress = false;
+        match source {
+            WholeSource::File(reader) => {
+                let reader = match reader {
+                    Some(reader) => reader,
+                    None => reader.insert(BufReader::with_capacity(
+                        1 << 20,
+                        File::open(path).map_err(|e| ConnectorError::io(path, e))?,
+                    )),
+                };
+                let mut buffer = std::mem::take(&mut self.buffer);
+                while ctx.budget() > 0 {
+                    buffer.clear();
+                    if reader.read_until(b'\n', &mut buffer).map_err(|e| ConnectorError::io(path, e))? == 0 {
+                        self.buffer = buffer;
+                        return Ok((progress, true));
+                    }
+                    self.whole_line(w, &buffer, ctx)?;
+                    progress = true;
+                }
+                self.buffer = buffer;
+                Ok((progress, false))
+            }
+            WholeSource::Stream { lines, idle_polls } => {
+                let lines = lines.get_or_insert_with(|| read_stream(path.to_path_buf()));
+                let mut done = false;
+                while ctx.budget() > 0 {
+                    match lines.try_recv() {
+                        Ok(Ok(batch)) => {
+                            for raw in batch {
+                                self.whole_line(w, &raw, ctx)?;
+                            }
+                            progress = true;
+                        }
+                        Ok(Err(message)) => {
+                            return Err(ConnectorError::Format { path: path.to_path_buf(), message });
+                        }
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Disconnected) => {
+                            done = true;
+                            break;
+                        }
+                    }
+                }
+                *idle_polls = if progress { 0 } else { idle_polls.saturating_add(1) };
+                Ok((progress, done))
+            }
+        }
+    }
+
+    /// The next line of whole file `w`.
+    fn whole_line(&mut self, w: usize, raw: &[u8], ctx: &mut ReadContext<'_, D>) -> Result<(), ConnectorError> {
+        let file = self.wholes[w].file;
+        self.wholes[w].line += 1;
+        let number = self.wholes[w].line;
+        match self.decode_line(file, number, raw)? {
+            Line::Skip => {}
+            Line::Record(time, record) => {
+                ctx.record(file as PartitionId, number, time, record);
+            }
+            Line::Dead(payload, reason) => {
+                let letter = self.dead_letter(file, number, payload, reason);
+                ctx.dead_letter(letter);
+            }
         }
         Ok(())
     }
 
-    fn read(&mut self, ctx: &mut ReadContext<'_, D>) -> Result<ReadStatus, ConnectorError> {
-        if self.open.is_empty() {
-            return Ok(ReadStatus::Done);
+    /// How long to wait before polling again when nothing happened: streams back off from
+    /// 1 ms to 50 ms while their producer is silent.
+    fn idle_delay(&self) -> Duration {
+        let idle = self
+            .wholes
+            .iter()
+            .filter_map(|w| match w.source {
+                WholeSource::Stream { idle_polls, .. } => Some(idle_polls),
+                WholeSource::File(_) => None,
+            })
+            .min();
+        match idle {
+            Some(polls) => Duration::from_millis((1u64 << polls.min(6)).min(50)),
+            // Waiting for other workers' chunk summaries: their arrival schedules the source.
+            None => Duration::from_millis(10),
         }
-        let share = (ctx.budget() / self.open.len()).max(1);
-        let mut closed = Vec::new();
-        for _ in 0..self.open.len() {
-            let slot = self.next_open % self.open.len();
-            self.next_open += 1;
-            for _ in 0..share {
-                let open = &mut self.open[slot];
-                if open.offset >= open.end {
-                    closed.push(slot);
-                    break;
-                }
-                let path = &self.inner.files[open.file].path;
-                self.buffer.clear();
-                let n = open.reader.read_until(b'\n', &mut self.buffer).map_err(|e| ConnectorError::io(path, e))?;
-                if n == 0 {
-                    closed.push(slot);
-                    break;
-                }
-                let (file, line, at_start) = (open.file, open.line, open.offset == 0);
-                open.offset += n as u64;
-                open.line += 1;
-                if at_start && self.inner.files[file].headers.is_some() {
-                    continue;
-                }
-                let mut buffer = std::mem::take(&mut self.buffer);
-                let text = trim_newline(&buffer);
-                if !text.iter().all(u8::is_ascii_whitespace) {
-                    match self.decode(file, text) {
-                        Ok(record) => {
-                            let time = (self.inner.event_time)(&record);
-                            ctx.record(file as PartitionId, line, time, record);
-                        }
-                        Err(reason) => ctx.dead_letter(DeadLetter {
-                            source: self.inner.files[file].path.display().to_string(),
-                            partition: file as PartitionId,
-                            position: line,
-                            key: None,
-                            payload: text.to_vec(),
-                            reason,
-                        }),
-                    }
-                }
-                buffer.clear();
-                self.buffer = buffer;
-            }
-        }
-        closed.sort_unstable();
-        closed.dedup();
-        for slot in closed.into_iter().rev() {
-            let open = self.open.remove(slot);
-            ctx.finish_partition(open.file as PartitionId);
-        }
-        Ok(if self.open.is_empty() { ReadStatus::Done } else { ReadStatus::Busy })
     }
 
     fn step(&mut self, ctx: &mut ReadContext<'_, D>) -> Result<ReadStatus, ConnectorError> {
-        loop {
-            match &mut self.phase {
-                Phase::Scan { next, stats } => {
-                    if *next < self.ranges.len() {
-                        let range = *next;
-                        *next += 1;
-                        let result = self.scan(range)?;
-                        if let Phase::Scan { stats, .. } = &mut self.phase {
-                            stats.push(result);
-                        }
-                        return Ok(ReadStatus::Busy);
-                    }
-                    let channel = self.channel.as_mut().expect("split sources have a channel");
-                    for (range, (lines, max)) in self.ranges.iter().zip(stats.iter()) {
-                        channel.send((range.file, self.index, *lines, *max));
-                    }
-                    self.phase = Phase::Wait;
+        if !self.started {
+            self.start(ctx);
+        }
+        self.receive();
+        let mut progress = false;
+        let turns = self.splits.len() + self.wholes.len();
+        let mut finished = Vec::new();
+        for turn in 0..turns {
+            if ctx.budget() == 0 {
+                break;
+            }
+            let slot = (self.next_turn + turn) % turns;
+            if slot < self.splits.len() {
+                progress |= self.step_split(slot, ctx)?;
+            } else {
+                let (p, done) = self.step_whole(slot - self.splits.len(), ctx)?;
+                progress |= p;
+                if done {
+                    finished.push(slot - self.splits.len());
                 }
-                Phase::Wait => {
-                    let channel = self.channel.as_mut().expect("split sources have a channel");
-                    while let Some((file, range, lines, max)) = channel.recv() {
-                        self.received.insert((file, range), (lines, max));
-                    }
-                    if self.received.len() < self.inner.files.len() * self.peers {
-                        return Ok(ReadStatus::Waiting(Duration::from_millis(1)));
-                    }
-                    self.phase = Phase::Start;
-                }
-                Phase::Start => {
-                    self.start_reading(ctx)?;
-                    self.phase = Phase::Read;
-                }
-                Phase::Read => return self.read(ctx),
             }
         }
+        self.next_turn = self.next_turn.wrapping_add(1);
+        for w in finished.into_iter().rev() {
+            self.wholes.remove(w);
+        }
+        let splits_done = (0..self.splits.len()).all(|s| self.split_done(s));
+        Ok(if splits_done && self.wholes.is_empty() {
+            ReadStatus::Done
+        } else if progress {
+            ReadStatus::Busy
+        } else {
+            ReadStatus::Waiting(self.idle_delay())
+        })
     }
 }
 
@@ -521,7 +819,8 @@ impl<D: DeserializeOwned + 'static> SourceReader for FileReader<D> {
         match self.step(ctx) {
             Ok(status) => status,
             Err(error) => {
-                // An I/O error mid-file: the source stops, and says why in its metrics.
+                // An I/O error mid-file, or a stream without the required columns: the source
+                // stops, and says why in its metrics.
                 ctx.fail(format!("reading stopped: {error}"));
                 self.error = Some(error);
                 ReadStatus::Done
@@ -530,10 +829,58 @@ impl<D: DeserializeOwned + 'static> SourceReader for FileReader<D> {
     }
 }
 
-/// The byte range of worker `index` out of `peers` in a file of `size` bytes.
-fn byte_range(size: u64, index: usize, peers: usize) -> (u64, u64) {
-    let (index, peers) = (index as u64, peers as u64);
-    (size * index / peers, size * (index + 1) / peers)
+/// Reads a stream (standard input for `-`) on a thread of its own, and hands its lines over
+/// in batches: as many as are ready, at most [`STREAM_BATCH`]; a batch is sent as soon as
+/// reading more would wait for the producer. The channel is bounded, so a slow dataflow
+/// slows the reading (and the producer) down instead of buffering the stream.
+fn read_stream(path: PathBuf) -> Receiver<StreamBatch> {
+    let (send, receive) = sync_channel::<StreamBatch>(16);
+    let spawned = std::thread::Builder::new().name(format!("tideline-read {}", path.display())).spawn(move || {
+        let input: Box<dyn Read> = if is_stdin(&path) {
+            Box::new(std::io::stdin().lock())
+        } else {
+            match File::open(&path) {
+                Ok(file) => Box::new(file),
+                Err(e) => {
+                    let _ = send.send(Err(e.to_string()));
+                    return;
+                }
+            }
+        };
+        stream_lines(BufReader::with_capacity(1 << 16, input), &send);
+    });
+    if let Err(e) = spawned {
+        let (send, receive) = sync_channel(1);
+        let _ = send.send(Err(format!("cannot start a thread to read it: {e}")));
+        return receive;
+    }
+    receive
+}
+
+/// The loop of [`read_stream`]'s thread.
+fn stream_lines<R: Read>(mut input: BufReader<R>, send: &SyncSender<StreamBatch>) {
+    let mut batch = Vec::new();
+    loop {
+        let mut line = Vec::new();
+        match input.read_until(b'\n', &mut line) {
+            Ok(0) => break,
+            Ok(_) => batch.push(line),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                let _ = send.send(Err(e.to_string()));
+                return;
+            }
+        }
+        // Send what is ready before waiting for more input.
+        if (batch.len() >= STREAM_BATCH || input.buffer().is_empty())
+            && send.send(Ok(std::mem::take(&mut batch))).is_err()
+        {
+            return; // The source is gone.
+        }
+    }
+    if !batch.is_empty() {
+        let _ = send.send(Ok(batch));
+    }
 }
 
 fn describe_csv_error(error: &csv::Error, headers: Option<&ByteRecord>) -> String {
@@ -547,5 +894,211 @@ fn describe_csv_error(error: &csv::Error, headers: Option<&ByteRecord>) -> Strin
         }
     } else {
         error.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use tideline::prelude::*;
+    use tideline::source::SourceConfig;
+
+    use super::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+    struct Reading {
+        t: u64,
+        k: String,
+        v: i64,
+    }
+
+    impl EventTime for Reading {
+        fn event_time(&self) -> Time {
+            self.t
+        }
+    }
+
+    const BOUND: u64 = 500;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("tideline-file-source-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// A CSV file of `n` readings, out of order by up to 400 ms, one in 50 late by 1-3 s,
+    /// with malformed and blank lines, CRLF line ends here and there, and a byte order mark.
+    fn csv_text(n: u64, seed: u64) -> String {
+        let mut text = String::from("\u{feff}t,k,v\n");
+        let mut x = seed;
+        for i in 0..n {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let r = x >> 33;
+            let clock = 10_000 + i * 7;
+            let t = if r.is_multiple_of(50) { clock - 1_000 - r % 2_000 } else { clock - r % 400 };
+            match r % 97 {
+                3 => text.push_str(&format!("{t},k{},oops\n", r % 5)),
+                5 => text.push('\n'),
+                7 => text.push_str(&format!("{t},k{},{}\r\n", r % 5, i + seed * 1_000_000)),
+                _ => text.push_str(&format!("{t},k{},{}\n", r % 5, i + seed * 1_000_000)),
+            }
+        }
+        text
+    }
+
+    /// What reading `text` front to back gives: every reading at its dataflow time (its event
+    /// time, or the watermark if it is behind it), how many were behind the watermark, and
+    /// dead-letter line numbers.
+    fn oracle(text: &str) -> (Vec<(Reading, Time)>, usize, Vec<u64>) {
+        let (mut data, mut behind, mut dead) = (Vec::new(), 0, Vec::new());
+        let mut max: Option<u64> = None;
+        for (i, line) in text.trim_start_matches('\u{feff}').split_inclusive('\n').enumerate().skip(1) {
+            let number = i as u64 + 1;
+            let line = line.trim_end_matches('\n').trim_end_matches('\r');
+            if line.trim().is_empty() {
+                continue;
+            }
+            let fields: Vec<&str> = line.split(',').collect();
+            let (Ok(t), Ok(v)) = (fields[0].parse::<u64>(), fields[2].parse::<i64>()) else {
+                dead.push(number);
+                continue;
+            };
+            let watermark = max.map_or(0, |m| m.saturating_sub(BOUND));
+            let reading = Reading { t, k: fields[1].to_string(), v };
+            if t < watermark {
+                behind += 1;
+                data.push((reading, watermark));
+            } else {
+                max = Some(max.map_or(t, |m| m.max(t)));
+                data.push((reading, t));
+            }
+        }
+        (data, behind, dead)
+    }
+
+    /// Everything a source emits, in one collection.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+    enum Out {
+        Data(Reading),
+        Dead(u64, u64),
+    }
+
+    /// Reads `source` in one dataflow on `workers` workers: records with their dataflow times,
+    /// dead letters' `(partition, line)`.
+    fn read(source: FileSource<Reading>, workers: usize) -> (Vec<(Reading, Time)>, Vec<(u64, u64)>) {
+        let changelog = tideline::runtime::collect(workers, move |scope| {
+            let config = SourceConfig::new("readings")
+                .watermarks(WatermarkStrategy::bounded_out_of_orderness(Duration::from_millis(BOUND)))
+                .batch_size(100);
+            let streams = source.read(scope, config);
+            streams.data.map(Out::Data).concat(streams.dead_letters.map(|d| Out::Dead(d.partition, d.position)))
+        });
+        let (mut data, mut dead) = (Vec::new(), Vec::new());
+        for (out, time, diff) in changelog {
+            for _ in 0..diff {
+                match out.clone() {
+                    Out::Data(r) => data.push((r, time)),
+                    Out::Dead(p, l) => dead.push((p, l)),
+                }
+            }
+        }
+        data.sort();
+        dead.sort();
+        (data, dead)
+    }
+
+    #[test]
+    fn split_files_read_exactly_as_front_to_back_at_every_worker_count() {
+        let dir = temp_dir("split");
+        let texts = [csv_text(3_000, 1), csv_text(1_000, 2)];
+        let paths: Vec<PathBuf> = texts
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                let path = dir.join(format!("in-{i}.csv"));
+                std::fs::write(&path, text).unwrap();
+                path
+            })
+            .collect();
+        let mut want_data = Vec::new();
+        let mut behind = 0;
+        let mut want_dead = Vec::new();
+        for (file, text) in texts.iter().enumerate() {
+            let (data, file_behind, dead) = oracle(text);
+            want_data.extend(data);
+            behind += file_behind;
+            want_dead.extend(dead.into_iter().map(|line| (file as u64, line)));
+        }
+        want_data.sort();
+        assert!(behind > 20 && want_dead.len() > 20, "{behind} behind the watermark, {} dead", want_dead.len());
+        // Chunks of 1 KiB: dozens per file, most lines straddling no boundary, some do.
+        for (workers, chunk) in [(1, DEFAULT_CHUNK_BYTES), (2, 1_024), (3, 1_024), (4, 777), (2, 64 * 1024)] {
+            let source = FileSource::<Reading>::csv(&paths).chunk_bytes(chunk).build().unwrap();
+            let (data, dead) = read(source, workers);
+            // Records behind the watermark arrive at the watermark of their position: equal
+            // times mean every chunk started with the watermark of the lines before it.
+            assert_eq!(data, want_data, "{workers} workers, chunks of {chunk} bytes");
+            assert_eq!(dead, want_dead, "{workers} workers, chunks of {chunk} bytes");
+        }
+    }
+
+    #[test]
+    fn a_stream_is_read_once_by_one_worker() {
+        // A FIFO is not seekable: splitting it (or a first pass over it) would lose it.
+        let dir = temp_dir("fifo");
+        let text = csv_text(2_000, 3);
+        let file = dir.join("in.csv");
+        std::fs::write(&file, &text).unwrap();
+        let want = read(FileSource::<Reading>::csv([&file]).build().unwrap(), 1);
+        let fifo = dir.join("in.fifo");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        let source = FileSource::<Reading>::csv([&fifo]).chunk_bytes(1_024).build().unwrap();
+        assert_eq!(source.total_bytes(), 0);
+        let writer = {
+            let (fifo, text) = (fifo.clone(), text.clone());
+            std::thread::spawn(move || {
+                let mut out = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+                for line in text.split_inclusive('\n') {
+                    out.write_all(line.as_bytes()).unwrap();
+                }
+            })
+        };
+        let got = read(source, 3);
+        writer.join().unwrap();
+        assert_eq!(got, want);
+        assert!(!got.0.is_empty());
+    }
+
+    #[test]
+    fn a_stream_without_the_required_columns_stops_with_an_error() {
+        let dir = temp_dir("fifo-header");
+        let fifo = dir.join("in.fifo");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        let source = FileSource::<Reading>::csv([&fifo]).require_columns(["t", "k", "v"]).build().unwrap();
+        let writer = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || std::fs::write(&fifo, "time,k,v\n1,a,1\n").unwrap())
+        };
+        let metrics = tideline::runtime::metrics::SourceMetrics::new("readings");
+        let m = Arc::clone(&metrics);
+        let data = tideline::runtime::collect(2, move |scope| {
+            source.read(scope, SourceConfig::new("readings").metrics(Arc::clone(&m))).data
+        });
+        writer.join().unwrap();
+        assert!(data.is_empty());
+        let errors = metrics.errors();
+        assert!(errors.iter().any(|e| e.contains("has no column \"t\"")), "{errors:?}");
+    }
+
+    #[test]
+    fn a_byte_order_mark_before_the_header_is_ignored() {
+        let dir = temp_dir("bom");
+        let path = dir.join("in.csv");
+        std::fs::write(&path, "\u{feff}t,k,v\n1000,a,5\n").unwrap();
+        let source = FileSource::<Reading>::csv([&path]).require_columns(["t", "k", "v"]).build().unwrap();
+        let data = tideline::runtime::collect(1, move |scope| source.read(scope, SourceConfig::new("r")).data);
+        assert_eq!(data, vec![(Reading { t: 1000, k: "a".into(), v: 5 }, 1000, 1)]);
     }
 }

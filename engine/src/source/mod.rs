@@ -222,6 +222,16 @@ impl<D> ReadContext<'_, D> {
         }
     }
 
+    /// Advances a partition's watermark as if a record at `time` had been read from it —
+    /// for a reader that continues a partition part of which another worker read (a file
+    /// split into chunks: each chunk starts with the largest event time of the lines before
+    /// it). Counts nothing; an untracked partition is ignored.
+    pub fn observe(&mut self, partition: PartitionId, time: Time) {
+        if let Some(slot) = self.tracker.slot(partition) {
+            self.tracker.touch(slot, self.now, self.floor).observe(time);
+        }
+    }
+
     /// The current watermark of a partition, if tracked.
     pub fn partition_watermark(&self, partition: PartitionId) -> Option<Time> {
         self.tracker.slot(partition).map(|slot| self.tracker.generator(slot).watermark())

@@ -129,3 +129,22 @@ fn the_duality_guide_quotes_the_compiled_example() {
     }
     assert_eq!(checked, 4, "the guide's snippets");
 }
+
+#[test]
+fn the_ledger_program_rejects_bad_flags() {
+    let bin = env!("CARGO_BIN_EXE_ledger");
+    for (args, message) in [
+        // Zero accounts was silently changed to one (issue 13, item 9).
+        (vec!["--accounts", "0"], "'--accounts <N>': must be at least 1"),
+        (vec!["--rebuild-workers", "0"], "'--rebuild-workers <N>': must be at least 1"),
+        (vec!["-n", "2"], "ledger runs in one process"),
+        (vec!["--bogus"], "unexpected argument '--bogus'"),
+    ] {
+        let output = Command::new(bin).args(&args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(message), "{args:?}: expected {message:?} in {stderr}");
+    }
+    let version = Command::new(bin).arg("--version").output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&version.stdout).trim(), format!("ledger {}", env!("CARGO_PKG_VERSION")));
+}

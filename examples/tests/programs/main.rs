@@ -1,6 +1,8 @@
 //! The example programs, end to end: one test binary (each costs a long link).
 
+mod cli;
 mod kafka_pipeline;
 mod ledger;
 mod nexmark;
+mod round_trip;
 mod window_agg;

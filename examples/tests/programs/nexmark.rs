@@ -246,13 +246,26 @@ fn the_nexmark_binary_runs_queries_and_rejects_bad_flags() {
     assert!(lines.lines().all(|l| l.contains("\"HighestBid\"") && l.contains("\"diff\":1")), "{lines}");
 
     for (args, message) in [
-        (vec!["--events", "10"], "choose a query"),
-        (vec!["--query", "q99"], "choose a query"),
-        (vec!["--query", "q0", "--events", "many"], "whole number"),
-        (vec!["--query", "q0", "--frobnicate"], "unknown flag"),
+        (vec!["--events", "10"], "required arguments were not provided:\n  --query <QUERY>"),
+        (vec!["--query", "q99"], "[possible values: q0, q1, q2, q3, q5, q7, q8, q11, q18, q19, q20]"),
+        (vec!["--query", "q0", "--events", "many"], "expected a whole number, got \"many\""),
+        (vec!["--query", "q0", "--frobnicate"], "unexpected argument '--frobnicate'"),
+        // Zero is rejected, not silently changed (issue 13, item 9).
+        (vec!["--query", "q0", "--rate", "0"], "'--rate <R>': must be at least 1"),
+        (vec!["--query", "q0", "--partitions", "0"], "'--partitions <P>': must be at least 1"),
+        (vec!["--query", "q0", "-w", "0"], "'--workers <N>': must be at least 1"),
     ] {
         let output = Command::new(bin).args(&args).output().unwrap();
-        assert_eq!(output.status.code(), Some(2), "{args:?}");
-        assert!(String::from_utf8_lossy(&output.stderr).contains(message), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(message), "{args:?}: expected {message:?} in {stderr}");
+        assert!(stderr.contains("try '--help'"), "{args:?}: {stderr}");
+    }
+    let version = Command::new(bin).arg("--version").output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&version.stdout).trim(), format!("nexmark {}", env!("CARGO_PKG_VERSION")));
+    let help = Command::new(bin).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in ["--query", "--events", "--output", "--rate", "--partitions", "-w, --workers", "-h, --hostfile"] {
+        assert!(help.contains(flag), "--help documents {flag}");
     }
 }

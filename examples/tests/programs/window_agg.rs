@@ -55,7 +55,9 @@ fn read_input(path: &Path) -> (Vec<Input>, Vec<u64>) {
 
 /// The output `window_agg` must produce, from scratch: the file read in order, watermark =
 /// max seen - bound, the late policy, tumbling or sliding windows in Final mode. Rows are
-/// `(start, end, key, count, sum, min, max, diff)` in output order; also the late lines.
+/// `(start, end, key, count, sum, min, max, diff)` in output order — by the time a result
+/// completes (a window's last instant, or the watermark of a correction), then window start
+/// and key, retractions first; also the late lines.
 fn expected(inputs: &[Input], size: u64, slide: u64, bound: u64, accept: Option<u64>) -> (Vec<String>, Vec<u64>) {
     let mut max_seen: Option<u64> = None;
     let mut accepted = Vec::new();
@@ -82,7 +84,8 @@ fn expected(inputs: &[Input], size: u64, slide: u64, bound: u64, accept: Option<
             start -= slide;
         }
     }
-    let mut rows = Vec::new();
+    // (result time, start, key, insertion?, row)
+    let mut rows: Vec<(u64, u64, String, bool, String)> = Vec::new();
     for ((start, key), records) in groups {
         let mut times: Vec<u64> = records.iter().map(|(t, _)| *t).collect();
         times.sort();
@@ -98,18 +101,20 @@ fn expected(inputs: &[Input], size: u64, slide: u64, bound: u64, accept: Option<
                 values.iter().min().unwrap(),
                 values.iter().max().unwrap()
             );
+            let mut push = |insert: bool, text: String| rows.push((time, start, key.clone(), insert, text));
             match (&previous, accept.is_some()) {
-                (None, false) => rows.push(row.clone()),
-                (None, true) => rows.push(format!("{row},1")),
+                (None, false) => push(true, row.clone()),
+                (None, true) => push(true, format!("{row},1")),
                 (Some(old), _) => {
-                    rows.push(format!("{old},-1"));
-                    rows.push(format!("{row},1"));
+                    push(false, format!("{old},-1"));
+                    push(true, format!("{row},1"));
                 }
             }
             previous = Some(row);
         }
     }
-    (rows, late_lines)
+    rows.sort();
+    (rows.into_iter().map(|(_, _, _, _, row)| row).collect(), late_lines)
 }
 
 fn body(csv: &str) -> Vec<String> {
@@ -323,19 +328,29 @@ fn bad_flags_and_bad_files_give_clear_errors() {
     let empty = dir.join("empty.csv");
     std::fs::write(&empty, "").unwrap();
     let cases: Vec<(Vec<String>, i32, &str)> = vec![
-        (vec!["--bogus".into()], 2, "unknown flag --bogus"),
+        (vec!["--bogus".into()], 2, "unexpected argument '--bogus'"),
         (vec![], 2, "choose a window"),
-        (vec!["--tumbling".into(), "10s".into(), "--sliding".into(), "10s,2s".into()], 2, "only one of"),
+        (vec!["--tumbling".into(), "10s".into(), "--sliding".into(), "10s,2s".into()], 2, "cannot be used with"),
         (vec!["--tumbling".into(), "10".into()], 2, "expected a number followed by"),
         (vec!["--tumbling".into(), "0s".into()], 2, "at least 1ms"),
         (vec!["--sliding".into(), "10s".into()], 2, "SIZE,SLIDE"),
-        (vec!["--tumbling".into()], 2, "needs a value"),
-        (vec!["--tumbling".into(), "1s".into(), "--late".into(), "sometimes".into()], 2, "drop, side or accept"),
-        (vec!["--tumbling".into(), "1s".into(), "--emit".into(), "never".into()], 2, "final or updates"),
+        (vec!["--tumbling".into()], 2, "a value is required for '--tumbling <SIZE>'"),
+        (
+            vec!["--tumbling".into(), "1s".into(), "--late".into(), "sometimes".into()],
+            2,
+            "[possible values: drop, side, accept]",
+        ),
+        (
+            vec!["--tumbling".into(), "1s".into(), "--emit".into(), "never".into()],
+            2,
+            "[possible values: final, updates]",
+        ),
         (vec!["--tumbling".into(), "1s".into(), "-w".into(), "zero".into()], 2, "whole number"),
         (vec!["--tumbling".into(), "1s".into(), "-n".into(), "2".into(), "-p".into(), "5".into()], 2, "out of range"),
-        (vec!["--session".into(), "0s".into()], 2, "a session gap must be at least 1ms"),
+        (vec!["--session".into(), "0s".into()], 2, "'--session <GAP>': must be at least 1ms"),
         (vec!["--tumbling".into(), "1s".into(), "--late".into(), "side".into()], 2, "needs --late-output"),
+        // The slide is at most the size: events between windows would be silently skipped.
+        (vec!["--sliding".into(), "2s,10s".into()], 2, "the slide (10s) is longer than the window (2s)"),
         (
             vec!["--input".into(), dir.join("missing.csv").display().to_string(), "--tumbling".into(), "1s".into()],
             1,
@@ -363,7 +378,12 @@ fn bad_flags_and_bad_files_give_clear_errors() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(code), "{args:?}: {stderr}");
         assert!(stderr.contains(message), "{args:?}: expected {message:?} in {stderr:?}");
+        if code == 2 {
+            assert!(stderr.contains("try '--help'"), "a usage error says where help is: {stderr}");
+        }
     }
+    let version = ok(&["--version"]);
+    assert_eq!(version.trim(), format!("window_agg {}", env!("CARGO_PKG_VERSION")));
     let help = ok(&["--help"]);
     for flag in [
         "--input",
@@ -400,7 +420,8 @@ fn expected_sessions(inputs: &[Input], gap: u64, bound: u64, accept: Option<u64>
             per_key.entry(input.key.clone()).or_default().push((input.time, input.value));
         }
     }
-    let mut rows: Vec<(u64, String, String)> = Vec::new();
+    // (result time, start, key, row): sessions complete at their last instant.
+    let mut rows: Vec<(u64, u64, String, String)> = Vec::new();
     for (key, mut events) in per_key {
         events.sort();
         let mut session: Vec<(u64, i64)> = Vec::new();
@@ -416,7 +437,7 @@ fn expected_sessions(inputs: &[Input], gap: u64, bound: u64, accept: Option<u64>
                     values.iter().min().unwrap(),
                     values.iter().max().unwrap()
                 );
-                rows.push((first.0, key.clone(), row));
+                rows.push((last.0 + gap - 1, first.0, key.clone(), row));
             }
             session.clear();
         };
@@ -429,7 +450,7 @@ fn expected_sessions(inputs: &[Input], gap: u64, bound: u64, accept: Option<u64>
         flush(&mut session);
     }
     rows.sort();
-    rows.into_iter().map(|(_, _, row)| row).collect()
+    rows.into_iter().map(|(_, _, _, row)| row).collect()
 }
 
 #[test]
@@ -495,4 +516,377 @@ fn session_output_matches_a_from_scratch_sort_and_split() {
     want.sort();
     assert_eq!(got, want);
     assert!(body(&out).iter().any(|l| l.ends_with(",-1")), "late records merged or extended sessions");
+}
+
+/// A FIFO at `path` (made with `mkfifo`).
+fn mkfifo(path: &Path) {
+    let status = Command::new("mkfifo").arg(path).status().expect("mkfifo runs");
+    assert!(status.success(), "mkfifo {}", path.display());
+}
+
+/// Waits for `child` at most `limit`, killing it after that.
+fn wait_at_most(child: &mut std::process::Child, limit: std::time::Duration) -> std::process::ExitStatus {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            panic!("window_agg did not finish within {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn regression_outputs_to_dev_null_dev_stdout_and_fifos() {
+    let dir = temp_dir("special-outputs");
+    let input = dir.join("in.csv");
+    ok(&["--write-input", input.to_str().unwrap(), "--events", "3000", "--quiet"]);
+    let input = input.to_str().unwrap();
+    let want = ok(&["--input", input, "--tumbling", "1s", "--quiet"]);
+    assert!(body(&want).len() > 10);
+    let late = dir.join("late.csv");
+    // /dev/null for every output: fsync's EINVAL on a device is no error.
+    let out = ok(&[
+        "--input",
+        input,
+        "--tumbling",
+        "1s",
+        "--output",
+        "/dev/null",
+        "--late-output",
+        late.to_str().unwrap(),
+        "--dead-letter-output",
+        "/dev/null",
+        "--quiet",
+    ]);
+    assert_eq!(out, "");
+    let out = ok(&["--input", input, "--tumbling", "1s", "--late-output", "/dev/null", "--quiet"]);
+    assert_eq!(out, want);
+    // /dev/stdout, here a pipe to this test.
+    let out = ok(&["--input", input, "--tumbling", "1s", "--output", "/dev/stdout", "--quiet"]);
+    assert_eq!(out, want);
+    // A FIFO: opened once, when the writer starts, and read to the end by its reader.
+    let fifo = dir.join("out.fifo");
+    mkfifo(&fifo);
+    let mut child = Command::new(BIN)
+        .args(["--input", input, "--tumbling", "1s", "--output", fifo.to_str().unwrap(), "--quiet"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let read = std::fs::read_to_string(&fifo).unwrap();
+    let status = wait_at_most(&mut child, std::time::Duration::from_secs(60));
+    assert!(status.success());
+    assert_eq!(read, want);
+}
+
+/// Free loopback ports for `n` processes, in a hostfile.
+fn hostfile(dir: &Path, n: usize) -> PathBuf {
+    let listeners: Vec<std::net::TcpListener> =
+        (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    let path = dir.join("hosts.txt");
+    let text: String = listeners.iter().map(|l| format!("127.0.0.1:{}\n", l.local_addr().unwrap().port())).collect();
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Runs `args` as processes 0 and 1 of a two-process cluster on loopback ports, each with
+/// `workers` threads; returns both outputs (process 0's first).
+fn cluster_of_two(dir: &Path, workers: &str, args: &[&str]) -> (Output, Output) {
+    let hosts = hostfile(dir, 2);
+    let with = |process: &str| -> Vec<String> {
+        let cluster = ["-w", workers, "-n", "2", "-p", process, "-h", hosts.to_str().unwrap()];
+        args.iter().chain(cluster.iter()).map(|s| s.to_string()).collect()
+    };
+    let second = Command::new(BIN).args(with("1")).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let first = Command::new(BIN).args(with("0")).output().unwrap();
+    let second = second.wait_with_output().unwrap();
+    (first, second)
+}
+
+#[test]
+fn regression_two_process_cluster_with_late_output() {
+    // Late rows read by process 1 crossed to process 0's late-output writer, whose row type
+    // did not deserialize what it serialized: process 0 panicked (issue 13, item 1).
+    let dir = temp_dir("cluster-late");
+    let input = dir.join("in.csv");
+    ok(&["--write-input", input.to_str().unwrap(), "--events", "20000", "--quiet"]);
+    let input = input.to_str().unwrap();
+    let late = dir.join("late-single.csv");
+    let single = ok(&["--input", input, "--tumbling", "10s", "--late-output", late.to_str().unwrap(), "--quiet"]);
+    let single_late = std::fs::read_to_string(&late).unwrap();
+    let (inputs, _) = read_input(Path::new(input));
+    let (_, late_lines) = expected(&inputs, 10_000, 10_000, 5_000, None);
+    assert!(late_lines.len() > 5, "the data set has late rows");
+    assert!(late_lines.iter().any(|l| *l > inputs.len() as u64 / 2), "late rows in the second half");
+    assert_eq!(body(&single_late).len(), late_lines.len());
+    for workers in ["1", "2"] {
+        let (output, late) = (dir.join(format!("out-{workers}.csv")), dir.join(format!("late-{workers}.csv")));
+        let (first, second) = cluster_of_two(
+            &dir,
+            workers,
+            &[
+                "--input",
+                input,
+                "--tumbling",
+                "10s",
+                "--output",
+                output.to_str().unwrap(),
+                "--late-output",
+                late.to_str().unwrap(),
+                "--quiet",
+            ],
+        );
+        for (process, run) in [(0, &first), (1, &second)] {
+            let stderr = String::from_utf8_lossy(&run.stderr);
+            assert!(run.status.success(), "process {process} of {workers}-worker processes: {stderr}");
+        }
+        assert_eq!(std::fs::read_to_string(&output).unwrap(), single, "{workers} workers per process");
+        assert_eq!(std::fs::read_to_string(&late).unwrap(), single_late, "{workers} workers per process");
+    }
+}
+
+#[test]
+fn regression_two_flags_naming_the_same_file_are_refused_before_anything_is_touched() {
+    // --late-output equal to --input replaced the input with the late rows (issue 13, item 4).
+    let dir = temp_dir("same-file");
+    let input = dir.join("in.csv");
+    ok(&["--write-input", input.to_str().unwrap(), "--events", "2000", "--quiet"]);
+    let before = std::fs::read(&input).unwrap();
+    let out = dir.join("out.csv");
+    std::fs::write(&out, "an earlier run's output\n").unwrap();
+    let link = dir.join("link.csv");
+    std::os::unix::fs::symlink(&input, &link).unwrap();
+    let (input, out, link) = (input.to_str().unwrap(), out.to_str().unwrap(), link.to_str().unwrap());
+    let new = dir.join("new.csv");
+    let new = new.to_str().unwrap();
+    for (args, message) in [
+        (vec!["--input", input, "--late-output", input], "--input and --late-output name the same file"),
+        (vec!["--input", input, "--output", out, "--late-output", out], "--output and --late-output name"),
+        (vec!["--input", input, "--output", out, "--dead-letter-output", out], "--output and --dead-letter-output"),
+        (vec!["--input", input, "--output", link], "--input and --output name the same file"),
+        (vec!["--input", input, "--output", new, "--late-output", new], "--output and --late-output name"),
+    ] {
+        let mut args = args;
+        args.extend(["--tumbling", "1s"]);
+        let output = run(&args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(message), "{args:?}: expected {message:?} in {stderr}");
+    }
+    // Standard input redirected from the output file.
+    let output = Command::new(BIN)
+        .args(["--input", "-", "--tumbling", "1s", "--output", out])
+        .stdin(std::fs::File::open(out).unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(std::fs::read(input).unwrap(), before, "the input is untouched");
+    assert_eq!(std::fs::read_to_string(out).unwrap(), "an earlier run's output\n", "the output is untouched");
+    assert!(!Path::new(new).exists());
+    // /dev/null may take several outputs.
+    ok(&["--input", input, "--tumbling", "1s", "--output", "/dev/null", "--late-output", "/dev/null", "--quiet"]);
+}
+
+/// Runs `window_agg args` with `input` written to its standard input.
+fn run_with_stdin(args: &[&str], input: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let output = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    output
+}
+
+#[test]
+fn regression_piped_input_is_read_once() {
+    // A first pass over the input consumed the pipe: 0 events, exit 0 (issue 13, item 2).
+    let dir = temp_dir("piped");
+    let input = dir.join("in.csv");
+    ok(&["--write-input", input.to_str().unwrap(), "--events", "20000", "--quiet"]);
+    let text = std::fs::read(&input).unwrap();
+    let want = ok(&["--input", input.to_str().unwrap(), "--tumbling", "1s", "--quiet"]);
+    assert!(body(&want).len() > 100);
+    for workers in ["1", "2"] {
+        for path in ["-", "/dev/stdin"] {
+            let output = run_with_stdin(&["--input", path, "--tumbling", "1s", "-w", workers], &text);
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(output.status.success(), "--input {path} -w {workers}: {stderr}");
+            assert_eq!(String::from_utf8_lossy(&output.stdout), want, "--input {path} -w {workers}");
+            assert!(stderr.contains("20000 events"), "{stderr}");
+        }
+        // What `--input <(cat in.csv)` names: a pipe behind a path.
+        let fifo = dir.join(format!("in-{workers}.fifo"));
+        mkfifo(&fifo);
+        let writer = {
+            let (fifo, text) = (fifo.clone(), text.clone());
+            std::thread::spawn(move || std::fs::write(fifo, text))
+        };
+        let out = ok(&["--input", fifo.to_str().unwrap(), "--tumbling", "1s", "-w", workers, "--quiet"]);
+        writer.join().unwrap().unwrap();
+        assert_eq!(out, want, "a FIFO, -w {workers}");
+    }
+}
+
+#[test]
+fn input_from_stdin_writes_each_window_as_soon_as_it_is_complete() {
+    // `producer | window_agg --input -`: a window's row appears while the producer is still
+    // running (issue 14; issue 13, item 8: results were held until the end of the input).
+    use std::io::{BufRead, Write};
+    let mut child = Command::new(BIN)
+        .args(["--input", "-", "--tumbling", "10s", "--out-of-orderness", "1s", "-w", "2"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let (lines, received) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            if lines.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let next_line = || received.recv_timeout(std::time::Duration::from_secs(30)).expect("a line within 30 s");
+    writeln!(stdin, "event_time_ms,key,value").unwrap();
+    // Window [0, 10 s) of key a, line by line.
+    for (time, value) in [(1_000, 5), (4_000, 7), (9_500, -2)] {
+        writeln!(stdin, "{time},a,{value}").unwrap();
+        stdin.flush().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(received.recv_timeout(std::time::Duration::from_millis(300)).is_err(), "nothing is complete yet");
+    // 11.5 s - 1 s passes 10 s: the first window is complete, and written now.
+    writeln!(stdin, "11500,b,1").unwrap();
+    stdin.flush().unwrap();
+    assert_eq!(next_line(), "window_start_ms,window_end_ms,key,count,sum,min,max");
+    assert_eq!(next_line(), "0,10000,a,3,10,-2,7");
+    // The producer is still open; more of it, then its end flushes the rest.
+    writeln!(stdin, "12000,b,2").unwrap();
+    drop(stdin);
+    assert_eq!(next_line(), "10000,20000,b,2,3,1,2");
+    let status = wait_at_most(&mut child, std::time::Duration::from_secs(30));
+    assert!(status.success());
+    reader.join().unwrap();
+    assert!(received.try_recv().is_err(), "nothing more");
+}
+
+#[test]
+fn regression_a_failed_run_leaves_no_earlier_output_behind() {
+    // The output was truncated only at the end: a run killed early left the previous run's
+    // complete output in place (issue 13, item 5).
+    use std::io::Write;
+    let dir = temp_dir("partial");
+    let out = dir.join("out.csv");
+    let partial = dir.join("out.csv.partial");
+    let input = dir.join("in.csv");
+    ok(&["--write-input", input.to_str().unwrap(), "--events", "3000", "--quiet"]);
+    ok(&["--input", input.to_str().unwrap(), "--tumbling", "1s", "--output", out.to_str().unwrap(), "--quiet"]);
+    assert!(body(&std::fs::read_to_string(&out).unwrap()).len() > 10);
+    assert!(!partial.exists());
+    // A run on a stream that never ends, killed.
+    let mut child = Command::new(BIN)
+        .args(["--input", "-", "--tumbling", "1s", "--output", out.to_str().unwrap(), "--quiet"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "event_time_ms,key,value\n1000,a,1\n9000,a,2").unwrap();
+    stdin.flush().unwrap();
+    let started = std::time::Instant::now();
+    while !partial.exists() || out.exists() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "the writer starts");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!out.exists(), "no earlier output passes for this run's");
+    let partial_text = std::fs::read_to_string(&partial).unwrap();
+    assert!(
+        partial_text.starts_with("window_start_ms,") && partial_text.contains("\n1000,2000,a,1,1,1,1\n"),
+        "{partial_text:?}"
+    );
+    // A complete run replaces the partial file.
+    ok(&["--input", input.to_str().unwrap(), "--tumbling", "1s", "--output", out.to_str().unwrap(), "--quiet"]);
+    assert!(out.exists() && !partial.exists());
+}
+
+#[test]
+fn regression_cluster_processes_with_different_flags_fail_clearly() {
+    // Two processes with different windows both exited 0 with wrong windows (issue 13, item 9).
+    let dir = temp_dir("cluster-mismatch");
+    let input = dir.join("in.csv");
+    ok(&["--write-input", input.to_str().unwrap(), "--events", "2000", "--quiet"]);
+    let output = dir.join("out.csv");
+    let hosts = hostfile(&dir, 2);
+    let args = |process: &str, window: &str| -> Vec<String> {
+        let input = input.to_str().unwrap();
+        let (output, hosts) = (output.to_str().unwrap(), hosts.to_str().unwrap());
+        ["--input", input, "--tumbling", window, "--output", output, "-n", "2", "-p", process, "-h", hosts, "--quiet"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let second = Command::new(BIN)
+        .args(args("1", "5s"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let first = Command::new(BIN).args(args("0", "10s")).stdout(std::process::Stdio::null()).output().unwrap();
+    let second = second.wait_with_output().unwrap();
+    for run in [&first, &second] {
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(run.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("run different configurations"), "{stderr}");
+        assert!(stderr.contains("--tumbling 10s") && stderr.contains("--tumbling 5s"), "{stderr}");
+    }
+    assert!(!output.exists(), "nothing written");
+}
+
+#[test]
+fn regression_byte_order_marks_and_huge_malformed_lines() {
+    // A UTF-8 BOM before the header was rejected; a 10 MB malformed line was echoed whole to
+    // stderr (issue 13, item 9).
+    let dir = temp_dir("bom");
+    let input = dir.join("in.csv");
+    let huge = "x".repeat(1 << 20);
+    std::fs::write(&input, format!("\u{feff}event_time_ms,key,value\n1000,a,5\n2000,a,{huge}\n3000,a,7\n")).unwrap();
+    let dead = dir.join("dead.csv");
+    for workers in ["1", "2"] {
+        let output = run(&[
+            "--input",
+            input.to_str().unwrap(),
+            "--tumbling",
+            "10s",
+            "--dead-letter-output",
+            dead.to_str().unwrap(),
+            "-w",
+            workers,
+        ]);
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout),
+            "window_start_ms,window_end_ms,key,count,sum,min,max\n0,10000,a,2,12,5,7\n"
+        );
+        assert!(std::fs::read_to_string(&dead).unwrap().contains(&huge), "the dead-letter file keeps the line");
+        let output = run(&["--input", input.to_str().unwrap(), "--tumbling", "10s", "-w", workers]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.len() < 2_000, "stderr shows a cut line: {} bytes", stderr.len());
+        assert!(stderr.contains(&format!("({} bytes in all)", huge.len() + 7)), "{stderr}");
+    }
 }
