@@ -54,34 +54,40 @@ fn read_input(path: &Path) -> (Vec<Input>, Vec<u64>) {
 }
 
 /// The output `window_agg` must produce, from scratch: the file read in order, watermark =
-/// max seen - bound, the late policy, tumbling or sliding windows in Final mode. Rows are
-/// `(start, end, key, count, sum, min, max, diff)` in output order — by the time a result
-/// completes (a window's last instant, or the watermark of a correction), then window start
-/// and key, retractions first; also the late lines.
-fn expected(inputs: &[Input], size: u64, slide: u64, bound: u64, accept: Option<u64>) -> (Vec<String>, Vec<u64>) {
+/// max seen - bound; a record behind the watermark arrives at the watermark; lateness per window
+/// (a record counts in each of its windows whose `end + lateness` is still ahead of its arrival,
+/// from `max(arrival, end - 1)`; a record that counts in none is late); tumbling or sliding
+/// windows in Final mode, with a diff column when `lateness > 0`. Rows are
+/// `(start, end, key, count, sum, min, max[, diff])` in output order — by the time a result
+/// completes (a window's last instant, or the arrival of a correction), then window start and
+/// key, retractions first; also the late records as `time,key,value` lines, in the order they
+/// arrived (then by time, key and value).
+fn expected(inputs: &[Input], size: u64, slide: u64, bound: u64, lateness: u64) -> (Vec<String>, Vec<String>) {
     let mut max_seen: Option<u64> = None;
-    let mut accepted = Vec::new();
-    let mut late_lines = Vec::new();
+    let mut groups: BTreeMap<(u64, String), Vec<(u64, i64)>> = BTreeMap::new();
+    let mut late = Vec::new();
     for input in inputs {
         let watermark = max_seen.map_or(0, |m| m.saturating_sub(bound));
-        if input.time >= watermark {
+        let at = if input.time >= watermark {
             max_seen = Some(max_seen.map_or(input.time, |m| m.max(input.time)));
-            accepted.push((input.clone(), input.time));
-        } else if accept.is_some_and(|l| input.time >= watermark.saturating_sub(l)) {
-            accepted.push((input.clone(), watermark));
+            input.time
         } else {
-            late_lines.push(input.line);
-        }
-    }
-    let mut groups: BTreeMap<(u64, String), Vec<(u64, i64)>> = BTreeMap::new();
-    for (input, at) in &accepted {
+            watermark
+        };
+        let mut taken = false;
         let mut start = input.time - input.time % slide;
         while start + size > input.time {
-            groups.entry((start, input.key.clone())).or_default().push(((*at).max(start + size - 1), input.value));
+            if at < start + size + lateness {
+                taken = true;
+                groups.entry((start, input.key.clone())).or_default().push((at.max(start + size - 1), input.value));
+            }
             if start < slide {
                 break;
             }
             start -= slide;
+        }
+        if !taken {
+            late.push((at, input.time, input.key.clone(), input.value));
         }
     }
     // (result time, start, key, insertion?, row)
@@ -97,12 +103,12 @@ fn expected(inputs: &[Input], size: u64, slide: u64, bound: u64, accept: Option<
                 "{start},{},{key},{},{},{},{}",
                 start + size,
                 values.len(),
-                values.iter().sum::<i64>(),
+                values.iter().map(|v| i128::from(*v)).sum::<i128>(),
                 values.iter().min().unwrap(),
                 values.iter().max().unwrap()
             );
             let mut push = |insert: bool, text: String| rows.push((time, start, key.clone(), insert, text));
-            match (&previous, accept.is_some()) {
+            match (&previous, lateness > 0) {
                 (None, false) => push(true, row.clone()),
                 (None, true) => push(true, format!("{row},1")),
                 (Some(old), _) => {
@@ -114,7 +120,9 @@ fn expected(inputs: &[Input], size: u64, slide: u64, bound: u64, accept: Option<
         }
     }
     rows.sort();
-    (rows.into_iter().map(|(_, _, _, _, row)| row).collect(), late_lines)
+    late.sort();
+    let late = late.into_iter().map(|(_, time, key, value)| format!("{time},{key},{value}")).collect();
+    (rows.into_iter().map(|(_, _, _, _, row)| row).collect(), late)
 }
 
 fn body(csv: &str) -> Vec<String> {
@@ -128,8 +136,9 @@ fn tumbling_output_matches_a_from_scratch_computation_at_every_worker_count() {
     ok(&["--write-input", input.to_str().unwrap(), "--events", "30000", "--quiet"]);
     let (inputs, bad) = read_input(&input);
     assert!(bad.is_empty());
-    let (want, want_late) = expected(&inputs, 10_000, 10_000, 2_000, Some(15_000));
+    let (want, want_late) = expected(&inputs, 10_000, 10_000, 2_000, 15_000);
     assert!(want.iter().any(|r| r.ends_with(",-1")), "the data set should produce late corrections");
+    assert!(!want_late.is_empty(), "the data set should have late records");
     let mut outputs = Vec::new();
     for workers in ["1", "2", "3"] {
         let late = dir.join(format!("late-{workers}.csv"));
@@ -140,8 +149,6 @@ fn tumbling_output_matches_a_from_scratch_computation_at_every_worker_count() {
             "10s",
             "--out-of-orderness",
             "2s",
-            "--late",
-            "accept",
             "--allowed-lateness",
             "15s",
             "--late-output",
@@ -153,15 +160,7 @@ fn tumbling_output_matches_a_from_scratch_computation_at_every_worker_count() {
         assert_eq!(out.lines().next().unwrap(), "window_start_ms,window_end_ms,key,count,sum,min,max,diff");
         assert_eq!(body(&out), want, "{workers} workers");
         let late_text = std::fs::read_to_string(&late).unwrap();
-        let late_lines: Vec<String> = body(&late_text);
-        let want_late_text: Vec<String> = want_late
-            .iter()
-            .map(|line| {
-                let input = inputs.iter().find(|i| i.line == *line).unwrap();
-                format!("{},{},{}", input.time, input.key, input.value)
-            })
-            .collect();
-        assert_eq!(late_lines, want_late_text, "late output, {workers} workers");
+        assert_eq!(body(&late_text), want_late, "late output, {workers} workers");
         outputs.push(out);
     }
     assert!(outputs.windows(2).all(|w| w[0] == w[1]));
@@ -173,7 +172,7 @@ fn sliding_windows_and_built_in_data() {
     let input = dir.join("in.csv");
     ok(&["--write-input", input.to_str().unwrap(), "--events", "20000", "--quiet"]);
     let (inputs, _) = read_input(&input);
-    let (want, _) = expected(&inputs, 10_000, 2_000, 5_000, None);
+    let (want, _) = expected(&inputs, 10_000, 2_000, 5_000, 0);
     let from_file = ok(&["--input", input.to_str().unwrap(), "--sliding", "10s,2s", "-w", "2", "--quiet"]);
     assert_eq!(body(&from_file), want);
     assert_eq!(from_file.lines().next().unwrap(), "window_start_ms,window_end_ms,key,count,sum,min,max");
@@ -238,7 +237,7 @@ fn malformed_lines_go_to_the_dead_letter_output_and_the_rest_is_processed() {
     std::fs::write(&input, text).unwrap();
     let (inputs, bad) = read_input(&input);
     assert_eq!(bad, bad_lines);
-    let (want, _) = expected(&inputs, 1_000, 1_000, 5_000, None);
+    let (want, _) = expected(&inputs, 1_000, 1_000, 5_000, 0);
     for workers in ["1", "3"] {
         let dead = dir.join(format!("dead-{workers}.csv"));
         let output = run(&[
@@ -269,17 +268,7 @@ fn two_processes_give_the_single_worker_output() {
     let dir = temp_dir("cluster");
     let input = dir.join("in.csv");
     ok(&["--write-input", input.to_str().unwrap(), "--events", "20000", "--quiet"]);
-    let single = ok(&[
-        "--input",
-        input.to_str().unwrap(),
-        "--tumbling",
-        "10s",
-        "--late",
-        "accept",
-        "--allowed-lateness",
-        "10s",
-        "--quiet",
-    ]);
+    let single = ok(&["--input", input.to_str().unwrap(), "--tumbling", "10s", "--allowed-lateness", "10s", "--quiet"]);
     // Free ports for the two processes, in a hostfile.
     let ports: Vec<u16> =
         (0..2).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()).collect();
@@ -292,8 +281,6 @@ fn two_processes_give_the_single_worker_output() {
             input.to_str().unwrap(),
             "--tumbling",
             "10s",
-            "--late",
-            "accept",
             "--allowed-lateness",
             "10s",
             "--output",
@@ -405,50 +392,70 @@ fn bad_flags_and_bad_files_give_clear_errors() {
     }
 }
 
-/// Sessions from scratch: the file read in order with a bounded watermark, late records
-/// dropped, then per key a sort by time and a split wherever consecutive events are `gap` or
-/// more apart.
-fn expected_sessions(inputs: &[Input], gap: u64, bound: u64, accept: Option<u64>) -> Vec<String> {
+/// Sessions from scratch (DESIGN §3–4): the file read in order with a bounded watermark, a
+/// record behind it arriving at the watermark; per key and arrival time, in order, the new
+/// records merge with the key's live sessions (`last + gap + lateness ≥ arrival`) into groups
+/// of events at most `gap` apart; a group of new records only is late if its session would
+/// already have expired. Returns every session in its final form, in output order: by end
+/// (`last + gap`, when it completes), then start and key.
+fn expected_sessions(inputs: &[Input], gap: u64, bound: u64, lateness: u64) -> Vec<String> {
     let mut max_seen: Option<u64> = None;
-    let mut per_key: BTreeMap<String, Vec<(u64, i64)>> = BTreeMap::new();
+    let mut arrivals: BTreeMap<(String, u64), Vec<(u64, i64)>> = BTreeMap::new();
     for input in inputs {
         let watermark = max_seen.map_or(0, |m| m.saturating_sub(bound));
-        if input.time >= watermark {
+        let at = if input.time >= watermark {
             max_seen = Some(max_seen.map_or(input.time, |m| m.max(input.time)));
-            per_key.entry(input.key.clone()).or_default().push((input.time, input.value));
-        } else if accept.is_some_and(|l| input.time >= watermark.saturating_sub(l)) {
-            per_key.entry(input.key.clone()).or_default().push((input.time, input.value));
-        }
-    }
-    // (result time, start, key, row): sessions complete at their last instant.
-    let mut rows: Vec<(u64, u64, String, String)> = Vec::new();
-    for (key, mut events) in per_key {
-        events.sort();
-        let mut session: Vec<(u64, i64)> = Vec::new();
-        let mut flush = |session: &mut Vec<(u64, i64)>| {
-            if let (Some(first), Some(last)) = (session.first(), session.last()) {
-                let values: Vec<i64> = session.iter().map(|(_, v)| *v).collect();
-                let row = format!(
-                    "{},{},{key},{},{},{},{}",
-                    first.0,
-                    last.0 + gap,
-                    values.len(),
-                    values.iter().sum::<i64>(),
-                    values.iter().min().unwrap(),
-                    values.iter().max().unwrap()
-                );
-                rows.push((last.0 + gap - 1, first.0, key.clone(), row));
-            }
-            session.clear();
+            input.time
+        } else {
+            watermark
         };
-        for event in events {
-            if session.last().is_some_and(|last| event.0 - last.0 >= gap) {
-                flush(&mut session);
-            }
-            session.push(event);
-        }
-        flush(&mut session);
+        arrivals.entry((input.key.clone(), at)).or_default().push((input.time, input.value));
     }
+    // Per key: sessions as (first, last, values); final ones set aside.
+    let mut finished: Vec<(String, u64, u64, Vec<i64>)> = Vec::new();
+    let mut live: BTreeMap<String, Vec<(u64, u64, Vec<i64>)>> = BTreeMap::new();
+    for ((key, at), records) in arrivals {
+        let sessions = live.entry(key.clone()).or_default();
+        let (still, expired): (Vec<_>, Vec<_>) =
+            std::mem::take(sessions).into_iter().partition(|(_, last, _)| last + gap + lateness >= at);
+        finished.extend(expired.into_iter().map(|(f, l, v)| (key.clone(), f, l, v)));
+        let mut items: Vec<(u64, u64, Vec<i64>, bool)> = still.into_iter().map(|(f, l, v)| (f, l, v, true)).collect();
+        items.extend(records.iter().map(|(t, v)| (*t, *t, vec![*v], false)));
+        items.sort_by_key(|(f, l, _, _)| (*f, *l));
+        let mut groups: Vec<(u64, u64, Vec<i64>, bool)> = Vec::new();
+        for (first, last, values, old) in items {
+            match groups.last_mut() {
+                Some(group) if first <= group.1 + gap => {
+                    group.1 = group.1.max(last);
+                    group.2.extend(values);
+                    group.3 |= old;
+                }
+                _ => groups.push((first, last, values, old)),
+            }
+        }
+        for (first, last, values, old) in groups {
+            if old || last + gap + lateness >= at {
+                sessions.push((first, last, values));
+            }
+        }
+    }
+    for (key, sessions) in live {
+        finished.extend(sessions.into_iter().map(|(f, l, v)| (key.clone(), f, l, v)));
+    }
+    let mut rows: Vec<(u64, u64, String, String)> = finished
+        .into_iter()
+        .map(|(key, first, last, values)| {
+            let row = format!(
+                "{first},{},{key},{},{},{},{}",
+                last + gap,
+                values.len(),
+                values.iter().map(|v| i128::from(*v)).sum::<i128>(),
+                values.iter().min().unwrap(),
+                values.iter().max().unwrap()
+            );
+            (last + gap, first, key, row)
+        })
+        .collect();
     rows.sort();
     rows.into_iter().map(|(_, _, _, row)| row).collect()
 }
@@ -469,7 +476,7 @@ fn session_output_matches_a_from_scratch_sort_and_split() {
     }
     std::fs::write(&input, text).unwrap();
     let (inputs, _) = read_input(&input);
-    let want = expected_sessions(&inputs, 1_000, 1_000, None);
+    let want = expected_sessions(&inputs, 1_000, 1_000, 0);
     assert!(want.len() > 50, "several sessions per key: {}", want.len());
     for workers in ["1", "2", "3"] {
         let out = ok(&[
@@ -486,9 +493,9 @@ fn session_output_matches_a_from_scratch_sort_and_split() {
         assert_eq!(out.lines().next().unwrap(), "window_start_ms,window_end_ms,key,count,sum,min,max");
         assert_eq!(body(&out), want, "{workers} workers");
     }
-    // Accepting late records: the changelog (merges retract sessions) nets out to the sessions of
-    // every accepted record.
-    let want = expected_sessions(&inputs, 1_000, 1_000, Some(10_000));
+    // With an allowed lateness, records behind the watermark correct emitted sessions: the
+    // changelog (merges retract sessions) nets out to the final sessions.
+    let want = expected_sessions(&inputs, 1_000, 1_000, 10_000);
     let out = ok(&[
         "--input",
         input.to_str().unwrap(),
@@ -496,8 +503,6 @@ fn session_output_matches_a_from_scratch_sort_and_split() {
         "1s",
         "--out-of-orderness",
         "1s",
-        "--late",
-        "accept",
         "--allowed-lateness",
         "10s",
         "-w",
@@ -618,9 +623,12 @@ fn regression_two_process_cluster_with_late_output() {
     let single = ok(&["--input", input, "--tumbling", "10s", "--late-output", late.to_str().unwrap(), "--quiet"]);
     let single_late = std::fs::read_to_string(&late).unwrap();
     let (inputs, _) = read_input(Path::new(input));
-    let (_, late_lines) = expected(&inputs, 10_000, 10_000, 5_000, None);
+    let (_, late_lines) = expected(&inputs, 10_000, 10_000, 5_000, 0);
     assert!(late_lines.len() > 5, "the data set has late rows");
-    assert!(late_lines.iter().any(|l| *l > inputs.len() as u64 / 2), "late rows in the second half");
+    let middle = inputs[inputs.len() / 2].time;
+    let late_time = |row: &String| row.split(',').next().unwrap().parse::<u64>().unwrap();
+    // Late rows are held back by at least 5 s of event time: these were read in the second half.
+    assert!(late_lines.iter().any(|l| late_time(l) + 5_000 > middle), "late rows in the second half");
     assert_eq!(body(&single_late).len(), late_lines.len());
     for workers in ["1", "2"] {
         let (output, late) = (dir.join(format!("out-{workers}.csv")), dir.join(format!("late-{workers}.csv")));
