@@ -12,8 +12,7 @@ use serde::Serialize;
 use tideline::sink::{Sink, SinkHandle, SinkParallelism, SinkWriter};
 use tideline::{ExchangeData, Time, VecCollection};
 
-use crate::error::ConnectorError;
-use crate::file::Format;
+use crate::file::{FileError, Format};
 
 /// What a [`FileSink`] writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -147,9 +146,9 @@ impl<D> FileSinkBuilder<D> {
 
     /// Checks that the file can be written (creating it if missing, without truncating: the
     /// writer truncates when it starts).
-    pub fn build(self) -> Result<FileSink<D>, ConnectorError> {
+    pub fn build(self) -> Result<FileSink<D>, FileError> {
         if let Some(path) = &self.path {
-            OpenOptions::new().create(true).append(true).open(path).map_err(|e| ConnectorError::io(path, e))?;
+            OpenOptions::new().create(true).append(true).open(path).map_err(|e| FileError::io(path, e))?;
         }
         let name = self
             .name
@@ -191,8 +190,12 @@ struct FileWriter<D> {
 }
 
 impl<D: ExchangeData + Serialize> FileWriter<D> {
-    fn error(&self, message: impl std::fmt::Display) -> tideline::Error {
-        tideline::Error::Sink { sink: self.sink.name.clone(), message: message.to_string() }
+    fn encode_error(&self, source: impl std::error::Error + Send + Sync + 'static) -> tideline::Error {
+        FileError::Encode { path: self.path(), source: Box::new(source) }.into()
+    }
+
+    fn io_error(&self, source: std::io::Error) -> tideline::Error {
+        FileError::io(self.path(), source).into()
     }
 
     fn path(&self) -> PathBuf {
@@ -203,7 +206,7 @@ impl<D: ExchangeData + Serialize> FileWriter<D> {
         if self.out.is_none() {
             self.out = Some(match &self.sink.path {
                 Some(path) => {
-                    let file = File::create(path).map_err(|e| tideline::Error::io(path, e))?;
+                    let file = File::create(path).map_err(|e| FileError::io(path, e))?;
                     Output::File(BufWriter::with_capacity(1 << 16, file))
                 }
                 None => Output::Stdout(BufWriter::new(std::io::stdout())),
@@ -218,23 +221,23 @@ impl<D: ExchangeData + Serialize> FileWriter<D> {
                 if !self.wrote_header {
                     let mut names = match &self.sink.header {
                         Some(names) => names.clone(),
-                        None => csv_field_names(row, delimiter).map_err(|e| self.error(e))?,
+                        None => csv_field_names(row, delimiter).map_err(|e| self.encode_error(e))?,
                     };
                     if diff.is_some() {
                         names.push("diff".to_string());
                     }
-                    let header = csv_line(&names, delimiter).map_err(|e| self.error(e))?;
-                    self.out()?.write_all(&header).map_err(|e| tideline::Error::io(self.path(), e))?;
+                    let header = csv_line(&names, delimiter).map_err(|e| self.encode_error(e))?;
+                    self.out()?.write_all(&header).map_err(|e| self.io_error(e))?;
                     self.wrote_header = true;
                 }
                 match diff {
                     Some(diff) => csv_line(&(row, diff), delimiter),
                     None => csv_line(row, delimiter),
                 }
-                .map_err(|e| self.error(e))?
+                .map_err(|e| self.encode_error(e))?
             }
             Format::JsonLines => {
-                let mut value = serde_json::to_value(row).map_err(|e| self.error(e))?;
+                let mut value = serde_json::to_value(row).map_err(|e| self.encode_error(e))?;
                 if let Some(diff) = diff {
                     value = match value {
                         serde_json::Value::Object(mut map) => {
@@ -244,22 +247,19 @@ impl<D: ExchangeData + Serialize> FileWriter<D> {
                         other => serde_json::json!({ "row": other, "diff": diff }),
                     };
                 }
-                let mut line = serde_json::to_vec(&value).map_err(|e| self.error(e))?;
+                let mut line = serde_json::to_vec(&value).map_err(|e| self.encode_error(e))?;
                 line.push(b'\n');
                 line
             }
         };
-        self.out()?.write_all(&line).map_err(|e| tideline::Error::io(self.path(), e))
+        self.out()?.write_all(&line).map_err(|e| self.io_error(e))
     }
 
     fn emit(&mut self, row: &D, diff: isize) -> tideline::Result<()> {
         match self.sink.mode {
             SinkMode::Changelog => self.write_row(row, Some(diff)),
             SinkMode::AppendOnly if diff > 0 => (0..diff).try_for_each(|_| self.write_row(row, None)),
-            SinkMode::AppendOnly => Err(self.error(format_args!(
-                "received a retraction of {row:?}: the collection is not append-only \
-                 (late corrections or updates retract results); write it as a changelog instead"
-            ))),
+            SinkMode::AppendOnly => Err(FileError::NotAppendOnly { path: self.path(), row: format!("{row:?}") }.into()),
             SinkMode::Snapshot => {
                 *self.snapshot.entry(row.clone()).or_insert(0) += diff;
                 Ok(())
@@ -306,19 +306,19 @@ impl<D: ExchangeData + Serialize> SinkWriter<D> for FileWriter<D> {
                 if self.sink.mode == SinkMode::Changelog {
                     names.push("diff".to_string());
                 }
-                let header = csv_line(&names, delimiter).map_err(|e| self.error(e))?;
+                let header = csv_line(&names, delimiter).map_err(|e| self.encode_error(e))?;
                 let path = self.path();
-                self.out()?.write_all(&header).map_err(|e| tideline::Error::io(path, e))?;
+                self.out()?.write_all(&header).map_err(|e| FileError::io(path, e))?;
                 self.wrote_header = true;
             }
         }
         let path = self.path();
         if let Some(out) = self.out.as_mut() {
-            out.flush().map_err(|e| tideline::Error::io(&path, e))?;
+            out.flush().map_err(|e| FileError::io(&path, e))?;
             if frontier.is_none()
                 && let Output::File(file) = out
             {
-                file.get_ref().sync_all().map_err(|e| tideline::Error::io(&path, e))?;
+                file.get_ref().sync_all().map_err(|e| FileError::io(&path, e))?;
             }
         }
         Ok(())

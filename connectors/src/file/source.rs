@@ -17,8 +17,7 @@ use tideline::time::watermark::PartitionId;
 use tideline::timely::dataflow::Scope;
 use tideline::{EventTime, Time};
 
-use crate::error::ConnectorError;
-use crate::file::{Format, split_csv_line, trim_newline};
+use crate::file::{FileError, Format, split_csv_line, trim_newline};
 
 type TimeFn<D> = Arc<dyn Fn(&D) -> Time + Send + Sync>;
 
@@ -157,40 +156,33 @@ impl<D> FileSourceBuilder<D> {
 
     /// Checks that every file exists and is readable and, for CSV with headers, that its
     /// header has the required columns and the time field.
-    pub fn build(self) -> Result<FileSource<D>, ConnectorError> {
+    pub fn build(self) -> Result<FileSource<D>, FileError> {
         if self.paths.is_empty() {
-            return Err(ConnectorError::Config("a file source needs at least one file".into()));
+            return Err(FileError::NoFiles);
         }
         let mut files = Vec::new();
         for path in self.paths {
-            let file = File::open(&path).map_err(|e| ConnectorError::io(&path, e))?;
-            let metadata = file.metadata().map_err(|e| ConnectorError::io(&path, e))?;
+            let file = File::open(&path).map_err(|e| FileError::io(&path, e))?;
+            let metadata = file.metadata().map_err(|e| FileError::io(&path, e))?;
             if metadata.is_dir() {
-                return Err(ConnectorError::Format { path, message: "is a directory, not a file".into() });
+                return Err(FileError::IsDirectory { path });
             }
             let (mut headers, mut time_column) = (None, None);
             if let Format::Csv { delimiter, has_headers: true } = self.format {
                 let mut first = Vec::new();
-                BufReader::new(file).read_until(b'\n', &mut first).map_err(|e| ConnectorError::io(&path, e))?;
+                BufReader::new(file).read_until(b'\n', &mut first).map_err(|e| FileError::io(&path, e))?;
                 if first.is_empty() {
-                    return Err(ConnectorError::Format {
-                        path,
-                        message: "is empty: expected a CSV header line naming the columns".into(),
-                    });
+                    return Err(FileError::MissingHeader { path });
                 }
                 let mut record = ByteRecord::new();
-                split_csv_line(trim_newline(&first), delimiter, &mut record, &mut Vec::new()).map_err(|reason| {
-                    ConnectorError::Format { path: path.clone(), message: format!("bad header line: {reason}") }
-                })?;
+                split_csv_line(trim_newline(&first), delimiter, &mut record, &mut Vec::new())
+                    .map_err(|reason| FileError::BadHeader { path: path.clone(), reason })?;
                 let names: Vec<String> = record.iter().map(|f| String::from_utf8_lossy(f).trim().to_string()).collect();
                 let mut wanted: Vec<&String> = self.required.iter().collect();
                 wanted.extend(self.time_field.as_ref());
                 for column in wanted {
                     if !names.iter().any(|n| n == column) {
-                        return Err(ConnectorError::Format {
-                            path,
-                            message: format!("header {names:?} has no column {column:?}"),
-                        });
+                        return Err(FileError::MissingColumn { path, column: column.clone(), header: names });
                     }
                 }
                 time_column = self.time_field.as_ref().and_then(|t| names.iter().position(|n| n == t));
@@ -278,7 +270,7 @@ struct FileReader<D> {
     buffer: Vec<u8>,
     record: ByteRecord,
     scratch: Vec<u8>,
-    error: Option<ConnectorError>,
+    error: Option<FileError>,
 }
 
 impl<D: DeserializeOwned + 'static> FileReader<D> {
@@ -323,23 +315,23 @@ impl<D: DeserializeOwned + 'static> FileReader<D> {
     }
 
     /// Opens a range positioned at its first line start.
-    fn open(&self, range: &Range, first_line: u64) -> Result<OpenRange, ConnectorError> {
+    fn open(&self, range: &Range, first_line: u64) -> Result<OpenRange, FileError> {
         let info = &self.inner.files[range.file];
-        let file = File::open(&info.path).map_err(|e| ConnectorError::io(&info.path, e))?;
+        let file = File::open(&info.path).map_err(|e| FileError::io(&info.path, e))?;
         let mut reader = BufReader::with_capacity(1 << 20, file);
         let mut offset = range.start;
         if range.start > 0 {
             // Skip the line that straddles the range's start: it belongs to the previous range.
-            reader.seek(SeekFrom::Start(range.start - 1)).map_err(|e| ConnectorError::io(&info.path, e))?;
+            reader.seek(SeekFrom::Start(range.start - 1)).map_err(|e| FileError::io(&info.path, e))?;
             let mut skipped = Vec::new();
-            let n = reader.read_until(b'\n', &mut skipped).map_err(|e| ConnectorError::io(&info.path, e))?;
+            let n = reader.read_until(b'\n', &mut skipped).map_err(|e| FileError::io(&info.path, e))?;
             offset = range.start - 1 + n as u64;
         }
         Ok(OpenRange { file: range.file, reader, offset, end: range.end, line: first_line })
     }
 
     /// First pass over one range: its line count and largest event time.
-    fn scan(&mut self, range: usize) -> Result<(u64, Option<Time>), ConnectorError> {
+    fn scan(&mut self, range: usize) -> Result<(u64, Option<Time>), FileError> {
         let r = &self.ranges[range];
         let mut open = self.open(r, 1)?;
         let inner = Arc::clone(&self.inner);
@@ -348,7 +340,7 @@ impl<D: DeserializeOwned + 'static> FileReader<D> {
         let mut buffer = Vec::new();
         while open.offset < open.end {
             buffer.clear();
-            let n = open.reader.read_until(b'\n', &mut buffer).map_err(|e| ConnectorError::io(&info.path, e))?;
+            let n = open.reader.read_until(b'\n', &mut buffer).map_err(|e| FileError::io(&info.path, e))?;
             if n == 0 {
                 break;
             }
@@ -395,7 +387,7 @@ impl<D: DeserializeOwned + 'static> FileReader<D> {
         }
     }
 
-    fn start_reading(&mut self, ctx: &mut ReadContext<'_, D>) -> Result<(), ConnectorError> {
+    fn start_reading(&mut self, ctx: &mut ReadContext<'_, D>) -> Result<(), FileError> {
         for i in 0..self.ranges.len() {
             let range = &self.ranges[i];
             let (first_line, prefix_max) = if self.split {
@@ -413,7 +405,7 @@ impl<D: DeserializeOwned + 'static> FileReader<D> {
         Ok(())
     }
 
-    fn read(&mut self, ctx: &mut ReadContext<'_, D>) -> Result<ReadStatus, ConnectorError> {
+    fn read(&mut self, ctx: &mut ReadContext<'_, D>) -> Result<ReadStatus, FileError> {
         if self.open.is_empty() {
             return Ok(ReadStatus::Done);
         }
@@ -430,7 +422,7 @@ impl<D: DeserializeOwned + 'static> FileReader<D> {
                 }
                 let path = &self.inner.files[open.file].path;
                 self.buffer.clear();
-                let n = open.reader.read_until(b'\n', &mut self.buffer).map_err(|e| ConnectorError::io(path, e))?;
+                let n = open.reader.read_until(b'\n', &mut self.buffer).map_err(|e| FileError::io(path, e))?;
                 if n == 0 {
                     closed.push(slot);
                     break;
@@ -472,7 +464,7 @@ impl<D: DeserializeOwned + 'static> FileReader<D> {
         Ok(if self.open.is_empty() { ReadStatus::Done } else { ReadStatus::Busy })
     }
 
-    fn step(&mut self, ctx: &mut ReadContext<'_, D>) -> Result<ReadStatus, ConnectorError> {
+    fn step(&mut self, ctx: &mut ReadContext<'_, D>) -> Result<ReadStatus, FileError> {
         loop {
             match &mut self.phase {
                 Phase::Scan { next, stats } => {
