@@ -104,6 +104,7 @@ impl SinkHandle {
     /// see all of them.
     pub fn new(name: impl Into<String>) -> Self {
         let shared = Arc::new(SinkShared { name: name.into(), state: Mutex::default(), records: AtomicU64::new(0) });
+        crate::runtime::metrics::registry_register_sink(&shared);
         SinkHandle { shared }
     }
 
