@@ -400,6 +400,14 @@ impl<D: DeserializeOwned + 'static> FileReader<D> {
             let generator = ctx.strategy().generator_after(prefix_max);
             ctx.add_partition_with(range.file as PartitionId, generator);
             let open = self.open(range, first_line)?;
+            tracing::debug!(
+                file = %self.inner.files[range.file].path.display(),
+                worker = self.index,
+                start = range.start,
+                end = range.end,
+                first_line,
+                "reading a file range"
+            );
             self.open.push(open);
         }
         Ok(())
@@ -459,6 +467,12 @@ impl<D: DeserializeOwned + 'static> FileReader<D> {
         closed.dedup();
         for slot in closed.into_iter().rev() {
             let open = self.open.remove(slot);
+            tracing::debug!(
+                file = %self.inner.files[open.file].path.display(),
+                worker = self.index,
+                last_line = open.line - 1,
+                "finished a file range"
+            );
             ctx.finish_partition(open.file as PartitionId);
         }
         Ok(if self.open.is_empty() { ReadStatus::Done } else { ReadStatus::Busy })

@@ -122,6 +122,7 @@ impl SourceMetrics {
 
     /// Records an error that stopped a reader.
     pub(crate) fn record_error(&self, message: String) {
+        tracing::error!(source = %self.name, error = %message, "source reader stopped");
         self.errors.lock().expect("metrics lock poisoned").push(message);
     }
 
