@@ -1,8 +1,10 @@
 //! Code shared by the example programs: the `window_agg` record types and its built-in,
-//! generated data set, the Nexmark queries, and the `ledger` dataflow ([`ledger`]).
+//! generated data set, the Nexmark queries, the `ledger` dataflow ([`ledger`]), and the
+//! observability flags every program takes ([`observe`]: logs and the metrics endpoint).
 
 pub mod ledger;
 pub mod nexmark;
+pub mod observe;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
