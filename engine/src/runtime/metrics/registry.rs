@@ -548,13 +548,11 @@ mod tests {
             ["tideline_operator_state_entries{operator=\"unit-state\",worker=\"2\"} 11"]
         );
         assert!(text.contains("tideline_operator_late_records_total{operator=\"unit-state\"} 3\n"));
-        // Unnamed gauges are the program's own.
+        // Unnamed gauges are the program's own: every exported series has an operator name.
         let unnamed = StateMetrics::new();
         unnamed.set(0, 1, 5);
-        assert_eq!(
-            lines(&encode_text(), "tideline_operator_state_entries").len(),
-            lines(&text, "tideline_operator_state_entries").len()
-        );
+        assert!(unnamed.name().is_none());
+        assert!(!encode_text().contains("operator=\"\""));
         drop(state);
         assert!(!encode_text().contains("unit-state"));
     }
@@ -567,5 +565,57 @@ mod tests {
         assert!(text.contains("# TYPE tideline_source_records_total counter\n"));
         assert!(text.contains("# TYPE tideline_source_watermark_ms gauge\n"));
         assert!(text.contains("# TYPE tideline_source_dead_letters_total counter\n"));
+    }
+}
+
+#[cfg(test)]
+mod dashboard {
+    use super::*;
+
+    /// The `tideline_*` names in `text`.
+    fn names(text: &str) -> std::collections::BTreeSet<&str> {
+        text.match_indices("tideline_")
+            .map(|(at, _)| {
+                let end =
+                    text[at..].find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).map_or(text.len(), |e| at + e);
+                (&text[at..end], text[end..].starts_with("::"))
+            })
+            // `tideline_examples::…` is a Rust path, not a metric.
+            .filter(|(name, path)| !path && !name.ends_with('_'))
+            .map(|(name, _)| name)
+            .collect()
+    }
+
+    struct Offsets;
+    impl ConsumerOffsets for Offsets {
+        fn consumer_partitions(&self) -> Vec<ConsumerPartition> {
+            vec![ConsumerPartition { topic: "t".into(), partition: 0, lag: Some(1), committed_offset: Some(2) }]
+        }
+    }
+
+    /// The Grafana dashboard and the deployment guide name only families that exist, and every
+    /// family has a panel.
+    #[test]
+    fn dashboard_and_guide_use_the_exported_family_names() {
+        let source = SourceMetrics::new("dashboard-source");
+        source.report(0, &BTreeMap::new(), [(0, 0, false)].into_iter(), Some(0));
+        let state = StateMetrics::named("dashboard-state");
+        state.set(0, 1, 1);
+        let _sink = crate::sink::SinkHandle::new("dashboard-sink");
+        let offsets = Arc::new(Offsets);
+        register_consumer_offsets(&offsets);
+        let checkpoints = CheckpointMetrics::new();
+        checkpoints.record(Duration::from_secs(1), 1, SystemTime::now());
+        let text = encode_text();
+        let exported: std::collections::BTreeSet<&str> =
+            text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split(' ').next()).collect();
+        let dashboard = include_str!("../../../../docs/grafana-dashboard.json");
+        let guide = include_str!("../../../../docs/deployment.md");
+        for (what, used) in [("dashboard", names(dashboard)), ("deployment guide", names(guide))] {
+            let unknown: Vec<_> = used.iter().filter(|n| !exported.contains(*n)).collect();
+            assert!(unknown.is_empty(), "the {what} names families that are not exported: {unknown:?}");
+        }
+        let without_panel: Vec<_> = exported.iter().filter(|n| !names(dashboard).contains(*n)).collect();
+        assert!(without_panel.is_empty(), "families without a dashboard panel: {without_panel:?}");
     }
 }
