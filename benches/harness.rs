@@ -11,8 +11,12 @@
 //! runs in its own child process, so peak memory is its own.
 //!
 //! ```text
-//! harness [--events N] [--workers W] [--workload NAME[,NAME…]] [--smoke]
+//! harness [--events N] [--workers W] [--workload NAME[,NAME…]] [--smoke] [--metrics]
 //! ```
+//!
+//! `--metrics` runs every variant with the metrics endpoint on and scraped over HTTP every
+//! second (as Prometheus would), to measure what observability costs: compare with a run
+//! without it.
 
 use std::process::{Command, ExitCode};
 use std::time::Instant;
@@ -26,6 +30,8 @@ harness: Tideline (E) vs plain differential (D) vs a hand-written loop (H), side
   --workers W         worker threads for E and D (default 1)
   --workload A,B      workloads to run (default: all): {WORKLOADS}
   --smoke             small input (100000 events), check agreement only: for CI
+  --metrics           serve /metrics in every variant and scrape it every second
+                      (compare with a run without, to see what the endpoint costs)
   --latency RATE      window result latency at RATE events/s (real time), p50/p99;
                       `auto`: at half the pipeline's measured maximum rate
   --state-size KEYS   bytes per live window state entry, with KEYS keys live at once
@@ -41,6 +47,7 @@ fn main() -> ExitCode {
     let mut child: Option<String> = None;
     let mut latency: Option<u64> = None;
     let mut state_size: Option<u64> = None;
+    let mut metrics = false;
     while let Some(flag) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| fail(&format!("{flag} needs a value")));
         match flag.as_str() {
@@ -48,6 +55,7 @@ fn main() -> ExitCode {
             "--workers" | "-w" => workers = value().parse().unwrap_or_else(|_| fail("--workers expects a number")),
             "--workload" => selected = Some(value().split(',').map(String::from).collect()),
             "--smoke" => smoke = true,
+            "--metrics" => metrics = true,
             "--child" => child = Some(value()),
             "--state-size" => {
                 state_size = Some(value().parse().unwrap_or_else(|_| fail("--state-size expects a number")))
@@ -132,14 +140,20 @@ fn main() -> ExitCode {
 
     if let Some(variant) = child {
         let workload = chosen.first().unwrap_or_else(|| fail("--child needs one --workload"));
+        let scraper = metrics.then(Scraper::start);
         let measurement = tideline_benches::run_variant(workload, &variant, events, workers);
+        if let Some(scraper) = scraper {
+            let (scrapes, bytes) = scraper.stop();
+            eprintln!("{variant}: {scrapes} scrapes of /metrics, {bytes} bytes in all");
+        }
         println!("{}", measurement.to_json());
         return ExitCode::SUCCESS;
     }
 
     let exe = std::env::current_exe().expect("own path");
     println!(
-        "Tideline throughput harness: {events} events per workload, {workers} worker(s) for E and D, input pre-generated in memory"
+        "Tideline throughput harness: {events} events per workload, {workers} worker(s) for E and D, input pre-generated in memory{}",
+        if metrics { ", metrics endpoint on and scraped every second" } else { "" }
     );
     println!(
         "{:<14} {:>12} {:>12} {:>12} {:>12} {:>6} {:>6} {:>9} {:>9} {:>9} {:>10}  agree",
@@ -153,11 +167,15 @@ fn main() -> ExitCode {
             let output = Command::new(&exe)
                 .args(["--child", variant, "--workload", workload.name, "--events", &events.to_string()])
                 .args(["--workers", &workers.to_string()])
+                .args(metrics.then_some("--metrics"))
                 .output()
                 .expect("harness child runs");
             if !output.status.success() {
                 eprintln!("{} {variant} failed:\n{}", workload.name, String::from_utf8_lossy(&output.stderr));
                 return ExitCode::FAILURE;
+            }
+            if metrics {
+                eprint!("{} {}", workload.name, String::from_utf8_lossy(&output.stderr));
             }
             let line = String::from_utf8_lossy(&output.stdout);
             results.push(
@@ -199,6 +217,50 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+/// The metrics endpoint of a child, and a thread scraping it every second over HTTP.
+struct Scraper {
+    _server: tideline::runtime::metrics::MetricsServer,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(u64, u64)>,
+}
+
+impl Scraper {
+    fn start() -> Scraper {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let server = tideline::runtime::metrics::serve("127.0.0.1:0").unwrap_or_else(|e| fail(&e.to_string()));
+        let addr = server.local_addr();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let (mut scrapes, mut bytes) = (0, 0);
+            let mut next = Instant::now() + std::time::Duration::from_secs(1);
+            while !stopping.load(Ordering::Relaxed) {
+                if Instant::now() < next {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    continue;
+                }
+                next += std::time::Duration::from_secs(1);
+                let mut stream = std::net::TcpStream::connect(addr).expect("connect to /metrics");
+                stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+                let mut reply = Vec::new();
+                stream.read_to_end(&mut reply).unwrap();
+                assert!(reply.starts_with(b"HTTP/1.1 200"), "a scrape failed");
+                scrapes += 1;
+                bytes += reply.len() as u64;
+            }
+            (scrapes, bytes)
+        });
+        Scraper { _server: server, stop, thread }
+    }
+
+    /// Stops scraping; returns the scrapes made and the bytes they read.
+    fn stop(self) -> (u64, u64) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().expect("the scraper thread")
+    }
 }
 
 fn fail(message: &str) -> ! {
