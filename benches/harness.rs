@@ -32,6 +32,7 @@ harness: Tideline (E) vs plain differential (D) vs a hand-written loop (H), side
   --smoke             small input (100000 events), check agreement only: for CI
   --metrics           serve /metrics in every variant and scrape it every second
                       (compare with a run without, to see what the endpoint costs)
+  --metrics-every MS  with --metrics: scrape every MS milliseconds instead (a stress test)
   --latency RATE      window result latency at RATE events/s (real time), p50/p99;
                       `auto`: at half the pipeline's measured maximum rate
   --state-size KEYS   bytes per live window state entry, with KEYS keys live at once
@@ -48,6 +49,7 @@ fn main() -> ExitCode {
     let mut latency: Option<u64> = None;
     let mut state_size: Option<u64> = None;
     let mut metrics = false;
+    let mut scrape_every_ms: u64 = 1_000;
     while let Some(flag) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| fail(&format!("{flag} needs a value")));
         match flag.as_str() {
@@ -56,6 +58,9 @@ fn main() -> ExitCode {
             "--workload" => selected = Some(value().split(',').map(String::from).collect()),
             "--smoke" => smoke = true,
             "--metrics" => metrics = true,
+            "--metrics-every" => {
+                scrape_every_ms = value().parse().unwrap_or_else(|_| fail("--metrics-every expects milliseconds"))
+            }
             "--child" => child = Some(value()),
             "--state-size" => {
                 state_size = Some(value().parse().unwrap_or_else(|_| fail("--state-size expects a number")))
@@ -140,11 +145,17 @@ fn main() -> ExitCode {
 
     if let Some(variant) = child {
         let workload = chosen.first().unwrap_or_else(|| fail("--child needs one --workload"));
-        let scraper = metrics.then(Scraper::start);
+        let scraper = metrics.then(|| Scraper::start(std::time::Duration::from_millis(scrape_every_ms)));
         let measurement = tideline_benches::run_variant(workload, &variant, events, workers);
         if let Some(scraper) = scraper {
-            let (scrapes, bytes) = scraper.stop();
-            eprintln!("{variant}: {scrapes} scrapes of /metrics, {bytes} bytes in all");
+            let stats = scraper.stop();
+            eprintln!(
+                "{variant}: {} scrapes of /metrics, {} bytes in all, {:.0} us per scrape (mean; max {:.0} us), request to last byte",
+                stats.scrapes,
+                stats.bytes,
+                stats.total.as_secs_f64() * 1e6 / stats.scrapes.max(1) as f64,
+                stats.max.as_secs_f64() * 1e6
+            );
         }
         println!("{}", measurement.to_json());
         return ExitCode::SUCCESS;
@@ -153,7 +164,7 @@ fn main() -> ExitCode {
     let exe = std::env::current_exe().expect("own path");
     println!(
         "Tideline throughput harness: {events} events per workload, {workers} worker(s) for E and D, input pre-generated in memory{}",
-        if metrics { ", metrics endpoint on and scraped every second" } else { "" }
+        if metrics { format!(", metrics endpoint on and scraped every {scrape_every_ms} ms") } else { String::new() }
     );
     println!(
         "{:<14} {:>12} {:>12} {:>12} {:>12} {:>6} {:>6} {:>9} {:>9} {:>9} {:>10}  agree",
@@ -167,7 +178,11 @@ fn main() -> ExitCode {
             let output = Command::new(&exe)
                 .args(["--child", variant, "--workload", workload.name, "--events", &events.to_string()])
                 .args(["--workers", &workers.to_string()])
-                .args(metrics.then_some("--metrics"))
+                .args(if metrics {
+                    vec!["--metrics".to_string(), "--metrics-every".into(), scrape_every_ms.to_string()]
+                } else {
+                    vec![]
+                })
                 .output()
                 .expect("harness child runs");
             if !output.status.success() {
@@ -219,15 +234,25 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// The metrics endpoint of a child, and a thread scraping it every second over HTTP.
+/// The metrics endpoint of a child, and a thread scraping it over HTTP at a fixed interval.
 struct Scraper {
     _server: tideline::runtime::metrics::MetricsServer,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: std::thread::JoinHandle<(u64, u64)>,
+    thread: std::thread::JoinHandle<ScrapeStats>,
+}
+
+/// What a [`Scraper`] did.
+#[derive(Default)]
+struct ScrapeStats {
+    scrapes: u64,
+    bytes: u64,
+    /// Time from connecting to the last byte of the reply, summed, and the longest.
+    total: std::time::Duration,
+    max: std::time::Duration,
 }
 
 impl Scraper {
-    fn start() -> Scraper {
+    fn start(every: std::time::Duration) -> Scraper {
         use std::io::{Read, Write};
         use std::sync::atomic::Ordering;
         let server = tideline::runtime::metrics::serve("127.0.0.1:0").unwrap_or_else(|e| fail(&e.to_string()));
@@ -235,29 +260,35 @@ impl Scraper {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stopping = std::sync::Arc::clone(&stop);
         let thread = std::thread::spawn(move || {
-            let (mut scrapes, mut bytes) = (0, 0);
-            let mut next = Instant::now() + std::time::Duration::from_secs(1);
+            let mut stats = ScrapeStats::default();
+            // The first scrape at once, then one every `every`.
+            let mut next = Instant::now();
             while !stopping.load(Ordering::Relaxed) {
-                if Instant::now() < next {
-                    std::thread::sleep(std::time::Duration::from_millis(10));
+                let now = Instant::now();
+                if now < next {
+                    std::thread::sleep((next - now).min(std::time::Duration::from_millis(10)));
                     continue;
                 }
-                next += std::time::Duration::from_secs(1);
+                next += every;
+                let started = Instant::now();
                 let mut stream = std::net::TcpStream::connect(addr).expect("connect to /metrics");
                 stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
                 let mut reply = Vec::new();
                 stream.read_to_end(&mut reply).unwrap();
+                let took = started.elapsed();
                 assert!(reply.starts_with(b"HTTP/1.1 200"), "a scrape failed");
-                scrapes += 1;
-                bytes += reply.len() as u64;
+                stats.scrapes += 1;
+                stats.bytes += reply.len() as u64;
+                stats.total += took;
+                stats.max = stats.max.max(took);
             }
-            (scrapes, bytes)
+            stats
         });
         Scraper { _server: server, stop, thread }
     }
 
-    /// Stops scraping; returns the scrapes made and the bytes they read.
-    fn stop(self) -> (u64, u64) {
+    /// Stops scraping; returns what the scrapes took.
+    fn stop(self) -> ScrapeStats {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.thread.join().expect("the scraper thread")
     }
