@@ -25,6 +25,7 @@
 //! returns from idleness behind the source's published watermark: what it sends below that
 //! watermark is late, which depends on processing time, as idleness itself does.)
 
+mod logging;
 pub mod memory;
 
 use std::rc::Rc;
@@ -398,7 +399,7 @@ where
         let mut emitted_log: std::collections::VecDeque<(Time, u64)> = std::collections::VecDeque::new();
         let mut announced: Option<(Option<Time>, Instant)> = None;
         let mut idle_logged: Vec<bool> = Vec::new();
-        let mut dead_log = DeadLetterLog::default();
+        let mut dead_log = logging::DeadLetterLog::default();
         tracing::info!(source = %config.name, worker = index, "source started");
         move |_frontiers| {
             while let Some((peer, watermark)) = announcements.recv() {
@@ -463,7 +464,7 @@ where
             }
             tracker.detect_idle(now);
             if idle_timeout.is_some() {
-                log_idle_changes(&config.name, index, &tracker, &mut idle_logged);
+                logging::log_idle_changes(&config.name, index, &tracker, &mut idle_logged);
             }
             let watermark = tracker.watermark();
             let announce = if status == ReadStatus::Done { None } else { watermark };
@@ -540,61 +541,4 @@ fn pairs(
     stats: &[PartitionStats],
 ) -> std::collections::BTreeMap<PartitionId, PartitionStats> {
     stats.iter().enumerate().map(|(slot, s)| (tracker.id(slot), s.clone())).collect()
-}
-
-/// Logs partitions that became idle or active since the last call.
-fn log_idle_changes(source: &str, worker: usize, tracker: &WatermarkTracker, logged: &mut Vec<bool>) {
-    for (slot, (partition, watermark, idle)) in tracker.partitions().enumerate() {
-        if logged.len() <= slot {
-            logged.push(false);
-        }
-        if logged[slot] != idle {
-            logged[slot] = idle;
-            if idle {
-                tracing::info!(
-                    source,
-                    worker,
-                    partition,
-                    watermark,
-                    "partition idle: it no longer holds the watermark back"
-                );
-            } else {
-                tracing::info!(source, worker, partition, watermark, "partition active again");
-            }
-        }
-    }
-}
-
-/// Logs dead letters at most once per [`DEAD_LETTER_LOG_EVERY`] per worker: the first one of
-/// the period, and how many more there were.
-#[derive(Default)]
-struct DeadLetterLog {
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-/// How often a worker logs dead letters (their counter counts every one).
-const DEAD_LETTER_LOG_EVERY: Duration = Duration::from_secs(10);
-
-impl DeadLetterLog {
-    fn log(&mut self, source: &str, worker: usize, now: Instant, dead: &[(DeadLetter, Time, isize)]) {
-        if self.last.is_some_and(|at| now.duration_since(at) < DEAD_LETTER_LOG_EVERY) {
-            self.suppressed += dead.len() as u64;
-            return;
-        }
-        let (first, _, _) = &dead[0];
-        tracing::warn!(
-            source,
-            worker,
-            input = %first.source,
-            partition = first.partition,
-            position = first.position,
-            reason = %first.reason,
-            more = dead.len() as u64 - 1 + self.suppressed,
-            "record failed to decode, sent to the dead letters (logged at most every {}s per worker)",
-            DEAD_LETTER_LOG_EVERY.as_secs()
-        );
-        self.last = Some(now);
-        self.suppressed = 0;
-    }
 }
