@@ -11,8 +11,12 @@
 //! runs in its own child process, so peak memory is its own.
 //!
 //! ```text
-//! harness [--events N] [--workers W] [--workload NAME[,NAME…]] [--smoke]
+//! harness [--events N] [--workers W] [--workload NAME[,NAME…]] [--smoke] [--metrics]
 //! ```
+//!
+//! `--metrics` runs every variant with the metrics endpoint on and scraped over HTTP every
+//! second (as Prometheus would), to measure what observability costs: compare with a run
+//! without it.
 
 use std::process::{Command, ExitCode};
 use std::time::Instant;
@@ -26,6 +30,9 @@ harness: Tideline (E) vs plain differential (D) vs a hand-written loop (H), side
   --workers W         worker threads for E and D (default 1)
   --workload A,B      workloads to run (default: all): {WORKLOADS}
   --smoke             small input (100000 events), check agreement only: for CI
+  --metrics           serve /metrics in every variant and scrape it every second
+                      (compare with a run without, to see what the endpoint costs)
+  --metrics-every MS  with --metrics: scrape every MS milliseconds instead (a stress test)
   --latency RATE      window result latency at RATE events/s (real time), p50/p99;
                       `auto`: at half the pipeline's measured maximum rate
   --state-size KEYS   bytes per live window state entry, with KEYS keys live at once
@@ -41,6 +48,8 @@ fn main() -> ExitCode {
     let mut child: Option<String> = None;
     let mut latency: Option<u64> = None;
     let mut state_size: Option<u64> = None;
+    let mut metrics = false;
+    let mut scrape_every_ms: u64 = 1_000;
     while let Some(flag) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| fail(&format!("{flag} needs a value")));
         match flag.as_str() {
@@ -48,6 +57,10 @@ fn main() -> ExitCode {
             "--workers" | "-w" => workers = value().parse().unwrap_or_else(|_| fail("--workers expects a number")),
             "--workload" => selected = Some(value().split(',').map(String::from).collect()),
             "--smoke" => smoke = true,
+            "--metrics" => metrics = true,
+            "--metrics-every" => {
+                scrape_every_ms = value().parse().unwrap_or_else(|_| fail("--metrics-every expects milliseconds"))
+            }
             "--child" => child = Some(value()),
             "--state-size" => {
                 state_size = Some(value().parse().unwrap_or_else(|_| fail("--state-size expects a number")))
@@ -132,14 +145,26 @@ fn main() -> ExitCode {
 
     if let Some(variant) = child {
         let workload = chosen.first().unwrap_or_else(|| fail("--child needs one --workload"));
+        let scraper = metrics.then(|| Scraper::start(std::time::Duration::from_millis(scrape_every_ms)));
         let measurement = tideline_benches::run_variant(workload, &variant, events, workers);
+        if let Some(scraper) = scraper {
+            let stats = scraper.stop();
+            eprintln!(
+                "{variant}: {} scrapes of /metrics, {} bytes in all, {:.0} us per scrape (mean; max {:.0} us), request to last byte",
+                stats.scrapes,
+                stats.bytes,
+                stats.total.as_secs_f64() * 1e6 / stats.scrapes.max(1) as f64,
+                stats.max.as_secs_f64() * 1e6
+            );
+        }
         println!("{}", measurement.to_json());
         return ExitCode::SUCCESS;
     }
 
     let exe = std::env::current_exe().expect("own path");
     println!(
-        "Tideline throughput harness: {events} events per workload, {workers} worker(s) for E and D, input pre-generated in memory"
+        "Tideline throughput harness: {events} events per workload, {workers} worker(s) for E and D, input pre-generated in memory{}",
+        if metrics { format!(", metrics endpoint on and scraped every {scrape_every_ms} ms") } else { String::new() }
     );
     println!(
         "{:<14} {:>12} {:>12} {:>12} {:>12} {:>6} {:>6} {:>9} {:>9} {:>9} {:>10}  agree",
@@ -153,11 +178,19 @@ fn main() -> ExitCode {
             let output = Command::new(&exe)
                 .args(["--child", variant, "--workload", workload.name, "--events", &events.to_string()])
                 .args(["--workers", &workers.to_string()])
+                .args(if metrics {
+                    vec!["--metrics".to_string(), "--metrics-every".into(), scrape_every_ms.to_string()]
+                } else {
+                    vec![]
+                })
                 .output()
                 .expect("harness child runs");
             if !output.status.success() {
                 eprintln!("{} {variant} failed:\n{}", workload.name, String::from_utf8_lossy(&output.stderr));
                 return ExitCode::FAILURE;
+            }
+            if metrics {
+                eprint!("{} {}", workload.name, String::from_utf8_lossy(&output.stderr));
             }
             let line = String::from_utf8_lossy(&output.stdout);
             results.push(
@@ -199,6 +232,66 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+/// The metrics endpoint of a child, and a thread scraping it over HTTP at a fixed interval.
+struct Scraper {
+    _server: tideline::runtime::metrics::MetricsServer,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<ScrapeStats>,
+}
+
+/// What a [`Scraper`] did.
+#[derive(Default)]
+struct ScrapeStats {
+    scrapes: u64,
+    bytes: u64,
+    /// Time from connecting to the last byte of the reply, summed, and the longest.
+    total: std::time::Duration,
+    max: std::time::Duration,
+}
+
+impl Scraper {
+    fn start(every: std::time::Duration) -> Scraper {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let server = tideline::runtime::metrics::serve("127.0.0.1:0").unwrap_or_else(|e| fail(&e.to_string()));
+        let addr = server.local_addr();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut stats = ScrapeStats::default();
+            // The first scrape at once, then one every `every`.
+            let mut next = Instant::now();
+            while !stopping.load(Ordering::Relaxed) {
+                let now = Instant::now();
+                if now < next {
+                    std::thread::sleep((next - now).min(std::time::Duration::from_millis(10)));
+                    continue;
+                }
+                next += every;
+                let started = Instant::now();
+                let mut stream = std::net::TcpStream::connect(addr).expect("connect to /metrics");
+                stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+                let mut reply = Vec::new();
+                stream.read_to_end(&mut reply).unwrap();
+                let took = started.elapsed();
+                assert!(reply.starts_with(b"HTTP/1.1 200"), "a scrape failed");
+                stats.scrapes += 1;
+                stats.bytes += reply.len() as u64;
+                stats.total += took;
+                stats.max = stats.max.max(took);
+            }
+            stats
+        });
+        Scraper { _server: server, stop, thread }
+    }
+
+    /// Stops scraping; returns what the scrapes took.
+    fn stop(self) -> ScrapeStats {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().expect("the scraper thread")
+    }
 }
 
 fn fail(message: &str) -> ! {

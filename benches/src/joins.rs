@@ -66,7 +66,7 @@ fn config() -> SourceConfig {
 /// live state entries.
 pub fn engine(kind: Kind, input: &Arc<Vec<Vec<Ref>>>, workers: usize) -> (Digest, Option<u64>) {
     let results = Digest::default();
-    let state = StateMetrics::new();
+    let state = StateMetrics::named("bench-join");
     let (r, s, input) = (results.clone(), Arc::clone(&state), Arc::clone(input));
     execute(&Cluster::threads(workers), move |worker| {
         let (r, s, input) = (r.clone(), Arc::clone(&s), Arc::clone(&input));

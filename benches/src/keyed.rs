@@ -61,7 +61,7 @@ fn config() -> SourceConfig {
 /// E: the Tideline pipeline.
 pub fn engine(op: Op, input: &Arc<Vec<Vec<Bid>>>, workers: usize) -> (Digest, u64) {
     let results = Digest::default();
-    let state = StateMetrics::new();
+    let state = StateMetrics::named("bench-keyed");
     let (r, s, input) = (results.clone(), Arc::clone(&state), Arc::clone(input));
     execute(&Cluster::threads(workers), move |worker| {
         let (r, s, input) = (r.clone(), Arc::clone(&s), Arc::clone(&input));

@@ -23,7 +23,7 @@ fn spec(size: u64, slide: u64) -> WindowSpec {
 pub fn engine(size: u64, slide: u64, input: &Arc<Vec<Vec<Bid>>>, workers: usize) -> (Digest, u64) {
     let spec = spec(size, slide);
     let results = Digest::default();
-    let state = StateMetrics::new();
+    let state = StateMetrics::named("bench-window");
     let (r, s, input) = (results.clone(), Arc::clone(&state), Arc::clone(input));
     execute(&Cluster::threads(workers), move |worker| {
         let (r, s, input) = (r.clone(), Arc::clone(&s), Arc::clone(&input));

@@ -1,31 +1,16 @@
 //! The connectors' error type.
 
-use std::path::PathBuf;
-
-/// Errors of the connectors: configuration, files, brokers.
+/// Errors of the connectors: configuration, files ([`FileError`](crate::file::FileError)),
+/// brokers.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConnectorError {
     /// The connector is misconfigured; the message says what to change.
     #[error("invalid configuration: {0}")]
     Config(String),
-    /// A file could not be opened, read or written.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A file's contents do not have the expected shape (e.g. a missing CSV header).
-    #[error("{path}: {message}")]
-    Format {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        message: String,
-    },
+    /// An error of the file connector.
+    #[error(transparent)]
+    File(#[from] crate::file::FileError),
     /// An error of the engine.
     #[error(transparent)]
     Engine(#[from] tideline::Error),
@@ -62,10 +47,7 @@ impl ConnectorError {
     /// that are down or moving leadership, timeouts).
     pub fn is_retryable(&self) -> bool {
         match self {
-            ConnectorError::Io { source, .. } => matches!(
-                source.kind(),
-                std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ),
+            ConnectorError::File(error) => error.is_retryable(),
             #[cfg(feature = "kafka")]
             ConnectorError::Kafka { error, .. } => crate::kafka::is_retryable(error),
             _ => false,
@@ -80,17 +62,13 @@ impl ConnectorError {
             other => other,
         }
     }
-
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        ConnectorError::Io { path: path.into(), source }
-    }
 }
 
 impl From<ConnectorError> for tideline::Error {
     fn from(error: ConnectorError) -> Self {
         match error {
             ConnectorError::Engine(e) => e,
-            ConnectorError::Io { path, source } => tideline::Error::Io { path, source },
+            ConnectorError::File(e) => e.into(),
             other => tideline::Error::Config(other.to_string()),
         }
     }

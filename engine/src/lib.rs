@@ -70,6 +70,9 @@ mod guide_concepts {}
 #[cfg(doctest)]
 #[doc = include_str!("../../docs/operators.md")]
 mod guide_operators {}
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/deployment.md")]
+mod guide_deployment {}
 
 /// The operator traits and core types, for `use tideline::prelude::*`.
 pub mod prelude {

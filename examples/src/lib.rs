@@ -1,10 +1,12 @@
-//! Code shared by the example programs: the `window_agg` record types (input, output, late and
-//! dead-letter rows) and its built-in, generated data set, the Nexmark queries, and the
-//! `ledger` dataflow ([`ledger`]).
+//! Code shared by the example programs: the `window_agg` record types (input, output and
+//! dead-letter rows) and its built-in, generated data set, the Nexmark queries, the `ledger`
+//! dataflow ([`ledger`]), the command-line pieces every program shares ([`cli`]) and the
+//! observability flags every program takes ([`observe`]: logs and the metrics endpoint).
 
 pub mod cli;
 pub mod ledger;
 pub mod nexmark;
+pub mod observe;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};

@@ -9,10 +9,13 @@
 //!   dead-letter collection with the file, line number, raw text and reason.
 //! - [`FileSink`] writes a collection as CSV or JSON Lines: a changelog with diffs, append-only
 //!   rows, or the final contents.
+//! - [`FileError`]: what can go wrong, with the retryable cases marked.
 
+mod error;
 mod sink;
 mod source;
 
+pub use error::FileError;
 pub use sink::{FileSink, FileSinkBuilder, SinkMode};
 pub use source::{FileSource, FileSourceBuilder};
 

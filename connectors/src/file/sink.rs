@@ -12,7 +12,7 @@ use serde::Serialize;
 use tideline::sink::{Sink, SinkHandle, SinkParallelism, SinkWriter};
 use tideline::{ExchangeData, Time, VecCollection};
 
-use crate::error::ConnectorError;
+use crate::file::FileError;
 use crate::file::Format;
 
 /// What a [`FileSink`] writes.
@@ -204,14 +204,14 @@ impl<D> FileSinkBuilder<D> {
     /// new file's directory must exist, and a directory is refused. Nothing is created,
     /// truncated or opened here (opening a FIFO would block, and closing it would end its
     /// reader): the writer does that when it starts.
-    pub fn build(self) -> Result<FileSink<D>, ConnectorError> {
+    pub fn build(self) -> Result<FileSink<D>, FileError> {
         if let Some(path) = &self.path {
             match std::fs::metadata(path) {
                 Ok(meta) if meta.is_dir() => {
-                    return Err(ConnectorError::Format { path: path.clone(), message: "is a directory".into() });
+                    return Err(FileError::IsDirectory { path: path.clone() });
                 }
                 Ok(meta) if meta.is_file() => {
-                    OpenOptions::new().append(true).open(path).map_err(|e| ConnectorError::io(path, e))?;
+                    OpenOptions::new().append(true).open(path).map_err(|e| FileError::io(path, e))?;
                 }
                 Ok(_) => {} // A FIFO, a device, a socket: opened by the writer.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -219,15 +219,15 @@ impl<D> FileSinkBuilder<D> {
                     match std::fs::metadata(&parent) {
                         Ok(meta) if meta.is_dir() => {}
                         Ok(_) => {
-                            return Err(ConnectorError::Format {
+                            return Err(FileError::Format {
                                 path: path.clone(),
                                 message: format!("{} is not a directory", parent.display()),
                             });
                         }
-                        Err(e) => return Err(ConnectorError::io(path, e)),
+                        Err(e) => return Err(FileError::io(path, e)),
                     }
                 }
-                Err(e) => return Err(ConnectorError::io(path, e)),
+                Err(e) => return Err(FileError::io(path, e)),
             }
         }
         let name = self
@@ -283,8 +283,10 @@ struct FileWriter<D> {
 }
 
 impl<D: ExchangeData + Serialize> FileWriter<D> {
+    /// A row or header that cannot be encoded.
     fn error(&self, message: impl std::fmt::Display) -> tideline::Error {
-        tideline::Error::Sink { sink: self.sink.name.clone(), message: message.to_string() }
+        let message = message.to_string();
+        FileError::Encode { path: self.path(), source: message.into() }.into()
     }
 
     fn path(&self) -> PathBuf {
@@ -314,7 +316,7 @@ impl<D: ExchangeData + Serialize> FileWriter<D> {
         }
         let header = csv_line(&names, delimiter).map_err(|e| self.error(e))?;
         let path = self.path();
-        self.out()?.write_all(&header).map_err(|e| tideline::Error::io(path, e))?;
+        self.out()?.write_all(&header).map_err(|e| FileError::io(path, e))?;
         self.wrote_header = true;
         Ok(())
     }
@@ -325,17 +327,14 @@ impl<D: ExchangeData + Serialize> FileWriter<D> {
         }
         let line = (self.encoder.line)(row, self.sink.format, diff).map_err(|e| self.error(e))?;
         let path = self.path();
-        self.out()?.write_all(&line).map_err(|e| tideline::Error::io(path, e))
+        self.out()?.write_all(&line).map_err(|e| FileError::io(path, e).into())
     }
 
     fn emit(&mut self, row: &D, diff: isize) -> tideline::Result<()> {
         match self.sink.mode {
             SinkMode::Changelog => self.write_row(row, Some(diff)),
             SinkMode::AppendOnly if diff > 0 => (0..diff).try_for_each(|_| self.write_row(row, None)),
-            SinkMode::AppendOnly => Err(self.error(format_args!(
-                "received a retraction of {row:?}: the collection is not append-only \
-                 (late corrections or updates retract results); write it as a changelog instead"
-            ))),
+            SinkMode::AppendOnly => Err(FileError::NotAppendOnly { path: self.path(), row: format!("{row:?}") }.into()),
             SinkMode::Snapshot => {
                 *self.snapshot.entry(row.clone()).or_insert(0) += diff;
                 Ok(())
@@ -380,9 +379,9 @@ impl<D: ExchangeData + Serialize> SinkWriter<D> for FileWriter<D> {
         }
         let path = self.path();
         let out = self.out.as_mut().expect("opened above");
-        out.flush().map_err(|e| tideline::Error::io(&path, e))?;
+        out.flush().map_err(|e| FileError::io(&path, e))?;
         if frontier.is_none() {
-            out.complete().map_err(|e| tideline::Error::io(&path, e))?;
+            out.complete().map_err(|e| FileError::io(&path, e))?;
         }
         Ok(())
     }
@@ -400,7 +399,7 @@ enum Output {
 
 impl Output {
     fn open(path: &Path) -> tideline::Result<Output> {
-        let io = |e| tideline::Error::io(path, e);
+        let io = |e| tideline::Error::from(FileError::io(path, e));
         let replace = match std::fs::symlink_metadata(path) {
             Ok(meta) => meta.is_file(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
@@ -408,7 +407,7 @@ impl Output {
         };
         if replace {
             let partial = partial_path(path);
-            let file = File::create(&partial).map_err(|e| tideline::Error::io(&partial, e))?;
+            let file = File::create(&partial).map_err(|e| FileError::io(&partial, e))?;
             match std::fs::remove_file(path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -18,7 +18,7 @@ use tideline::time::watermark::PartitionId;
 use tideline::timely::dataflow::Scope;
 use tideline::{EventTime, Time};
 
-use crate::error::ConnectorError;
+use crate::file::FileError;
 use crate::file::{Format, split_csv_line, trim_newline};
 
 type TimeFn<D> = Arc<dyn Fn(&D) -> Time + Send + Sync>;
@@ -215,9 +215,9 @@ impl<D> FileSourceBuilder<D> {
     /// Checks that every regular file exists and is readable and, for CSV with headers, that
     /// its header has the required columns and the time field. Streams (`-`, pipes, FIFOs)
     /// are not opened here: reading them would consume them.
-    pub fn build(self) -> Result<FileSource<D>, ConnectorError> {
+    pub fn build(self) -> Result<FileSource<D>, FileError> {
         if self.paths.is_empty() {
-            return Err(ConnectorError::Config("a file source needs at least one file".into()));
+            return Err(FileError::NoFiles);
         }
         let mut required = self.required.clone();
         required.extend(self.time_field.iter().filter(|t| !self.required.contains(t)).cloned());
@@ -227,21 +227,21 @@ impl<D> FileSourceBuilder<D> {
                 files.push(FileInfo { path, kind: Kind::Stream, headers: None });
                 continue;
             }
-            let metadata = std::fs::metadata(&path).map_err(|e| ConnectorError::io(&path, e))?;
+            let metadata = std::fs::metadata(&path).map_err(|e| FileError::io(&path, e))?;
             if metadata.is_dir() {
-                return Err(ConnectorError::Format { path, message: "is a directory, not a file".into() });
+                return Err(FileError::IsDirectory { path });
             }
             if !metadata.is_file() {
                 files.push(FileInfo { path, kind: Kind::Stream, headers: None });
                 continue;
             }
-            let file = File::open(&path).map_err(|e| ConnectorError::io(&path, e))?;
+            let file = File::open(&path).map_err(|e| FileError::io(&path, e))?;
             let mut headers = None;
             if let Format::Csv { delimiter, has_headers: true } = self.format {
                 let mut first = Vec::new();
-                BufReader::new(file).read_until(b'\n', &mut first).map_err(|e| ConnectorError::io(&path, e))?;
+                BufReader::new(file).read_until(b'\n', &mut first).map_err(|e| FileError::io(&path, e))?;
                 let names = header_names(strip_bom(&first), delimiter, &required)
-                    .map_err(|message| ConnectorError::Format { path: path.clone(), message })?;
+                    .map_err(|message| FileError::Format { path: path.clone(), message })?;
                 headers = Some(names);
             }
             files.push(FileInfo { path, kind: Kind::Regular(metadata.len()), headers });
@@ -390,7 +390,7 @@ struct FileReader<D> {
     scratch: Vec<u8>,
     buffer: Vec<u8>,
     next_turn: usize,
-    error: Option<ConnectorError>,
+    error: Option<FileError>,
 }
 
 impl<D: DeserializeOwned + 'static> FileReader<D> {
@@ -469,15 +469,14 @@ impl<D: DeserializeOwned + 'static> FileReader<D> {
     /// Decodes one raw line (with its newline) that is line `number` of `file` (from 1).
     /// The first line loses a byte order mark, and is the header of a CSV file with headers:
     /// a stream's header is checked here.
-    fn decode_line(&mut self, file: usize, number: u64, raw: &[u8]) -> Result<Line<D>, ConnectorError> {
+    fn decode_line(&mut self, file: usize, number: u64, raw: &[u8]) -> Result<Line<D>, FileError> {
         let mut text = trim_newline(raw);
         if number == 1 {
             text = strip_bom(text);
             if let Format::Csv { delimiter, has_headers: true } = self.inner.format {
                 if self.headers[file].is_none() {
-                    let names = header_names(text, delimiter, &self.inner.required).map_err(|message| {
-                        ConnectorError::Format { path: self.inner.files[file].path.clone(), message }
-                    })?;
+                    let names = header_names(text, delimiter, &self.inner.required)
+                        .map_err(|message| FileError::Format { path: self.inner.files[file].path.clone(), message })?;
                     self.headers[file] = Some(names);
                 }
                 return Ok(Line::Skip);
@@ -517,14 +516,14 @@ impl<D: DeserializeOwned + 'static> FileReader<D> {
     }
 
     /// Decodes the chunk `chunk` of split `s` and tells every worker its summary.
-    fn decode_chunk(&mut self, s: usize, chunk: usize) -> Result<(), ConnectorError> {
+    fn decode_chunk(&mut self, s: usize, chunk: usize) -> Result<(), FileError> {
         let file = self.splits[s].file;
         let info = &self.inner.files[file];
         let path = info.path.clone();
         let Kind::Regular(size) = info.kind else { unreachable!("split files are regular") };
         let chunk_bytes = self.inner.chunk_bytes;
         let (start, end) = (chunk as u64 * chunk_bytes, ((chunk as u64 + 1) * chunk_bytes).min(size));
-        let io = |e| ConnectorError::io(&path, e);
+        let io = |e| FileError::io(&path, e);
         let mut reader = match self.splits[s].reader.take() {
             Some(reader) => reader,
             None => BufReader::with_capacity(1 << 18, File::open(&path).map_err(io)?),
@@ -638,7 +637,7 @@ impl<D: DeserializeOwned + 'static> FileReader<D> {
 
     /// One turn of split `s`: emit what can be emitted, decode the next own chunk if there is
     /// room. Returns whether anything happened.
-    fn step_split(&mut self, s: usize, ctx: &mut ReadContext<'_, D>) -> Result<bool, ConnectorError> {
+    fn step_split(&mut self, s: usize, ctx: &mut ReadContext<'_, D>) -> Result<bool, FileError> {
         let mut progress = self.emit_split(s, ctx);
         let split = &mut self.splits[s];
         if split.decoded.len() < CHUNKS_AHEAD
@@ -657,7 +656,7 @@ impl<D: DeserializeOwned + 'static> FileReader<D> {
     }
 
     /// Reads up to the budget of whole file `w`. Returns `(progress, done)`.
-    fn step_whole(&mut self, w: usize, ctx: &mut ReadContext<'_, D>) -> Result<(bool, bool), ConnectorError> {
+    fn step_whole(&mut self, w: usize, ctx: &mut ReadContext<'_, D>) -> Result<(bool, bool), FileError> {
         let file = self.wholes[w].file;
         let path = self.inner.files[file].path.clone();
         let mut source = std::mem::replace(&mut self.wholes[w].source, WholeSource::File(None));
@@ -668,7 +667,7 @@ impl<D: DeserializeOwned + 'static> FileReader<D> {
             if self.wholes[w].line == 0
                 && let Format::Csv { has_headers: true, .. } = self.inner.format
             {
-                return Err(ConnectorError::Format {
+                return Err(FileError::Format {
                     path,
                     message: "is empty: expected a CSV header line naming the columns".into(),
                 });
@@ -684,7 +683,7 @@ impl<D: DeserializeOwned + 'static> FileReader<D> {
         path: &Path,
         source: &mut WholeSource,
         ctx: &mut ReadContext<'_, D>,
-    ) -> Result<(bool, bool), ConnectorError> {
+    ) -> Result<(bool, bool), FileError> {
         let mut progress = false;
         match source {
             WholeSource::File(reader) => {
@@ -692,13 +691,13 @@ impl<D: DeserializeOwned + 'static> FileReader<D> {
                     Some(reader) => reader,
                     None => reader.insert(BufReader::with_capacity(
                         1 << 20,
-                        File::open(path).map_err(|e| ConnectorError::io(path, e))?,
+                        File::open(path).map_err(|e| FileError::io(path, e))?,
                     )),
                 };
                 let mut buffer = std::mem::take(&mut self.buffer);
                 while ctx.budget() > 0 {
                     buffer.clear();
-                    if reader.read_until(b'\n', &mut buffer).map_err(|e| ConnectorError::io(path, e))? == 0 {
+                    if reader.read_until(b'\n', &mut buffer).map_err(|e| FileError::io(path, e))? == 0 {
                         self.buffer = buffer;
                         return Ok((progress, true));
                     }
@@ -720,7 +719,7 @@ impl<D: DeserializeOwned + 'static> FileReader<D> {
                             progress = true;
                         }
                         Ok(Err(message)) => {
-                            return Err(ConnectorError::Format { path: path.to_path_buf(), message });
+                            return Err(FileError::Format { path: path.to_path_buf(), message });
                         }
                         Err(TryRecvError::Empty) => break,
                         Err(TryRecvError::Disconnected) => {
@@ -736,7 +735,7 @@ impl<D: DeserializeOwned + 'static> FileReader<D> {
     }
 
     /// The next line of whole file `w`.
-    fn whole_line(&mut self, w: usize, raw: &[u8], ctx: &mut ReadContext<'_, D>) -> Result<(), ConnectorError> {
+    fn whole_line(&mut self, w: usize, raw: &[u8], ctx: &mut ReadContext<'_, D>) -> Result<(), FileError> {
         let file = self.wholes[w].file;
         self.wholes[w].line += 1;
         let number = self.wholes[w].line;
@@ -771,7 +770,7 @@ impl<D: DeserializeOwned + 'static> FileReader<D> {
         }
     }
 
-    fn step(&mut self, ctx: &mut ReadContext<'_, D>) -> Result<ReadStatus, ConnectorError> {
+    fn step(&mut self, ctx: &mut ReadContext<'_, D>) -> Result<ReadStatus, FileError> {
         if !self.started {
             self.start(ctx);
         }

@@ -325,7 +325,7 @@ impl<D: ExchangeData + Serialize> KafkaWriter<D> {
     }
 
     fn error(&self, message: impl fmt::Display) -> tideline::Error {
-        tideline::Error::Sink { sink: self.inner.name.clone(), message: message.to_string() }
+        tideline::Error::connector("kafka", false, format!("sink {}: {message}", self.inner.name))
     }
 
     fn key(&self, row: &D) -> tideline::Result<Option<Vec<u8>>> {

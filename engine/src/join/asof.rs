@@ -50,8 +50,8 @@
 //! watermark — is admitted if `τ ≤ t + allowed_lateness`, and looks the table up as of `t`;
 //! later ones are **late**: they go unchanged to the late output
 //! ([`AsOfJoinBuilder::inner_with_late`], [`AsOfJoinBuilder::left_with_late`], per the
-//! [`LatePolicy`](crate::time::late::LatePolicy)) and are counted in
-//! [`StateMetrics::late_skipped`]. Table changes are never late: they take effect when they
+//! [`LatePolicy`]) and are counted in
+//! [`StateMetrics::late_skipped`](crate::runtime::metrics::StateMetrics::late_skipped). Table changes are never late: they take effect when they
 //! arrive.
 //!
 //! # State
@@ -61,14 +61,13 @@
 //! latest, which later events still see), and the events waiting for the table to be complete
 //! up to their time. Keys absent from the table with no recent history hold nothing. Release
 //! emits nothing downstream. Table values, changes and waiting events are reported to the
-//! operator's [`StateMetrics`].
+//! operator's [`StateMetrics`](crate::runtime::metrics::StateMetrics).
 //!
 //! # Checkpointing
 //!
 //! The state is the table's contents and recent history per key; a checkpoint records them.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Arc;
 
 use differential_dataflow::consolidation::consolidate;
 use differential_dataflow::hashable::Hashable;
@@ -76,7 +75,6 @@ use differential_dataflow::{AsCollection, VecCollection};
 use timely::dataflow::operators::core::{Filter, OkErr};
 
 use crate::runtime::ExchangeData;
-use crate::runtime::metrics::StateMetrics;
 use crate::state::driver::{Holds, Side, Step, TemporalLogic, binary};
 use crate::state::{FastMap, Temporal, temporal_builder};
 use crate::table::Table;
@@ -155,7 +153,7 @@ impl<'scope, K: ExchangeData, V1: ExchangeData, V2: ExchangeData> AsOfJoinBuilde
     ) -> (VecCollection<'scope, Time, (Event<K, V1>, Option<V2>)>, VecCollection<'scope, Time, Event<K, V1>>) {
         let AsOfJoinBuilder { events, table, mut temporal } = self;
         let name = temporal.name_or(|| "AsOfJoin".to_string());
-        let metrics = Arc::clone(temporal.metrics.get_or_insert_with(StateMetrics::new));
+        let metrics = temporal.metrics_named(&name);
         let (lateness, policy) = (temporal.allowed_lateness, temporal.late);
         let (admitted, late) = events.inner.ok_err::<Vec<_>, _, Vec<_>, _, _>(move |(event, at, diff)| {
             if at <= event.time.saturating_add(lateness) {

@@ -91,7 +91,6 @@ use crate::error::{Error, Result};
 use crate::join::TooLate;
 use crate::join::core::{Item, Shape, prepare, temporal_join};
 use crate::runtime::ExchangeData;
-use crate::runtime::metrics::StateMetrics;
 use crate::state::{Emit, Temporal, temporal_builder};
 use crate::time::{Event, Time, millis};
 
@@ -258,7 +257,7 @@ impl<'scope, K: ExchangeData, V1: ExchangeData, V2: ExchangeData> IntervalJoinBu
         let IntervalJoinBuilder { left, right, bounds, mut temporal } = self;
         let IntervalBounds { lower, upper } = bounds;
         let name = temporal.name_or(|| format!("IntervalJoin([{lower}ms, {upper}ms])"));
-        let metrics = Arc::clone(temporal.metrics.get_or_insert_with(StateMetrics::new));
+        let metrics = temporal.metrics_named(&name);
         let (lateness, policy) = (temporal.allowed_lateness, temporal.late);
         // A record is admitted while its interval's end plus the allowed lateness has not
         // passed; it is held until the last time a partner can be admitted, and in Final mode

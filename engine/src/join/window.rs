@@ -75,7 +75,6 @@ use differential_dataflow::VecCollection;
 use crate::join::TooLate;
 use crate::join::core::{Item, Shape, prepare, temporal_join};
 use crate::runtime::ExchangeData;
-use crate::runtime::metrics::StateMetrics;
 use crate::state::{Emit, Temporal, temporal_builder};
 use crate::time::{Event, Time};
 use crate::window::{Window, WindowSpec};
@@ -201,7 +200,7 @@ impl<'scope, K: ExchangeData, V1: ExchangeData, V2: ExchangeData> WindowJoinBuil
     {
         let WindowJoinBuilder { left, right, spec, mut temporal } = self;
         let name = temporal.name_or(|| format!("WindowJoin(size={}ms, slide={}ms)", spec.size(), spec.slide()));
-        let metrics = Arc::clone(temporal.metrics.get_or_insert_with(StateMetrics::new));
+        let metrics = temporal.metrics_named(&name);
         let (emit, lateness, policy) = (temporal.emit, temporal.allowed_lateness, temporal.late);
         let (left_items, left_late) =
             prepare(left, &format!("{name}: left"), Arc::clone(&metrics), policy, move |e, at, out| {

@@ -47,7 +47,7 @@
 //! changes the ranking at its time like any other update: rows are retracted and inserted.
 //! With [`TopNCollection::release_at`], an update at or after its group's release time is too
 //! late: it goes to the late output ([`TopNCollection::build_with_late`]) and is counted in
-//! [`StateMetrics::late_skipped`].
+//! [`StateMetrics::late_skipped`](crate::runtime::metrics::StateMetrics::late_skipped).
 //!
 //! # State
 //!
@@ -55,7 +55,7 @@
 //! emitted. Without [`TopNCollection::release_at`] they are kept forever. With it, a group's
 //! state is dropped once the frontier passes its release time, without any retraction
 //! downstream. Live input records per worker are reported to the operator's
-//! [`StateMetrics`].
+//! [`StateMetrics`](crate::runtime::metrics::StateMetrics).
 //!
 //! # Checkpointing
 //!
@@ -71,7 +71,6 @@ use serde::{Deserialize, Serialize};
 use timely::dataflow::operators::core::{Filter, OkErr};
 
 use crate::runtime::ExchangeData;
-use crate::runtime::metrics::StateMetrics;
 use crate::state::driver::{Holds, Step, TemporalLogic, unary};
 use crate::state::{FastMap, Temporal};
 use crate::time::Time;
@@ -174,7 +173,7 @@ where
     pub fn build_with_late(self) -> (VecCollection<'scope, Time, Ranked<G, D>>, VecCollection<'scope, Time, D>) {
         let TopNCollection { collection, n, group, score, release, mut temporal } = self;
         let name = temporal.name_or(|| format!("TopN(n={n})"));
-        let metrics = Arc::clone(temporal.metrics.get_or_insert_with(StateMetrics::new));
+        let metrics = temporal.metrics_named(&name);
         let (lateness, policy) = (temporal.allowed_lateness, temporal.late);
         let release: Option<Rc<dyn Fn(&G) -> Time>> = match release {
             Some(release) if lateness > 0 => Some(Rc::new(move |g: &G| release(g).saturating_add(lateness))),

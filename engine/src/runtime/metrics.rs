@@ -1,8 +1,44 @@
-//! Counters and gauges readable from the program while a dataflow runs.
+//! Counters and gauges readable from the program while a dataflow runs, and from outside it
+//! over HTTP in the Prometheus text format.
 //!
 //! A [`SourceMetrics`] or [`StateMetrics`] is created by the program (usually once per
 //! process, outside `execute`) and handed to the sources and operators of every worker; each
 //! worker reports into its own slot, and readers see per-worker values and totals.
+//!
+//! # Exporting
+//!
+//! Every [`SourceMetrics`], named [`StateMetrics`] ([`StateMetrics::named`]),
+//! [`SinkHandle`](crate::sink::SinkHandle) and [`CheckpointMetrics`] registers itself, weakly,
+//! in one process-wide registry when it is created: it is exported while something holds it
+//! and disappears when it is dropped. Connectors add their own families with
+//! [`register_collector`] (any [`Collector`]) or, for consumer offsets and lag, by implementing
+//! [`ConsumerOffsets`] and calling [`register_consumer_offsets`]. [`serve`] answers
+//! `GET /metrics` with all of it; [`encode_text`] renders the same text for programs that
+//! serve it their own way.
+//!
+//! ```
+//! use tideline::runtime::metrics::{self, SourceMetrics};
+//!
+//! let server = metrics::serve("127.0.0.1:0").unwrap(); // port 0: any free port
+//! let source = SourceMetrics::new("doc-source");
+//! assert!(metrics::encode_text().contains("tideline_source_dead_letters_total{source=\"doc-source\"} 0"));
+//! println!("scrape http://{}/metrics", server.local_addr());
+//! drop(source); // dropped metrics are no longer exported
+//! ```
+//!
+//! The families, their labels and what they mean are listed in `docs/deployment.md`
+//! ("Metrics"); [`encode_text`] documents them too.
+
+mod endpoint;
+mod registry;
+
+pub use endpoint::{MetricsServer, serve};
+pub use prometheus_client;
+pub use prometheus_client::collector::Collector;
+pub(crate) use registry::register_sink as registry_register_sink;
+pub use registry::{
+    CheckpointMetrics, ConsumerOffsets, ConsumerPartition, encode_text, register_collector, register_consumer_offsets,
+};
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -57,19 +93,26 @@ pub struct SourceMetrics {
 
 impl SourceMetrics {
     /// New, zeroed metrics for the source called `name`.
+    ///
+    /// The metrics are registered (weakly) for export: see [`serve`]. Several
+    /// `SourceMetrics` with one name (e.g. one per worker, which a source makes when its
+    /// configuration has none) are exported as one source.
     pub fn new(name: impl Into<String>) -> Arc<Self> {
-        Arc::new(SourceMetrics {
+        let metrics = Arc::new(SourceMetrics {
             name: name.into(),
             started: Instant::now(),
             records: AtomicU64::new(0),
             partitions: Mutex::new(BTreeMap::new()),
             watermarks: Mutex::new(BTreeMap::new()),
             errors: Mutex::new(Vec::new()),
-        })
+        });
+        registry::register_source(&metrics);
+        metrics
     }
 
     /// Records an error that stopped a reader.
     pub(crate) fn record_error(&self, message: String) {
+        tracing::error!(source = %self.name, error = %message, "source reader stopped");
         self.errors.lock().expect("metrics lock poisoned").push(message);
     }
 
@@ -163,25 +206,78 @@ impl SourceMetrics {
 
 /// Live-state gauges of a stateful operator: how many entries each worker holds.
 ///
-/// Pass one to an operator (e.g.
-/// [`WindowedCollection::state_metrics`](crate::window::WindowedCollection::state_metrics); sessions,
-/// dedup and top-N have the same method) and read it from any thread while the dataflow runs.
+/// Every stateful operator has one: the one passed to it
+/// ([`TemporalBuilder::state_metrics`](crate::state::TemporalBuilder::state_metrics)), or the
+/// gauge named after the operator. Read it from any thread while the dataflow runs.
+///
+/// Gauges made by [`StateMetrics::named`] carry an operator name and are exported as
+/// `tideline_operator_state_entries{operator, worker}` (see [`serve`]); those made by
+/// [`StateMetrics::new`] are read by the program only.
 #[derive(Debug, Default)]
 pub struct StateMetrics {
+    name: Option<String>,
     workers: OnceLock<Vec<AtomicI64>>,
     peaks: OnceLock<Vec<AtomicI64>>,
     late_skipped: AtomicU64,
 }
 
+/// A worker slot no worker of this process has reported into (read as 0).
+const UNREPORTED: i64 = -1;
+
 impl StateMetrics {
-    /// New gauges, all zero.
+    /// New gauges, all zero, not exported (they have no operator name to be labelled with).
     pub fn new() -> Arc<Self> {
         Arc::new(StateMetrics::default())
     }
 
+    /// The gauges of the operator called `name` in this process, exported as
+    /// `tideline_operator_state_entries{operator="name", worker}`: the registered gauges if
+    /// some are alive, new ones (registered) otherwise. Every worker of a process that builds
+    /// the operator gets the same gauges and reports into its own slot; they are exported until
+    /// the last holder drops them. Operator names should therefore be unique in a process (two
+    /// live operators with one name share, and overwrite, each other's slots).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use tideline::runtime::metrics::StateMetrics;
+    ///
+    /// let a = StateMetrics::named("doc-window");
+    /// let b = StateMetrics::named("doc-window");
+    /// assert!(Arc::ptr_eq(&a, &b));
+    /// a.set(1, 2, 7);
+    /// assert_eq!(b.per_worker(), vec![0, 7]);
+    /// assert_eq!(a.name(), Some("doc-window"));
+    /// ```
+    pub fn named(name: impl Into<String>) -> Arc<Self> {
+        registry::state_named(name.into(), |name| {
+            Arc::new(StateMetrics { name: Some(name), ..StateMetrics::default() })
+        })
+    }
+
+    /// The operator name the gauges are exported under, if any.
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
     fn slots(&self, peers: usize) -> (&[AtomicI64], &[AtomicI64]) {
-        let make = || (0..peers.max(1)).map(|_| AtomicI64::new(0)).collect::<Vec<_>>();
+        let make = || (0..peers.max(1)).map(|_| AtomicI64::new(UNREPORTED)).collect::<Vec<_>>();
         (self.workers.get_or_init(make), self.peaks.get_or_init(make))
+    }
+
+    /// The live entries of the workers of this process that have reported: `(worker, entries)`.
+    pub fn reported(&self) -> Vec<(usize, u64)> {
+        self.workers
+            .get()
+            .map(|v| {
+                v.iter()
+                    .enumerate()
+                    .filter_map(|(i, a)| {
+                        let n = a.load(Ordering::Relaxed);
+                        (n != UNREPORTED).then_some((i, n.max(0) as u64))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Sets worker `index`'s live entry count.

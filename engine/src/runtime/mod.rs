@@ -189,15 +189,44 @@ fn split_flag(arg: &str) -> (&str, Option<&str>) {
 }
 
 /// Runs `logic` on every worker of `cluster` and returns the results of this process's
-/// workers, in worker order. A panicking worker becomes an [`Error::Runtime`].
+/// workers, in worker order. A runtime that cannot start is an [`Error::Startup`]; a panicking
+/// worker becomes an [`Error::WorkerPanicked`] (the first, in worker order).
 pub fn execute<T, F>(cluster: &Cluster, logic: F) -> Result<Vec<T>>
 where
     T: Send + 'static,
     F: Fn(&mut timely::worker::Worker) -> T + Send + Sync + 'static,
 {
     let config = cluster.timely_config()?;
-    let guards = timely::execute(config, logic).map_err(Error::Runtime)?;
-    guards.join().into_iter().map(|r| r.map_err(Error::Runtime)).collect()
+    // The panic is caught on the worker's thread, where its message is still at hand (timely's
+    // join reports only that a thread panicked).
+    let guards = timely::execute(config, move |worker| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| logic(worker)))
+            .map_err(|payload| panic_message(&*payload))
+    })
+    .map_err(|reason| {
+        tracing::error!(%reason, "the runtime could not start");
+        Error::Startup { reason }
+    })?;
+    guards
+        .join()
+        .into_iter()
+        .enumerate()
+        .map(|(worker, result)| {
+            result.and_then(|r| r).map_err(|message| {
+                tracing::error!(worker, %message, "a worker panicked");
+                Error::WorkerPanicked { worker, message }
+            })
+        })
+        .collect()
+}
+
+/// The text of a panic's payload (`panic!` with a message gives a `&str` or a `String`).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    match (payload.downcast_ref::<&str>(), payload.downcast_ref::<String>()) {
+        (Some(s), _) => (*s).to_string(),
+        (_, Some(s)) => s.clone(),
+        _ => "a panic without a message".to_string(),
+    }
 }
 
 /// Runs the dataflow built by `build` on `workers` threads until it completes, and returns

@@ -6,8 +6,9 @@
 //! written for a time before that time is final, so a sink's output is a deterministic
 //! changelog: identical for any number of workers.
 //!
-//! Errors are not dropped: the first error of a writer is kept in the [`SinkHandle`], the
-//! sink stops writing, and [`SinkHandle::error`] reports it.
+//! Errors are not dropped: the first error of a writer is kept in the [`SinkHandle`] (typed,
+//! as the writer returned it), the sink stops writing, logs it, and [`SinkHandle::error`]
+//! reports it as an [`Error::Sink`].
 //!
 //! # Durability
 //!
@@ -19,6 +20,7 @@
 //! durable before the dataflow shuts down.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use differential_dataflow::VecCollection;
@@ -62,45 +64,82 @@ pub enum SinkParallelism {
 
 #[derive(Debug, Default)]
 struct SinkState {
-    error: Option<String>,
+    /// The first error, and the worker whose writer reported it.
+    error: Option<(usize, Arc<Error>)>,
     frontiers: BTreeMap<usize, Option<Time>>,
     complete: BTreeMap<usize, bool>,
 }
 
-/// Observes a sink from the program: its progress and its first error.
+/// What the handles of one sink share; the metrics registry holds it weakly.
+#[derive(Debug)]
+pub(crate) struct SinkShared {
+    name: String,
+    state: Mutex<SinkState>,
+    records: AtomicU64,
+}
+
+impl SinkShared {
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn records_written(&self) -> u64 {
+        self.records.load(Ordering::Relaxed)
+    }
+}
+
+/// Observes a sink from the program: its progress, the updates it wrote, and its first error.
+///
+/// A handle is exported (`tideline_sink_records_total{sink}`, see
+/// [`crate::runtime::metrics::serve`]) while it or a clone is alive; handles with one name
+/// are exported as one sink.
 #[derive(Clone, Debug)]
 pub struct SinkHandle {
-    name: String,
-    state: Arc<Mutex<SinkState>>,
+    shared: Arc<SinkShared>,
 }
 
 impl SinkHandle {
     /// A handle for the sink `name`. Share one handle between the workers of a process to
     /// see all of them.
     pub fn new(name: impl Into<String>) -> Self {
-        SinkHandle { name: name.into(), state: Arc::default() }
+        let shared = Arc::new(SinkShared { name: name.into(), state: Mutex::default(), records: AtomicU64::new(0) });
+        crate::runtime::metrics::registry_register_sink(&shared);
+        SinkHandle { shared }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, SinkState> {
+        self.shared.state.lock().expect("sink lock poisoned")
     }
 
     /// The sink's name.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.shared.name
     }
 
-    /// The first error a writer reported, if any.
+    /// The first error a writer reported, if any: an [`Error::Sink`] naming the sink and the
+    /// worker, with the writer's own error as its source.
     pub fn error(&self) -> Option<Error> {
-        let state = self.state.lock().expect("sink lock poisoned");
-        state.error.as_ref().map(|message| Error::Sink { sink: self.name.clone(), message: message.clone() })
+        let state = self.state();
+        state.error.as_ref().map(|(worker, source)| Error::Sink {
+            sink: self.shared.name.clone(),
+            worker: *worker,
+            source: Arc::clone(source),
+        })
+    }
+
+    /// Updates (changelog rows, after consolidation) this process's writers have written.
+    pub fn records_written(&self) -> u64 {
+        self.shared.records_written()
     }
 
     /// The minimum frontier written by this process's workers (`None` once all are complete).
     pub fn written_frontier(&self) -> Option<Time> {
-        let state = self.state.lock().expect("sink lock poisoned");
-        state.frontiers.values().flatten().copied().min()
+        self.state().frontiers.values().flatten().copied().min()
     }
 
     /// Whether every worker of this process that reported has written its complete input.
     pub fn is_complete(&self) -> bool {
-        let state = self.state.lock().expect("sink lock poisoned");
+        let state = self.state();
         !state.complete.is_empty() && state.complete.values().all(|c| *c)
     }
 
@@ -112,15 +151,20 @@ impl SinkHandle {
         }
     }
 
-    fn record_error(&self, error: &Error) {
-        let mut state = self.state.lock().expect("sink lock poisoned");
+    fn record_error(&self, worker: usize, error: Error) {
+        tracing::error!(sink = %self.shared.name, worker, %error, "sink stopped: its writer failed");
+        let mut state = self.state();
         if state.error.is_none() {
-            state.error = Some(error.to_string());
+            state.error = Some((worker, Arc::new(error)));
         }
     }
 
+    fn record_written(&self, updates: usize) {
+        self.shared.records.fetch_add(updates as u64, Ordering::Relaxed);
+    }
+
     fn record_frontier(&self, worker: usize, frontier: Option<Time>) {
-        let mut state = self.state.lock().expect("sink lock poisoned");
+        let mut state = self.state();
         state.frontiers.insert(worker, frontier);
         state.complete.insert(worker, frontier.is_none());
     }
@@ -288,11 +332,14 @@ impl<D: ExchangeData, W: SinkWriter<D>> SinkCore<D, W> {
                 if self.failed {
                     continue;
                 }
-                if let Some(writer) = self.writer.as_mut()
-                    && let Err(error) = writer.write(time, &self.updates)
-                {
-                    self.handle.record_error(&error);
-                    self.failed = true;
+                if let Some(writer) = self.writer.as_mut() {
+                    match writer.write(time, &self.updates) {
+                        Ok(()) => self.handle.record_written(self.updates.len()),
+                        Err(error) => {
+                            self.handle.record_error(self.index, error);
+                            self.failed = true;
+                        }
+                    }
                 }
             }
         }
@@ -302,7 +349,7 @@ impl<D: ExchangeData, W: SinkWriter<D>> SinkCore<D, W> {
                 && let Some(writer) = self.writer.as_mut()
                 && let Err(error) = writer.advance(current)
             {
-                self.handle.record_error(&error);
+                self.handle.record_error(self.index, error);
                 self.failed = true;
             }
             self.handle.record_frontier(self.index, current);

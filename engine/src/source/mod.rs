@@ -27,6 +27,7 @@
 //! below that watermark is behind it, which depends on processing time, as idleness itself
 //! does.)
 
+mod logging;
 pub mod memory;
 
 use std::rc::Rc;
@@ -388,6 +389,9 @@ where
         let mut emitted: u64 = 0;
         let mut emitted_log: std::collections::VecDeque<(Time, u64)> = std::collections::VecDeque::new();
         let mut announced: Option<(Option<Time>, Instant)> = None;
+        let mut idle_logged: Vec<bool> = Vec::new();
+        let mut dead_log = logging::DeadLetterLog::default();
+        tracing::info!(source = %config.name, worker = index, "source started");
         move |_frontiers| {
             while let Some((peer, watermark)) = announcements.recv() {
                 peer_watermarks[peer] = watermark;
@@ -398,7 +402,10 @@ where
                 if !finished {
                     let mut ctx = FinishContext { flow: &flow, metrics: &report_to };
                     match reader.finish(&mut ctx) {
-                        ReadStatus::Done => finished = true,
+                        ReadStatus::Done => {
+                            finished = true;
+                            tracing::info!(source = %config.name, worker = index, "source finished");
+                        }
                         ReadStatus::Busy => activator.activate(),
                         ReadStatus::Waiting(delay) => activator.activate_after(delay),
                     }
@@ -436,10 +443,14 @@ where
                 data.clear();
             }
             if !dead.is_empty() {
+                dead_log.log(&config.name, index, now, &dead);
                 dead_output.activate().session(&held[1]).give_container(&mut dead);
                 dead.clear();
             }
             tracker.detect_idle(now);
+            if idle_timeout.is_some() {
+                logging::log_idle_changes(&config.name, index, &tracker, &mut idle_logged);
+            }
             let watermark = tracker.watermark();
             let announce = if status == ReadStatus::Done { None } else { watermark };
             let due = match announced {
@@ -480,6 +491,12 @@ where
             }
             match status {
                 ReadStatus::Done => {
+                    tracing::info!(
+                        source = %config.name,
+                        worker = index,
+                        process_records = report_to.records(),
+                        "source read all its input; its watermark goes to the end of time"
+                    );
                     caps = None;
                     activator.activate();
                 }

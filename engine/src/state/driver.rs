@@ -20,7 +20,8 @@
 //!   it records its frontier and the earliest input time its state or pending inputs still
 //!   refer to ([`TemporalLogic::oldest`]).
 //! - **State metrics**: live entries per worker and late records, in the operator's
-//!   [`StateMetrics`] (one is made if the builder was not given one).
+//!   [`StateMetrics`] (if the builder was not given one, the process's gauge named after the
+//!   operator, which the metrics endpoint exports).
 //!
 //! Logic decides lateness by time alone (a record at dataflow time `t` is late for a window
 //! whose `end + allowed_lateness ≤ t`), never by whether the state happens to be released yet,
@@ -134,7 +135,7 @@ pub(crate) enum Side<A, B> {
 /// How a driven operator is named and observed.
 pub(crate) struct Driven {
     pub(crate) name: String,
-    pub(crate) metrics: Option<Arc<StateMetrics>>,
+    pub(crate) metrics: Arc<StateMetrics>,
     pub(crate) late: LatePolicy,
 }
 
@@ -294,7 +295,7 @@ fn core<'scope, L: TemporalLogic>(scope: timely::dataflow::Scope<'scope, Time>, 
         keep_late: driven.late == LatePolicy::SideOutput,
         held: None,
         retention,
-        metrics: driven.metrics.clone().unwrap_or_default(),
+        metrics: Arc::clone(&driven.metrics),
         worker: scope.index(),
         peers: scope.peers(),
     }

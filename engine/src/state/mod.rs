@@ -5,7 +5,7 @@
 //! upsert tables — is built on one timely operator, the temporal driver (crate-private): it
 //! buffers inputs until the frontier passes their time, applies them in time order with the
 //! operator's timers, emits, releases state, and does for every operator what none may forget:
-//! it reports live state and late records to [`StateMetrics`](crate::runtime::metrics::StateMetrics)
+//! it reports live state and late records to [`StateMetrics`]
 //! and registers what the state still holds with the flow group, so that at-least-once sources
 //! acknowledge only what no state refers to any more ([`crate::runtime::flow`]).
 //!
@@ -65,9 +65,16 @@ impl Temporal {
         self.name.clone().unwrap_or_else(default)
     }
 
+    /// The operator's metrics: the ones it was given, or the process's gauge named `name`
+    /// (registered, so the metrics endpoint exports it: every stateful operator is observed).
+    pub(crate) fn metrics_named(&mut self, name: &str) -> Arc<StateMetrics> {
+        Arc::clone(self.metrics.get_or_insert_with(|| StateMetrics::named(name)))
+    }
+
     /// How the driver names and observes the operator.
     pub(crate) fn driven(&self, name: String) -> driver::Driven {
-        driver::Driven { name, metrics: self.metrics.clone(), late: self.late }
+        let metrics = self.metrics.clone().unwrap_or_else(|| StateMetrics::named(&name));
+        driver::Driven { name, metrics, late: self.late }
     }
 }
 

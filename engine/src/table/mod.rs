@@ -46,7 +46,6 @@
 pub mod read_model;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use differential_dataflow::consolidation::consolidate;
 use differential_dataflow::hashable::Hashable;
@@ -54,7 +53,6 @@ use differential_dataflow::{AsCollection, VecCollection};
 use timely::dataflow::operators::core::{Filter, OkErr};
 
 use crate::runtime::ExchangeData;
-use crate::runtime::metrics::StateMetrics;
 use crate::state::driver::{Holds, Step, TemporalLogic, unary};
 use crate::state::{FastMap, Temporal, temporal_builder};
 use crate::table::read_model::{Publish, ReadModel};
@@ -161,8 +159,8 @@ impl<'scope, K: ExchangeData, V: ExchangeData> Upsert<'scope, K, V>
 /// arrives at the watermark — is admitted if `τ ≤ t + allowed_lateness`, and applied like any
 /// other, at `τ`. Later ones are **late**: they change nothing, go unchanged to the late output
 /// ([`UpsertBuilder::table_with_late`], per the
-/// [`LatePolicy`](crate::time::late::LatePolicy)) and are counted in
-/// [`StateMetrics::late_skipped`]. With no allowed lateness, a record behind the watermark is
+/// [`LatePolicy`]) and are counted in
+/// [`StateMetrics::late_skipped`](crate::runtime::metrics::StateMetrics::late_skipped). With no allowed lateness, a record behind the watermark is
 /// late: an upsert's result is shown as soon as its record arrives, so a record behind it could
 /// only correct it.
 ///
@@ -172,7 +170,7 @@ impl<'scope, K: ExchangeData, V: ExchangeData> Upsert<'scope, K, V>
 /// of the frontier (which an admitted retraction could still bring back). A record is
 /// released once the frontier passes `t + allowed_lateness` and a newer record of its key is
 /// present; a key whose latest record is a tombstone is released entirely. Release emits
-/// nothing downstream. Records held are reported to the operator's [`StateMetrics`].
+/// nothing downstream. Records held are reported to the operator's [`StateMetrics`](crate::runtime::metrics::StateMetrics).
 ///
 /// # Checkpointing
 ///
@@ -206,7 +204,7 @@ impl<'scope, K: ExchangeData, V: ExchangeData> UpsertBuilder<'scope, K, V> {
     pub fn table_with_late(self) -> (Table<'scope, K, V>, VecCollection<'scope, Time, Event<K, Option<V>>>) {
         let UpsertBuilder { records, mut temporal } = self;
         let name = temporal.name_or(|| "Upsert".to_string());
-        let metrics = Arc::clone(temporal.metrics.get_or_insert_with(StateMetrics::new));
+        let metrics = temporal.metrics_named(&name);
         let (lateness, policy) = (temporal.allowed_lateness, temporal.late);
         let (admitted, late) = records.inner.ok_err::<Vec<_>, _, Vec<_>, _, _>(move |(record, at, diff)| {
             if at <= record.time.saturating_add(lateness) {

@@ -3,7 +3,6 @@
 //! windows' ends.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use differential_dataflow::hashable::Hashable;
 use differential_dataflow::{AsCollection, VecCollection};
@@ -14,7 +13,6 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
 use crate::runtime::ExchangeData;
-use crate::runtime::metrics::StateMetrics;
 use crate::state::driver::{Step, TemporalLogic, unary};
 use crate::state::{Emit, FastMap};
 use crate::time::late::LatePolicy;
@@ -51,7 +49,7 @@ where
 {
     let WindowedCollection { events, spec, mut temporal, pre_aggregate } = windowed;
     let name = temporal.name_or(|| format!("Window(size={}ms, slide={}ms)", spec.size(), spec.slide()));
-    let metrics = Arc::clone(temporal.metrics.get_or_insert_with(StateMetrics::new));
+    let metrics = temporal.metrics_named(&name);
     let (emit, lateness, policy) = (temporal.emit, temporal.allowed_lateness, temporal.late);
 
     // Stage 1 (local): assign records to panes, set aside records late for every window and

@@ -7,6 +7,7 @@ mod join_equi_oracle;
 mod join_interval_oracle;
 mod join_state_bounded;
 mod join_window_oracle;
+mod metrics_endpoint;
 mod peer_scenarios;
 mod read_model;
 mod session_oracle;

@@ -51,7 +51,7 @@ struct Failing;
 
 impl SinkWriter<Event<u32, i64>> for Failing {
     fn write(&mut self, _time: Time, _updates: &[(Event<u32, i64>, isize)]) -> tideline::Result<()> {
-        Err(tideline::Error::Sink { sink: "failing".into(), message: "disk full".into() })
+        Err(tideline::Error::io("failing.out", std::io::Error::from(std::io::ErrorKind::StorageFull)))
     }
 
     fn advance(&mut self, _frontier: Option<Time>) -> tideline::Result<()> {

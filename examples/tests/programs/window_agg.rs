@@ -30,7 +30,6 @@ fn ok(args: &[&str]) -> String {
 
 #[derive(Clone, Debug)]
 struct Input {
-    line: u64,
     time: u64,
     key: String,
     value: i64,
@@ -45,7 +44,7 @@ fn read_input(path: &Path) -> (Vec<Input>, Vec<u64>) {
         let fields: Vec<&str> = line.split(',').collect();
         let parsed = (fields.len() == 3).then(|| Some((fields[0].parse().ok()?, fields[2].parse().ok()?))).flatten();
         match parsed {
-            Some((time, value)) => good.push(Input { line: i as u64 + 1, time, key: fields[1].to_string(), value }),
+            Some((time, value)) => good.push(Input { time, key: fields[1].to_string(), value }),
             None if line.trim().is_empty() => {}
             None => bad.push(i as u64 + 1),
         }
