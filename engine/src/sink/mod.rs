@@ -47,8 +47,31 @@ pub trait SinkWriter<D>: 'static {
     fn write(&mut self, time: Time, updates: &[(D, isize)]) -> Result<()>;
 
     /// Every time before `frontier` has been written (`None`: the input is complete and
-    /// nothing more will come). Flush here; what is flushed is durable.
+    /// nothing more will come). Flush here; what is flushed is durable. A writer that only
+    /// *starts* flushing here (its acknowledgements arrive later) says how far it got in
+    /// [`durable`](Self::durable).
     fn advance(&mut self, frontier: Option<Time>) -> Result<()>;
+
+    /// How far the output is durable now. The default, for writers that flush in
+    /// [`advance`](Self::advance), is [`Durability::Flushed`]: everything given to `advance`
+    /// is durable when it returns.
+    ///
+    /// A writer that flushes asynchronously returns [`Durability::Behind`] while
+    /// acknowledgements are outstanding; the sink then asks again about every millisecond (so
+    /// the writer can serve its client's callbacks), and only what is durable counts for the
+    /// sources' commits (see [`crate::runtime::flow`]). The worker keeps computing meanwhile.
+    fn durable(&mut self) -> Result<Durability> {
+        Ok(Durability::Flushed)
+    }
+}
+
+/// How far a [`SinkWriter`]'s output is durable ([`SinkWriter::durable`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Everything given to [`SinkWriter::advance`] so far is durable.
+    Flushed,
+    /// Everything before this time is durable; later output is still being acknowledged.
+    Behind(Time),
 }
 
 /// Where a sink's writers run.
@@ -159,12 +182,15 @@ impl<D: ExchangeData> Sink<D> for VecCollection<'_, Time, D> {
         flow.register_durable(Rc::clone(&durable));
         let mut builder = OperatorBuilder::new(name, scope);
         let info = builder.operator_info();
+        let activator = scope.activator_for(Rc::clone(&info.address));
         let mut core = SinkCore {
             index,
             writer: make_writer(index, peers),
             handle: handle.clone(),
             pending: BTreeMap::new(),
             last_frontier: None,
+            announced_durable: None,
+            activator,
             failed: false,
             durable,
             flow,
@@ -198,6 +224,10 @@ struct SinkCore<D, W> {
     handle: SinkHandle,
     pending: BTreeMap<Time, Vec<(D, isize)>>,
     last_frontier: Option<Option<Time>>,
+    /// What this worker last told its peers it has durably written.
+    announced_durable: Option<Option<Time>>,
+    /// Schedules the sink again while its writer's acknowledgements are outstanding.
+    activator: timely::scheduling::Activator,
     failed: bool,
     /// What every worker's part of this sink has durably written (the minimum), for the flow
     /// group (see [`crate::runtime::flow`]).
@@ -268,11 +298,34 @@ impl<D: ExchangeData, W: SinkWriter<D>> SinkCore<D, W> {
                 self.handle.record_error(&error);
                 self.failed = true;
             }
-            if !self.failed {
-                // Everything before `current` is written and flushed: durable. Tell the peers.
-                self.announcements.send((self.index, Durable::Upto(current)));
-            }
             self.handle.record_frontier(self.index, current);
+        }
+        if !self.failed
+            && let Some(writer) = self.writer.as_mut()
+        {
+            // Everything before `durable` is written and acknowledged. Tell the peers.
+            let durable = match writer.durable() {
+                Ok(Durability::Flushed) => Some(current),
+                Ok(Durability::Behind(time)) => {
+                    self.activator.activate_after(std::time::Duration::from_millis(1));
+                    Some(Some(current.map_or(time, |c| c.min(time))))
+                }
+                Err(error) => {
+                    self.handle.record_error(&error);
+                    self.failed = true;
+                    None
+                }
+            };
+            if let Some(durable) = durable
+                && self.announced_durable != Some(durable)
+            {
+                self.announced_durable = Some(durable);
+                self.announcements.send((self.index, Durable::Upto(durable)));
+            }
+        } else if !self.failed && self.announced_durable != Some(current) {
+            // Workers without a writer have nothing to flush.
+            self.announced_durable = Some(current);
+            self.announcements.send((self.index, Durable::Upto(current)));
         }
         if self.failed && !self.announced_failure {
             self.announcements.send((self.index, Durable::Failed));
