@@ -1,7 +1,7 @@
 //! The Kafka sink: a collection's changelog, upserts or append-only rows, produced by an
 //! idempotent producer per worker.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,7 +14,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use serde::Serialize;
 use tideline::differential_dataflow::AsCollection;
 use tideline::differential_dataflow::hashable::Hashable;
-use tideline::sink::{Sink, SinkHandle, SinkParallelism, SinkWriter};
+use tideline::sink::{Durability, Sink, SinkHandle, SinkParallelism, SinkWriter};
 use tideline::timely::dataflow::operators::Exchange;
 use tideline::{ExchangeData, Time, VecCollection};
 
@@ -61,10 +61,11 @@ pub struct KafkaSinkBuilder<D> {
 /// (`enable.idempotence=true`): updates are routed to workers by key, so all updates of a key
 /// are written by one producer, in time order, and land in one partition (messages are
 /// partitioned by key) in that order. A time's updates are written once the frontier has
-/// passed it. When the frontier advances, the sink flushes: it waits until the broker has
-/// acknowledged every message (librdkafka retries meanwhile, up to `message.timeout.ms`), and
-/// only then reports the output durable — the point after which sources may commit their
-/// input (DESIGN §7). A delivery that fails for good is not dropped: the sink stops, and its
+/// passed it. The worker never waits for the broker: the producer sends its batches as they
+/// fill or linger (`linger.ms`), and the sink follows the acknowledgements. Output before a
+/// frontier is reported durable — the point after which sources may commit their input
+/// (DESIGN §7) — once the broker has acknowledged every message written before the frontier
+/// was reached (librdkafka retries meanwhile, up to `message.timeout.ms`). A delivery that fails for good is not dropped: the sink stops, and its
 /// [`SinkHandle`] reports the error, saying whether it is *retryable* (the broker was
 /// unreachable or overloaded: run the job again, from the committed offsets) or *fatal*.
 ///
@@ -263,7 +264,7 @@ impl KafkaSinkStats {
         self.delivered.load(Ordering::Relaxed)
     }
 
-    /// Completed flushes (durability points).
+    /// Durability points reached: frontiers before which every message was acknowledged.
     pub fn flushes(&self) -> u64 {
         self.flushes.load(Ordering::Relaxed)
     }
@@ -276,22 +277,30 @@ impl KafkaSinkStats {
 
 struct SinkContext {
     stats: Arc<KafkaSinkStats>,
-    failures: Mutex<Vec<KafkaError>>,
+    deliveries: Mutex<Deliveries>,
+}
+
+/// What the delivery reports said, between two looks of the writer.
+#[derive(Default)]
+struct Deliveries {
+    /// Sequence numbers of the messages produced and not yet acknowledged.
+    in_flight: BTreeSet<u64>,
+    failures: Vec<KafkaError>,
 }
 
 impl ClientContext for SinkContext {}
 
 impl ProducerContext for SinkContext {
-    type DeliveryOpaque = ();
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+    fn delivery(&self, result: &DeliveryResult<'_>, sequence: usize) {
+        let mut deliveries = self.deliveries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        deliveries.in_flight.remove(&(sequence as u64));
         match result {
             Ok(_) => {
                 self.stats.delivered.fetch_add(1, Ordering::Relaxed);
             }
-            Err((error, _)) => {
-                self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(error.clone())
-            }
+            Err((error, _)) => deliveries.failures.push(error.clone()),
         }
     }
 }
@@ -300,8 +309,13 @@ impl ProducerContext for SinkContext {
 struct KafkaWriter<D> {
     inner: Arc<SinkInner<D>>,
     producer: Result<BaseProducer<SinkContext>, String>,
-    /// Messages produced since the last flush.
-    unflushed: bool,
+    /// The sequence number of the next message produced.
+    next: u64,
+    /// `(frontier, messages produced before it)` for every frontier given to `advance` and not
+    /// yet durable, oldest first.
+    marks: VecDeque<(Option<Time>, u64)>,
+    /// Everything before this time is acknowledged.
+    durable: Time,
 }
 
 /// A message to produce.
@@ -313,7 +327,7 @@ struct Outgoing {
 
 impl<D: ExchangeData + Serialize> KafkaWriter<D> {
     fn new(inner: Arc<SinkInner<D>>, index: usize) -> Self {
-        let context = SinkContext { stats: Arc::clone(&inner.stats), failures: Mutex::new(Vec::new()) };
+        let context = SinkContext { stats: Arc::clone(&inner.stats), deliveries: Mutex::default() };
         let producer = inner
             .config
             .clone()
@@ -321,7 +335,7 @@ impl<D: ExchangeData + Serialize> KafkaWriter<D> {
             .client_config()
             .create_with_context(context)
             .map_err(|e| inner.config.redact(ConnectorError::kafka("creating the producer", e)).to_string());
-        KafkaWriter { inner, producer, unflushed: false }
+        KafkaWriter { inner, producer, next: 0, marks: VecDeque::new(), durable: 0 }
     }
 
     fn error(&self, message: impl fmt::Display) -> tideline::Error {
@@ -402,7 +416,8 @@ impl<D: ExchangeData + Serialize> KafkaWriter<D> {
     /// The first delivery that failed for good, as the sink's error.
     fn check_deliveries(&self) -> tideline::Result<()> {
         let producer = self.producer()?;
-        let failures = std::mem::take(&mut *producer.context().failures.lock().unwrap_or_else(|e| e.into_inner()));
+        let failures =
+            std::mem::take(&mut producer.context().deliveries.lock().unwrap_or_else(|e| e.into_inner()).failures);
         let Some(first) = failures.first() else { return Ok(()) };
         let errors: Vec<DeliveryError> = failures
             .iter()
@@ -431,8 +446,9 @@ impl<D: ExchangeData + Serialize> SinkWriter<D> for KafkaWriter<D> {
         let messages = self.messages(time, updates)?;
         let producer = self.producer()?;
         let timestamp = i64::try_from(time).ok();
+        let mut next = self.next;
         for message in &messages {
-            let mut record = BaseRecord::to(&self.inner.topic);
+            let mut record = BaseRecord::with_opaque_to(&self.inner.topic, next as usize);
             if let Some(key) = &message.key {
                 record = record.key(key);
             }
@@ -442,6 +458,8 @@ impl<D: ExchangeData + Serialize> SinkWriter<D> for KafkaWriter<D> {
             if let Some(timestamp) = timestamp {
                 record = record.timestamp(timestamp);
             }
+            // Registered before it is sent: its delivery report may come at the next poll.
+            producer.context().deliveries.lock().unwrap_or_else(|e| e.into_inner()).in_flight.insert(next);
             loop {
                 match producer.send(record) {
                     Ok(()) => break,
@@ -452,6 +470,7 @@ impl<D: ExchangeData + Serialize> SinkWriter<D> for KafkaWriter<D> {
                         self.check_deliveries()?;
                     }
                     Err((error, _)) => {
+                        producer.context().deliveries.lock().unwrap_or_else(|e| e.into_inner()).in_flight.remove(&next);
                         let retryable = is_retryable(&error);
                         return Err(self.error(format_args!(
                             "cannot produce to {} ({}): {error}",
@@ -461,31 +480,45 @@ impl<D: ExchangeData + Serialize> SinkWriter<D> for KafkaWriter<D> {
                     }
                 }
             }
+            next += 1;
         }
-        self.inner.stats.produced.fetch_add(messages.len() as u64, Ordering::Relaxed);
         producer.poll(Duration::ZERO);
-        self.unflushed |= !messages.is_empty();
+        self.next = next;
+        self.inner.stats.produced.fetch_add(messages.len() as u64, Ordering::Relaxed);
         self.check_deliveries()
     }
 
-    fn advance(&mut self, _frontier: Option<Time>) -> tideline::Result<()> {
-        if !self.unflushed {
-            return self.check_deliveries();
+    /// Starts no flush of its own: the producer sends its batches as they fill or linger
+    /// (`linger.ms`), and [`durable`](SinkWriter::durable) follows the acknowledgements. The
+    /// worker never waits for the broker here.
+    fn advance(&mut self, frontier: Option<Time>) -> tideline::Result<()> {
+        match self.marks.back_mut() {
+            // Nothing produced since the last mark: the newer frontier replaces it.
+            Some(last) if last.1 == self.next => last.0 = frontier,
+            _ => self.marks.push_back((frontier, self.next)),
         }
+        Ok(())
+    }
+
+    fn durable(&mut self) -> tideline::Result<Durability> {
         let producer = self.producer()?;
-        // Wait for every acknowledgement: librdkafka retries until `message.timeout.ms`, after
-        // which failed deliveries are reported below.
-        loop {
-            match producer.flush(Duration::from_millis(500)) {
-                Ok(()) => break,
-                Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)) => self.check_deliveries()?,
-                Err(error) => return Err(self.error(format_args!("flushing to {}: {error}", self.inner.topic))),
+        producer.poll(Duration::ZERO);
+        self.check_deliveries()?;
+        let producer = self.producer()?;
+        let oldest = producer.context().deliveries.lock().unwrap_or_else(|e| e.into_inner()).in_flight.first().copied();
+        let acknowledged = oldest.unwrap_or(self.next);
+        while let Some(&(frontier, before)) = self.marks.front() {
+            if before > acknowledged {
+                break;
+            }
+            self.marks.pop_front();
+            self.inner.stats.flushes.fetch_add(1, Ordering::Relaxed);
+            match frontier {
+                Some(time) => self.durable = self.durable.max(time),
+                None => self.durable = Time::MAX,
             }
         }
-        self.check_deliveries()?;
-        self.unflushed = false;
-        self.inner.stats.flushes.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        Ok(if self.marks.is_empty() { Durability::Flushed } else { Durability::Behind(self.durable) })
     }
 }
 
@@ -506,7 +539,13 @@ mod tests {
             .value(|r: &Row| r.count)
             .build()
             .unwrap();
-        KafkaWriter { inner: sink.inner, producer: Err("not connected".into()), unflushed: false }
+        KafkaWriter {
+            inner: sink.inner,
+            producer: Err("not connected".into()),
+            next: 0,
+            marks: VecDeque::new(),
+            durable: 0,
+        }
     }
 
     fn row(key: &str, count: i64) -> Row {
