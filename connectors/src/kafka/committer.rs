@@ -8,6 +8,8 @@ use std::time::Duration;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
+use tideline::timely::scheduling::SyncActivator;
+
 use crate::error::ConnectorError;
 use crate::kafka::source::Plan;
 use crate::kafka::stats::KafkaSourceStats;
@@ -39,7 +41,13 @@ pub(super) struct Committer {
 }
 
 impl Committer {
-    pub(super) fn start(plan: &Plan, index: usize, stats: Arc<KafkaSourceStats>) -> Result<Self, ConnectorError> {
+    /// Starts the thread; `activator` wakes the reader's worker when a commit's outcome is in.
+    pub(super) fn start(
+        plan: &Plan,
+        index: usize,
+        stats: Arc<KafkaSourceStats>,
+        activator: Arc<SyncActivator>,
+    ) -> Result<Self, ConnectorError> {
         let consumer: BaseConsumer = plan
             .config
             .clone()
@@ -67,6 +75,7 @@ impl Committer {
                     if outcomes.send(commit_sync(&consumer, &latest)).is_err() {
                         break;
                     }
+                    let _ = activator.activate();
                 }
                 drop(consumer);
                 let _ = done.send(());

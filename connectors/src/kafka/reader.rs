@@ -15,6 +15,7 @@ use tideline::Time;
 use tideline::source::{FinishContext, ReadContext, ReadStatus, SourceReader};
 use tideline::time::late::{DeadLetter, LateDecision};
 use tideline::time::watermark::PartitionId;
+use tideline::timely::scheduling::SyncActivator;
 
 use crate::error::ConnectorError;
 use crate::kafka::committer::Committer;
@@ -83,6 +84,8 @@ pub(super) struct KafkaReader<D> {
     inner: Arc<Inner<D>>,
     index: usize,
     peers: usize,
+    /// Wakes the worker when the consumer's queue becomes non-empty.
+    activator: Arc<SyncActivator>,
     phase: Phase,
     /// Declared before the consumer and producer: dropped first.
     discovery: Option<Discovery>,
@@ -97,12 +100,13 @@ pub(super) struct KafkaReader<D> {
 }
 
 impl<D: 'static> KafkaReader<D> {
-    pub(super) fn new(inner: Arc<Inner<D>>, index: usize, peers: usize) -> Self {
+    pub(super) fn new(inner: Arc<Inner<D>>, index: usize, peers: usize, activator: SyncActivator) -> Self {
         let now = Instant::now();
         KafkaReader {
             inner,
             index,
             peers,
+            activator: Arc::new(activator),
             phase: Phase::Start,
             discovery: None,
             committer: None,
@@ -123,21 +127,29 @@ impl<D: 'static> KafkaReader<D> {
     fn start(&mut self) -> Result<(), ConnectorError> {
         let plan = Arc::clone(&self.inner.plan);
         let context = ReaderContext { stats: Arc::clone(&self.inner.stats), worker: self.index };
-        let consumer: BaseConsumer<ReaderContext> = plan
+        let mut consumer: BaseConsumer<ReaderContext> = plan
             .config
             .clone()
             .set("client.id", format!("{}-{}", plan.config.get("client.id").unwrap_or("tideline"), self.index))
             .client_config()
             .create_with_context(context)
             .map_err(|e| plan.config.redact(ConnectorError::kafka("creating the consumer", e)))?;
+        // Messages arriving in an empty queue wake the worker at once: it does not poll on a
+        // timer while data flows (and a dataflow that is gone ignores the wake-up).
+        let activator = Arc::clone(&self.activator);
+        consumer.set_nonempty_callback(move || {
+            let _ = activator.activate();
+        });
         self.consumer = Some(consumer);
         if let Some(topic) = &plan.dead_letter_topic {
             self.dead_letters = Some(DeadLetterProducer::new(&plan, topic.clone(), self.index)?);
         }
         if plan.group_id.is_some() {
-            self.committer = Some(Committer::start(&plan, self.index, Arc::clone(&self.inner.stats))?);
+            let activator = Arc::clone(&self.activator);
+            self.committer = Some(Committer::start(&plan, self.index, Arc::clone(&self.inner.stats), activator)?);
         }
-        self.discovery = Some(Discovery::start(Arc::clone(&plan), self.index, self.peers)?);
+        self.discovery =
+            Some(Discovery::start(Arc::clone(&plan), self.index, self.peers, Arc::clone(&self.activator))?);
         Ok(())
     }
 
@@ -215,7 +227,14 @@ impl<D: 'static> KafkaReader<D> {
                     continue;
                 }
             };
-            let Some(topic) = inner.plan.topics.iter().position(|t| t == message.topic()) else { continue };
+            // One topic (the usual case): every assigned partition is of it, and the name need
+            // not be read and compared per message.
+            let topic = if inner.plan.topics.len() == 1 {
+                0
+            } else {
+                let Some(topic) = inner.plan.topics.iter().position(|t| t == message.topic()) else { continue };
+                topic
+            };
             let id = partition_id(topic, message.partition());
             let Some(state) = partitions.get_mut(&id) else { continue };
             let offset = message.offset();
@@ -406,7 +425,7 @@ fn handle_message<D>(
     message: &BorrowedMessage<'_>,
     dead_letters: Option<&mut DeadLetterProducer>,
 ) {
-    let view = KafkaMessage::from_rdkafka(message);
+    let view = KafkaMessage::from_rdkafka(message, &inner.plan.topics[state.topic]);
     let offset = view.offset;
     let decoded = inner.decoder.decode(&view).and_then(|record| {
         let time = match &inner.event_time {
@@ -513,6 +532,11 @@ impl<D: 'static> SourceReader for KafkaReader<D> {
             ));
             return ReadStatus::Done;
         }
-        ReadStatus::Waiting(plan.poll_interval)
+        // The committer wakes the worker when an outcome is in; the safe time moves without a
+        // wake-up, so look often.
+        ReadStatus::Waiting(FINISH_POLL.min(plan.poll_interval))
     }
 }
+
+/// How often a finished source looks at the safe time while it waits to commit its ends.
+const FINISH_POLL: Duration = Duration::from_millis(5);

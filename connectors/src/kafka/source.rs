@@ -194,7 +194,7 @@ impl<D> KafkaSource<D> {
             bounded: false,
             commit_interval: Duration::from_secs(1),
             metadata_refresh: Duration::from_secs(10),
-            poll_interval: Duration::from_millis(10),
+            poll_interval: Duration::from_millis(100),
             request_timeout: Duration::from_secs(10),
             finish_timeout: Duration::from_secs(60),
             dead_letter_topic: None,
@@ -307,7 +307,9 @@ impl<D> KafkaSourceBuilder<D> {
     }
 
     /// How long a worker waits before polling again when nothing was available (default
-    /// 10 ms).
+    /// 100 ms). Messages arriving wake it earlier: the consumer's queue becoming non-empty
+    /// schedules the worker at once, so this only paces the reader's housekeeping (commits,
+    /// new partitions) while no data comes.
     pub fn poll_interval(mut self, interval: Duration) -> Self {
         self.poll_interval = interval.max(Duration::from_millis(1));
         self
@@ -382,6 +384,9 @@ impl<D> KafkaSourceBuilder<D> {
             .set_default("enable.auto.offset.store", "false")
             .set_default("auto.offset.reset", "earliest")
             .set_default("queued.max.messages.kbytes", "16384")
+            .set_default("queued.min.messages", "20000")
+            .set_default("fetch.queue.backoff.ms", "10")
+            .set_default("fetch.wait.max.ms", "50")
             .set_default("client.id", format!("tideline-{name}"));
         // librdkafka assigns partitions through its group handle, so its consumers need a group
         // id even when nothing is committed: one of their own then.
@@ -427,7 +432,9 @@ impl<D: Clone + 'static> KafkaSource<D> {
     /// Reads the topics in `scope` as a watermarked source.
     pub fn read<'scope>(&self, scope: Scope<'scope, Time>, config: SourceConfig) -> SourceStreams<'scope, D> {
         let inner = Arc::clone(&self.inner);
-        source(scope, config, move |setup| KafkaReader::new(inner, setup.index(), setup.peers()))
+        source(scope, config, move |setup| {
+            KafkaReader::new(inner, setup.index(), setup.peers(), setup.sync_activator())
+        })
     }
 }
 
