@@ -139,7 +139,12 @@ impl SinkHandle {
     fn record_error(&self, error: &Error) {
         let mut state = self.state.lock().expect("sink lock poisoned");
         if state.error.is_none() {
-            state.error = Some(error.to_string());
+            // `error()` says which sink: keep a sink error's own message, so that the sink's
+            // name is not said twice ("sink s: sink s: …").
+            state.error = Some(match error {
+                Error::Sink { sink, message } if *sink == self.name => message.clone(),
+                other => other.to_string(),
+            });
         }
     }
 
@@ -412,5 +417,20 @@ impl<D: ExchangeData> SinkWriter<D> for Collected<D> {
 
     fn advance(&mut self, _frontier: Option<Time>) -> Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sink_error_names_its_sink_once() {
+        let handle = SinkHandle::new("results");
+        handle.record_error(&Error::Sink { sink: "results".into(), message: "delivery failed".into() });
+        assert_eq!(handle.error().unwrap().to_string(), "sink results: delivery failed");
+        let other = SinkHandle::new("late");
+        other.record_error(&Error::Runtime("worker gone".into()));
+        assert_eq!(other.error().unwrap().to_string(), "sink late: runtime: worker gone");
     }
 }
