@@ -43,6 +43,13 @@ impl ClientContext for ReaderContext {
             .map(|(_, p)| p.fetchq_size)
             .sum();
         self.stats.record_prefetch(self.worker, bytes);
+        for (topic, partitions) in &statistics.topics {
+            for (partition, stats) in &partitions.partitions {
+                if *partition >= 0 && stats.hi_offset >= 0 {
+                    self.stats.record_log_end(topic, *partition, stats.hi_offset);
+                }
+            }
+        }
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
@@ -296,6 +303,12 @@ impl<D: 'static> KafkaReader<D> {
         }
         state.finished = true;
         ctx.finish_partition(id);
+        // Read to its end: no lag left (as far as this bounded read goes).
+        let topic = &self.inner.plan.topics[state.topic];
+        self.inner.stats.record_positions(vec![(topic.clone(), state.partition, state.next)]);
+        if let Some(end) = state.end {
+            self.inner.stats.record_log_end(topic, state.partition, end);
+        }
         let mut list = TopicPartitionList::new();
         list.add_partition(&self.inner.plan.topics[state.topic], state.partition);
         let consumer = self.consumer.as_ref().expect("started");

@@ -157,7 +157,9 @@ pub struct KafkaSourceBuilder<D> {
 ///
 /// The [`KafkaConfig`] passes through to librdkafka. The source sets, unless configured:
 /// `enable.auto.commit=false`, `enable.auto.offset.store=false`,
-/// `auto.offset.reset=earliest`, `queued.max.messages.kbytes=16384`, and a `client.id`. It
+/// `auto.offset.reset=earliest`, `queued.max.messages.kbytes=16384`, `queued.min.messages=20000`,
+/// `fetch.queue.backoff.ms=10`, `fetch.wait.max.ms=50`, `statistics.interval.ms=1000` (the
+/// log end offsets of [`KafkaSourceStats::consumer_lag`]), and a `client.id`. It
 /// always sets `group.id`: the [group id](KafkaSourceBuilder::group_id), or one of its own
 /// that nothing is committed to (librdkafka assigns partitions through a group handle).
 ///
@@ -387,6 +389,7 @@ impl<D> KafkaSourceBuilder<D> {
             .set_default("queued.min.messages", "20000")
             .set_default("fetch.queue.backoff.ms", "10")
             .set_default("fetch.wait.max.ms", "50")
+            .set_default("statistics.interval.ms", "1000")
             .set_default("client.id", format!("tideline-{name}"));
         // librdkafka assigns partitions through its group handle, so its consumers need a group
         // id even when nothing is committed: one of their own then.

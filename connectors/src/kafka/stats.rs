@@ -15,6 +15,7 @@ pub struct KafkaSourceStats {
     assignment: Mutex<BTreeMap<(String, i32), usize>>,
     positions: Mutex<BTreeMap<(String, i32), i64>>,
     committed: Mutex<BTreeMap<(String, i32), i64>>,
+    log_ends: Mutex<BTreeMap<(String, i32), i64>>,
     commits: AtomicU64,
     commit_failures: AtomicU64,
     dead_letters_produced: AtomicU64,
@@ -49,6 +50,34 @@ impl KafkaSourceStats {
         lock(&self.committed).clone()
     }
 
+    /// Consumer lag per partition this process reads, as `(topic, partition, lag)` sorted by
+    /// topic and partition: the log end offset (high watermark) minus the next offset the
+    /// source will read, never below 0. What Prometheus' `tideline_kafka_consumer_lag{topic,
+    /// partition}` shows.
+    ///
+    /// The log end offsets come from the consumer's statistics (`statistics.interval.ms`, 1 s
+    /// by default here) and the positions are taken at every commit interval, so the lag is
+    /// up to about a second old; a partition a bounded read has finished has lag 0 (unless the
+    /// statistics saw messages beyond the end it read to). Partitions whose log end is not
+    /// known yet are left out.
+    pub fn consumer_lag(&self) -> Vec<(String, i32, i64)> {
+        let positions = lock(&self.positions);
+        lock(&self.log_ends)
+            .iter()
+            .filter_map(|((topic, partition), end)| {
+                let position = positions.get(&(topic.clone(), *partition))?;
+                Some((topic.clone(), *partition, (end - position).max(0)))
+            })
+            .collect()
+    }
+
+    /// The committed offset per partition, as `(topic, partition, offset)` sorted by topic and
+    /// partition (the [`committed`](Self::committed) map as a list). What Prometheus'
+    /// `tideline_kafka_committed_offset{topic, partition}` shows.
+    pub fn committed_offsets(&self) -> Vec<(String, i32, i64)> {
+        lock(&self.committed).iter().map(|((t, p), o)| (t.clone(), *p, *o)).collect()
+    }
+
     /// Offsets confirmed by the group coordinator (one per partition and commit).
     pub fn commits(&self) -> u64 {
         self.commits.load(Ordering::Relaxed)
@@ -76,7 +105,7 @@ impl KafkaSourceStats {
     }
 
     /// Bytes in the clients' prefetch queues, summed over workers, as of their last statistics
-    /// report (only with the client property `statistics.interval.ms` set).
+    /// report (every `statistics.interval.ms`, 1 s by default here).
     pub fn prefetched_bytes(&self) -> u64 {
         lock(&self.prefetched).values().sum()
     }
@@ -95,6 +124,13 @@ impl KafkaSourceStats {
         for (topic, partition, next) in positions {
             map.insert((topic, partition), next);
         }
+    }
+
+    /// A partition's log end offset, as seen by the client (never moves back).
+    pub(crate) fn record_log_end(&self, topic: &str, partition: i32, end: i64) {
+        let mut ends = lock(&self.log_ends);
+        let entry = ends.entry((topic.to_string(), partition)).or_insert(end);
+        *entry = (*entry).max(end);
     }
 
     pub(crate) fn record_commit(&self, topic: &str, partition: i32, offset: i64) {
