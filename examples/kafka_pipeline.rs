@@ -13,6 +13,7 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
@@ -66,7 +67,9 @@ WINDOWS:
   --out-of-orderness D    watermark = largest event time seen - D, per partition (default 5s)
   --idle-timeout T        partitions silent for T stop holding the watermark (default: never)
   --bounded               read to the end offsets seen at the start, write everything, commit,
-                          and exit (default: run until interrupted)
+                          and exit (default: run until interrupted: SIGTERM or SIGINT stops
+                          reading, lets the sinks write what follows, commits, and exits 0;
+                          windows still open are not written, a restart reads them again)
   --quiet                 no progress on stderr
 
 Durations are a whole number with a unit: ms, s, m or h.
@@ -247,6 +250,32 @@ fn generate(options: &Options, events: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// On SIGTERM or SIGINT: read no more, let the sinks write and acknowledge what follows from
+/// what was read, commit the offsets that are then safe, and exit. Windows still open are not
+/// emitted (the input has not ended); a restart from the committed offsets reads their
+/// records again.
+fn stop_gracefully(source: &KafkaSource<InputRow>, sinks: &[SinkHandle], options: &Options) -> Result<(), String> {
+    if !options.quiet {
+        eprintln!("kafka_pipeline: stopping: reading no more, committing what the sinks have written");
+    }
+    source.stop();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !source.is_stopped() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for sink in sinks {
+        sink.check().map_err(|e| e.to_string())?;
+    }
+    if !source.is_stopped() {
+        return Err("stopping: the offsets were not committed within 60 s; a restart reads more again".into());
+    }
+    if !options.quiet {
+        let committed: i64 = source.stats().committed_offsets().iter().map(|(_, _, offset)| offset).sum();
+        eprintln!("kafka_pipeline: stopped; {committed} readings committed in group {}", options.group);
+    }
+    Ok(())
+}
+
 /// The key of a window result in the output topic.
 fn result_key(row: &OutputRow) -> String {
     format!("{}@{}", row.key, row.window_start_ms)
@@ -264,6 +293,7 @@ fn run(cluster: Cluster, options: &Options) -> Result<(), String> {
         source = source.bounded();
     }
     let source = source.build().map_err(|e| e.to_string())?;
+    let stopper = source.clone();
     let kafka_stats = Arc::clone(source.stats());
     let results = KafkaSink::<OutputRow>::builder(config.clone(), &options.output)
         .format(SinkFormat::Upsert)
@@ -311,9 +341,17 @@ fn run(cluster: Cluster, options: &Options) -> Result<(), String> {
         })
     });
 
+    // SIGTERM or SIGINT: stop gracefully (see `stop_gracefully`).
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, Arc::clone(&stop)).map_err(|e| format!("handling signal {signal}: {e}"))?;
+    }
     let mut last = Instant::now();
     let mut errors_shown = 0;
     while !job.is_finished() {
+        if stop.load(Ordering::SeqCst) {
+            return stop_gracefully(&stopper, &sinks, options);
+        }
         std::thread::sleep(Duration::from_millis(50));
         if !options.quiet && last.elapsed() >= Duration::from_secs(1) {
             eprintln!("kafka_pipeline: {}", metrics.progress_line());

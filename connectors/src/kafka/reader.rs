@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
@@ -18,7 +19,7 @@ use tideline::time::watermark::PartitionId;
 use tideline::timely::scheduling::SyncActivator;
 
 use crate::error::ConnectorError;
-use crate::kafka::committer::Committer;
+use crate::kafka::committer::{CommitError, Committer};
 use crate::kafka::dead_letters::DeadLetterProducer;
 use crate::kafka::decode::KafkaMessage;
 use crate::kafka::discovery::{Discovered, Discovery};
@@ -102,13 +103,27 @@ pub(super) struct KafkaReader<D> {
     last_commit: Instant,
     last_position_check: Instant,
     finish_started: Option<Instant>,
+    /// Stopping gracefully: since when, and the safe time last seen with when it last moved.
+    stopping: Option<Stopping>,
     dead_letters: Option<DeadLetterProducer>,
     consumer: Option<BaseConsumer<ReaderContext>>,
 }
 
+/// A reader stopping gracefully ([`KafkaSource::stop`](super::KafkaSource::stop)).
+struct Stopping {
+    since: Instant,
+    safe_time: Option<Time>,
+    settled_since: Instant,
+    done: bool,
+}
+
+/// How long the safe time must stay where it is before a stopping reader takes it as final.
+const SETTLE: Duration = Duration::from_millis(300);
+
 impl<D: 'static> KafkaReader<D> {
     pub(super) fn new(inner: Arc<Inner<D>>, index: usize, peers: usize, activator: SyncActivator) -> Self {
         let now = Instant::now();
+        inner.stop.readers.fetch_add(1, Ordering::SeqCst);
         KafkaReader {
             inner,
             index,
@@ -122,6 +137,7 @@ impl<D: 'static> KafkaReader<D> {
             last_commit: now,
             last_position_check: now,
             finish_started: None,
+            stopping: None,
             dead_letters: None,
             consumer: None,
         }
@@ -317,9 +333,11 @@ impl<D: 'static> KafkaReader<D> {
         result.map_err(|e| ConnectorError::kafka("unassigning a finished partition", e))
     }
 
-    /// Applies the results of earlier commits.
-    fn take_commit_results(&mut self) {
-        let Some(committer) = self.committer.as_ref() else { return };
+    /// Applies the results of earlier commits; `Err` when committing cannot work (the group
+    /// is used by another run or another consumer).
+    fn take_commit_results(&mut self) -> Result<(), ConnectorError> {
+        let Some(committer) = self.committer.as_ref() else { return Ok(()) };
+        let mut refused = None;
         for outcome in committer.results.try_iter() {
             for (topic, partition, offset, result) in outcome {
                 let Some(t) = self.inner.plan.topics.iter().position(|x| *x == topic) else { continue };
@@ -329,13 +347,23 @@ impl<D: 'static> KafkaReader<D> {
                         state.committed = Some(state.committed.map_or(offset, |c| c.max(offset)));
                         self.inner.stats.record_commit(&topic, partition, offset);
                     }
-                    Err(e) => {
+                    Err(CommitError::Retry(e)) => {
                         // Sent again at the next interval.
                         state.sent = state.committed;
+                        tracing::warn!(source = %self.inner.plan.name, %topic, partition, offset, error = %e, "commit failed; retrying at the next interval");
                         self.inner.stats.record_commit_failure(format!("{topic}/{partition} at {offset}: {e}"));
+                    }
+                    Err(CommitError::Refused(problem)) => {
+                        state.sent = state.committed;
+                        self.inner.stats.record_commit_failure(format!("{topic}/{partition} at {offset}: {problem}"));
+                        refused = Some(problem);
                     }
                 }
             }
+        }
+        match refused {
+            Some(problem) => Err(ConnectorError::Config(problem)),
+            None => Ok(()),
         }
     }
 
@@ -407,12 +435,15 @@ impl<D: 'static> KafkaReader<D> {
             self.start()?;
             self.phase = Phase::Read;
         }
+        if self.inner.stop.requested.load(Ordering::SeqCst) {
+            return Ok(self.stop_step(ctx));
+        }
         self.take_discoveries(ctx)?;
         if let Some(dead_letters) = self.dead_letters.as_mut() {
             dead_letters.serve(&self.inner.stats);
         }
         let read = self.read_messages(ctx)?;
-        self.take_commit_results();
+        self.take_commit_results()?;
         if self.inner.plan.bounded && read == 0 {
             self.check_positions(ctx)?;
         }
@@ -426,6 +457,57 @@ impl<D: 'static> KafkaReader<D> {
         } else {
             ReadStatus::Waiting(self.inner.plan.poll_interval)
         })
+    }
+}
+
+impl<D: 'static> KafkaReader<D> {
+    /// A graceful stop: read nothing more; let the dataflow drain what it has and the sinks
+    /// acknowledge it; commit what is then safe; report the reader stopped. The source stays
+    /// open (its watermark where it is): ending it would emit open windows as final.
+    fn stop_step(&mut self, ctx: &mut ReadContext<'_, D>) -> ReadStatus {
+        let now = Instant::now();
+        let safe_time = ctx.safe_time();
+        let stopping = self.stopping.get_or_insert_with(|| {
+            tracing::info!(source = %self.inner.plan.name, worker = self.index, "stopping: reading no more, committing what is durable");
+            Stopping { since: now, safe_time, settled_since: now, done: false }
+        });
+        if stopping.safe_time != safe_time {
+            stopping.safe_time = safe_time;
+            stopping.settled_since = now;
+        }
+        let (settled, since, done) =
+            (now.duration_since(stopping.settled_since) >= SETTLE, stopping.since, stopping.done);
+        if done {
+            return ReadStatus::Waiting(self.inner.plan.poll_interval);
+        }
+        if let Some(dead_letters) = self.dead_letters.as_mut() {
+            dead_letters.serve(&self.inner.stats);
+        }
+        let refused = self.take_commit_results().err();
+        if let Some(error) = &refused {
+            self.inner.stats.record_error(error.to_string());
+        }
+        self.commit(safe_time, true);
+        let delivered = self.dead_letters.as_ref().is_none_or(|d| d.is_idle());
+        let committed = match (safe_time, self.inner.plan.group_id.as_ref()) {
+            (Some(safe), Some(_)) => self.all_committed(safe),
+            _ => true, // nothing is ever committed
+        };
+        let gave_up = refused.is_some() || now.duration_since(since) >= self.inner.plan.request_timeout;
+        if (settled && delivered && committed) || gave_up {
+            if gave_up {
+                self.inner.stats.record_error(format!(
+                    "{} (worker {}): stopping: not everything safe was committed within {:?}",
+                    self.inner.plan.name, self.index, self.inner.plan.request_timeout
+                ));
+            }
+            if let Some(stopping) = self.stopping.as_mut() {
+                stopping.done = true;
+            }
+            self.inner.stop.stopped.fetch_add(1, Ordering::SeqCst);
+            return ReadStatus::Waiting(self.inner.plan.poll_interval);
+        }
+        ReadStatus::Waiting(FINISH_POLL)
     }
 }
 
@@ -498,8 +580,14 @@ impl<D: 'static> SourceReader for KafkaReader<D> {
             return ReadStatus::Done;
         }
         match self.step(ctx) {
+            Ok(ReadStatus::Done) => {
+                // Read to its end: nothing for a graceful stop to wait for.
+                self.inner.stop.readers.fetch_sub(1, Ordering::SeqCst);
+                ReadStatus::Done
+            }
             Ok(status) => status,
             Err(error) => {
+                self.inner.stop.readers.fetch_sub(1, Ordering::SeqCst);
                 ctx.fail(format!("Kafka source {} (worker {}) stopped: {error}", self.inner.plan.name, self.index));
                 self.phase = Phase::Failed;
                 ReadStatus::Done
@@ -522,7 +610,10 @@ impl<D: 'static> SourceReader for KafkaReader<D> {
         if let Some(dead_letters) = self.dead_letters.as_mut() {
             dead_letters.serve(&self.inner.stats);
         }
-        self.take_commit_results();
+        if let Err(error) = self.take_commit_results() {
+            ctx.fail(format!("Kafka source {} (worker {}): {error}", plan.name, self.index));
+            return ReadStatus::Done;
+        }
         let safe_time = ctx.safe_time();
         if safe_time.is_none() || plan.group_id.is_none() || self.phase == Phase::Failed {
             return ReadStatus::Done; // nothing is ever committed

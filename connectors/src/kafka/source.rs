@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::marker::PhantomData;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -60,6 +61,9 @@ impl<D> Clone for EventTimeFrom<D> {
 #[derive(Debug)]
 pub(super) struct Plan {
     pub(super) name: String,
+    /// Identifies this run of the job in the commit metadata, so that another run committing
+    /// to the same group is noticed.
+    pub(super) run: String,
     pub(super) config: KafkaConfig,
     pub(super) topics: Vec<String>,
     pub(super) group_id: Option<String>,
@@ -180,7 +184,19 @@ pub(super) struct Inner<D> {
     pub(super) decoder: Decoder<D>,
     pub(super) event_time: EventTimeFrom<D>,
     pub(super) stats: Arc<KafkaSourceStats>,
+    pub(super) stop: Stop,
     _marker: PhantomData<fn() -> D>,
+}
+
+/// A graceful stop, shared by this process's readers of one source.
+#[derive(Debug, Default)]
+pub(super) struct Stop {
+    /// Asked to stop.
+    pub(super) requested: AtomicBool,
+    /// Readers started in this process.
+    pub(super) readers: AtomicUsize,
+    /// Readers that have stopped reading and committed what is safe.
+    pub(super) stopped: AtomicUsize,
 }
 
 impl<D> KafkaSource<D> {
@@ -398,7 +414,10 @@ impl<D> KafkaSourceBuilder<D> {
         if self.dead_letter_topic.is_some() {
             config.check_client(true)?;
         }
+        let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let host = std::env::var("HOSTNAME").unwrap_or_default();
         let plan = Plan {
+            run: format!("{host}:{}:{}", std::process::id(), started.as_nanos()),
             name,
             config,
             topics: self.topics,
@@ -418,6 +437,7 @@ impl<D> KafkaSourceBuilder<D> {
                 decoder: self.decoder,
                 event_time: self.event_time,
                 stats: self.stats.unwrap_or_default(),
+                stop: Stop::default(),
                 _marker: PhantomData,
             }),
         })
@@ -442,6 +462,26 @@ impl<D: Clone + 'static> KafkaSource<D> {
 }
 
 impl<D> KafkaSource<D> {
+    /// Stops this process's readers gracefully (e.g. on SIGTERM): they read no more, and once
+    /// the sinks have durably written what follows from what was read and the offsets that
+    /// are safe are committed, [`is_stopped`](Self::is_stopped) says so. The dataflow itself
+    /// is not completed — open windows are *not* emitted as if the input had ended; a restart
+    /// from the committed offsets reads their records again — so the program then exits (or
+    /// drops the dataflow).
+    pub fn stop(&self) {
+        self.inner.stop.requested.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether every reader of this process has stopped after [`stop`](Self::stop): nothing
+    /// more is read, every sink acknowledged what it was given, and every safe offset is
+    /// committed (or a reader gave up on a commit after its request timeout, reported in the
+    /// stats' errors).
+    pub fn is_stopped(&self) -> bool {
+        let stop = &self.inner.stop;
+        stop.requested.load(Ordering::SeqCst)
+            && stop.stopped.load(Ordering::SeqCst) >= stop.readers.load(Ordering::SeqCst)
+    }
+
     /// The source's Kafka counters.
     pub fn stats(&self) -> &Arc<KafkaSourceStats> {
         &self.inner.stats
