@@ -26,7 +26,9 @@ use tideline::source::SourceConfig;
 use tideline::time::late::LatePolicy;
 use tideline::time::parse_duration;
 use tideline::window::aggregate::AllStats;
-use tideline_connectors::kafka::{KafkaConfig, KafkaSink, KafkaSource, SinkFormat, StartOffsets, create_topic};
+use tideline_connectors::kafka::{
+    KafkaConfig, KafkaSink, KafkaSource, SinkFormat, StartOffsets, TopicPolicy, create_topic, ensure_topic,
+};
 use tideline_examples::{GENERATED_PARTITIONS, InputRow, OutputRow, generated_partition};
 
 const USAGE: &str = "\
@@ -45,7 +47,10 @@ GENERATE (then exit):
   --generate N            produce N generated sensor readings to --input (the window_agg data
                           set: out of order by up to 3 s, one in a thousand 5-30 s late),
                           generated partition p to topic partition p
-  --partitions P          create --input with P partitions if it does not exist (default 4)
+  --partitions P          create --input with P partitions if it does not exist (default 4);
+                          when running, the output topics that do not exist are created with
+                          P partitions: --output compacted (cleanup.policy=compact), the
+                          others deleting by retention, stamped with their write time
   --malformed-every K     replace every K-th message of each partition by one that is not a
                           reading (default 0: none)
 
@@ -304,6 +309,13 @@ fn run(cluster: Cluster, options: &Options) -> Result<(), String> {
         .format(SinkFormat::AppendOnly)
         .key(|row: &InputRow| row.key.clone())
         .build()
+        .map_err(|e| e.to_string())?;
+    // The output topics, with the policy each needs (results: compacted upserts), or a clear
+    // error if one exists with another; left to the broker, they would get its defaults.
+    let timeout = Duration::from_secs(30);
+    results.ensure_topic(options.partitions, timeout).map_err(|e| e.to_string())?;
+    late.ensure_topic(options.partitions, timeout).map_err(|e| e.to_string())?;
+    ensure_topic(&kafka_config(options), &options.dead_letters, options.partitions, TopicPolicy::Delete, timeout)
         .map_err(|e| e.to_string())?;
     let spec = WindowSpec::tumbling(options.window).map_err(|e| e.to_string())?;
     let mut watermarks = WatermarkStrategy::bounded_out_of_orderness(options.out_of_orderness);

@@ -64,7 +64,7 @@ mod sink;
 mod source;
 mod stats;
 
-pub use admin::create_topic;
+pub use admin::{TopicPolicy, create_topic, ensure_topic};
 pub use config::KafkaConfig;
 pub use decode::{Decoder, KafkaMessage, Keyed, RawMessage};
 pub use sink::{DeliveryError, KafkaSink, KafkaSinkBuilder, KafkaSinkStats, SinkFormat};

@@ -19,6 +19,7 @@ use tideline::timely::dataflow::operators::Exchange;
 use tideline::{ExchangeData, Time, VecCollection};
 
 use crate::error::ConnectorError;
+use crate::kafka::admin::TopicPolicy;
 use crate::kafka::config::KafkaConfig;
 use crate::kafka::{fnv1a, is_retryable};
 
@@ -226,6 +227,23 @@ impl<D: ExchangeData + Serialize> KafkaSink<D> {
     /// The topic written to.
     pub fn topic(&self) -> &str {
         &self.inner.topic
+    }
+
+    /// The `cleanup.policy` this sink's topic needs: compacted for upserts, deleting (by
+    /// retention) for changelogs and append-only rows.
+    pub fn topic_policy(&self) -> TopicPolicy {
+        match self.inner.format {
+            SinkFormat::Upsert => TopicPolicy::Compact,
+            SinkFormat::Changelog | SinkFormat::AppendOnly => TopicPolicy::Delete,
+        }
+    }
+
+    /// Creates the sink's topic with the [policy](Self::topic_policy) its format needs (and
+    /// `partitions` partitions) unless it exists, and fails clearly if it exists with another
+    /// policy ([`ensure_topic`](crate::kafka::ensure_topic)). Call it before running the job;
+    /// a topic the broker creates on first write gets the broker's defaults instead.
+    pub fn ensure_topic(&self, partitions: i32, timeout: Duration) -> Result<bool, ConnectorError> {
+        crate::kafka::ensure_topic(&self.inner.config, &self.inner.topic, partitions, self.topic_policy(), timeout)
     }
 }
 

@@ -100,3 +100,26 @@ fn upserts_write_new_values_and_tombstones_and_append_only_refuses_retractions()
         .collect();
     assert!(!rows.contains(&r#"["a",2]"#.to_string()), "{rows:?}");
 }
+
+#[test]
+fn sink_topics_are_created_with_their_policy_and_a_wrong_one_is_refused() {
+    let _serial = crate::common::serial();
+    let test = "sink_topics_are_created_with_their_policy_and_a_wrong_one_is_refused";
+    let Some(brokers) = brokers(test) else { return };
+    use tideline_connectors::kafka::{TopicPolicy, ensure_topic};
+    let config = KafkaConfig::new(&brokers);
+    let upserts = KafkaSink::<crate::common::Reading>::builder(config.clone(), unique("policy-upserts"))
+        .format(SinkFormat::Upsert)
+        .key(|r: &crate::common::Reading| r.key.clone())
+        .build()
+        .unwrap();
+    let timeout = Duration::from_secs(30);
+    assert!(upserts.ensure_topic(2, timeout).unwrap(), "created");
+    assert!(!upserts.ensure_topic(2, timeout).unwrap(), "exists, compacted: fine");
+    // A topic the broker made with its defaults (cleanup.policy=delete) is refused for upserts.
+    let plain = unique("policy-plain");
+    create(&brokers, &plain, 1);
+    let error = ensure_topic(&config, &plain, 1, TopicPolicy::Compact, timeout).unwrap_err().to_string();
+    assert!(error.contains("cleanup.policy=delete") && error.contains("needs cleanup.policy=compact"), "{error}");
+    assert!(!ensure_topic(&config, &plain, 1, TopicPolicy::Delete, timeout).unwrap());
+}
