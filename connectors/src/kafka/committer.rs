@@ -26,7 +26,13 @@ pub(super) enum CommitError {
     Retry(String),
     /// Committing cannot work: the group is used by others. Stops the source.
     Refused(String),
+    /// The group refused the commit as from a non-member (inside the committer only: it
+    /// becomes `Refused` when it repeats).
+    Membership(String),
 }
+
+/// Consecutive commits refused for membership after which the group is taken to have members.
+const MEMBERSHIP_REFUSALS: usize = 3;
 
 /// The prefix of the commit metadata Tideline writes: `tideline run HOST:PID:NANOS`.
 const RUN_TAG: &str = "tideline run ";
@@ -79,6 +85,7 @@ impl Committer {
                 let tag = format!("{RUN_TAG}{run}");
                 // What this run committed (and the broker confirmed), per partition.
                 let mut ours: BTreeMap<(String, i32), i64> = BTreeMap::new();
+                let mut refusals = 0;
                 while let Ok(first) = incoming.recv() {
                     if stop.load(Ordering::Acquire) {
                         break;
@@ -88,10 +95,23 @@ impl Committer {
                         let entry = latest.entry((topic, partition)).or_insert(offset);
                         *entry = (*entry).max(offset);
                     }
-                    let outcome = match other_run(&consumer, &ours, &latest, &tag, &group, wait) {
+                    let mut outcome = match other_run(&consumer, &ours, &latest, &tag, &group, wait) {
                         Some(problem) => refuse(&latest, problem),
                         None => commit_sync(&consumer, &latest, &tag, &group),
                     };
+                    // A group with members refuses every commit; one refusal among other
+                    // coordinator errors is retried like them.
+                    let membership = outcome.iter().any(|(.., r)| matches!(r, Err(CommitError::Membership(_))));
+                    refusals = if membership { refusals + 1 } else { 0 };
+                    for (.., result) in &mut outcome {
+                        if let Err(CommitError::Membership(problem)) = result {
+                            *result = Err(if refusals >= MEMBERSHIP_REFUSALS {
+                                CommitError::Refused(problem.clone())
+                            } else {
+                                CommitError::Retry(problem.clone())
+                            });
+                        }
+                    }
                     for (topic, partition, offset, result) in &outcome {
                         if result.is_ok() {
                             ours.insert((topic.clone(), *partition), *offset);
@@ -204,7 +224,7 @@ fn classify(error: rdkafka::error::KafkaError, group: &str) -> CommitError {
     use rdkafka::types::RDKafkaErrorCode as C;
     match error.rdkafka_error_code() {
         Some(C::UnknownMemberId | C::IllegalGeneration | C::FencedInstanceId | C::StaleMemberEpoch) => {
-            CommitError::Refused(format!(
+            CommitError::Membership(format!(
                 "group {group:?} refuses the commit ({error}): another consumer is a member of it (one that \
                  subscribed with this group id, e.g. a console consumer or another application). Tideline \
                  assigns its partitions itself and needs a group of its own"

@@ -347,7 +347,7 @@ impl<D: 'static> KafkaReader<D> {
                         state.committed = Some(state.committed.map_or(offset, |c| c.max(offset)));
                         self.inner.stats.record_commit(&topic, partition, offset);
                     }
-                    Err(CommitError::Retry(e)) => {
+                    Err(CommitError::Retry(e) | CommitError::Membership(e)) => {
                         // Sent again at the next interval.
                         state.sent = state.committed;
                         tracing::warn!(source = %self.inner.plan.name, %topic, partition, offset, error = %e, "commit failed; retrying at the next interval");
