@@ -63,7 +63,8 @@ TOPICS:
   --late TOPIC            readings that arrived behind the watermark, unchanged
                           (default late-readings)
   --dead-letters TOPIC    messages that are not readings, with headers saying where they came
-                          from and why (default readings-dead-letters)
+                          from and why; also output records the broker refuses (e.g. too
+                          large), described with the reason (default readings-dead-letters)
   --group GROUP           consumer group the offsets are committed to (default kafka-pipeline);
                           a restart resumes from its committed offsets
 
@@ -303,11 +304,13 @@ fn run(cluster: Cluster, options: &Options) -> Result<(), String> {
     let results = KafkaSink::<OutputRow>::builder(config.clone(), &options.output)
         .format(SinkFormat::Upsert)
         .key(result_key)
+        .dead_letter_topic(&options.dead_letters)
         .build()
         .map_err(|e| e.to_string())?;
     let late = KafkaSink::<InputRow>::builder(config, &options.late)
         .format(SinkFormat::AppendOnly)
         .key(|row: &InputRow| row.key.clone())
+        .dead_letter_topic(&options.dead_letters)
         .build()
         .map_err(|e| e.to_string())?;
     // The output topics, with the policy each needs (results: compacted upserts), or a clear

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use rdkafka::ClientContext;
 use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 use serde::Serialize;
@@ -53,6 +54,7 @@ pub struct KafkaSinkBuilder<D> {
     value: Option<ValueFn<D>>,
     name: Option<String>,
     stats: Option<Arc<KafkaSinkStats>>,
+    dead_letter_topic: Option<String>,
 }
 
 /// Writes a collection to a Kafka topic: a changelog, upserts or append-only rows
@@ -94,6 +96,7 @@ struct SinkInner<D> {
     value: ValueFn<D>,
     name: String,
     stats: Arc<KafkaSinkStats>,
+    dead_letter_topic: Option<String>,
 }
 
 impl<D> fmt::Debug for KafkaSink<D> {
@@ -126,6 +129,7 @@ impl<D: Serialize + 'static> KafkaSink<D> {
             value: None,
             name: None,
             stats: None,
+            dead_letter_topic: None,
         }
     }
 }
@@ -165,6 +169,18 @@ impl<D: 'static> KafkaSinkBuilder<D> {
         self.stats = Some(stats);
         self
     }
+
+    /// Where output records the broker refuses for what they are (too large:
+    /// `MessageSizeTooLarge`; an invalid record) go instead of stopping the sink: a message
+    /// keyed by the first kilobyte of the record's key, whose JSON value says which sink and
+    /// topic, the update's time, the reason and the key's and value's sizes, with the headers
+    /// `tideline.sink`, `tideline.topic` and `tideline.reason`. Counted in
+    /// [`KafkaSinkStats::dead_letters`]. Without one such a record stops the sink (fatal):
+    /// every restart would fail on it again.
+    pub fn dead_letter_topic(mut self, topic: impl Into<String>) -> Self {
+        self.dead_letter_topic = Some(topic.into());
+        self
+    }
 }
 
 impl<D: Serialize + 'static> KafkaSinkBuilder<D> {
@@ -198,6 +214,7 @@ impl<D: Serialize + 'static> KafkaSinkBuilder<D> {
                 value,
                 name,
                 stats: self.stats.unwrap_or_default(),
+                dead_letter_topic: self.dead_letter_topic,
             }),
         })
     }
@@ -253,6 +270,7 @@ pub struct KafkaSinkStats {
     produced: AtomicU64,
     delivered: AtomicU64,
     flushes: AtomicU64,
+    dead_letters: AtomicU64,
     errors: Mutex<Vec<DeliveryError>>,
 }
 
@@ -287,6 +305,11 @@ impl KafkaSinkStats {
         self.flushes.load(Ordering::Relaxed)
     }
 
+    /// Output records the broker refused that went to the dead-letter topic.
+    pub fn dead_letters(&self) -> u64 {
+        self.dead_letters.load(Ordering::Relaxed)
+    }
+
     /// Deliveries that failed for good.
     pub fn delivery_errors(&self) -> Vec<DeliveryError> {
         self.errors.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
@@ -303,7 +326,36 @@ struct SinkContext {
 struct Deliveries {
     /// Sequence numbers of the messages produced and not yet acknowledged.
     in_flight: BTreeSet<u64>,
-    failures: Vec<KafkaError>,
+    /// Dead letters produced and not yet acknowledged.
+    dead_in_flight: u64,
+    failures: Vec<Failure>,
+}
+
+/// A message that was not delivered: the error, and what a dead letter says of the record.
+struct Failure {
+    error: KafkaError,
+    key: Option<Vec<u8>>,
+    key_bytes: usize,
+    value_bytes: usize,
+    timestamp: Option<i64>,
+}
+
+/// The opaque of a dead letter's delivery report (output messages carry their sequence).
+const DEAD_LETTER: usize = usize::MAX;
+/// How much of a refused record's key a dead letter keeps.
+const KEY_PREFIX: usize = 1024;
+
+/// Errors that say the broker will never take this record (not the brokers' state).
+fn refused_record(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::InvalidMessage
+                | RDKafkaErrorCode::InvalidMessageSize
+        )
+    )
 }
 
 impl ClientContext for SinkContext {}
@@ -312,13 +364,39 @@ impl ProducerContext for SinkContext {
     type DeliveryOpaque = usize;
 
     fn delivery(&self, result: &DeliveryResult<'_>, sequence: usize) {
+        use rdkafka::Message;
         let mut deliveries = self.deliveries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if sequence == DEAD_LETTER {
+            deliveries.dead_in_flight = deliveries.dead_in_flight.saturating_sub(1);
+            match result {
+                Ok(_) => {
+                    self.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
+                }
+                Err((error, _)) => deliveries.failures.push(Failure {
+                    error: error.clone(),
+                    key: None,
+                    key_bytes: 0,
+                    value_bytes: 0,
+                    timestamp: None,
+                }),
+            }
+            return;
+        }
         deliveries.in_flight.remove(&(sequence as u64));
         match result {
             Ok(_) => {
                 self.stats.delivered.fetch_add(1, Ordering::Relaxed);
             }
-            Err((error, _)) => deliveries.failures.push(error.clone()),
+            Err((error, message)) => {
+                let key = message.key().map(|k| k[..k.len().min(KEY_PREFIX)].to_vec());
+                deliveries.failures.push(Failure {
+                    error: error.clone(),
+                    key,
+                    key_bytes: message.key_len(),
+                    value_bytes: message.payload_len(),
+                    timestamp: message.timestamp().to_millis(),
+                });
+            }
         }
     }
 }
@@ -431,11 +509,57 @@ impl<D: ExchangeData + Serialize> KafkaWriter<D> {
         self.producer.as_ref().map_err(|e| self.error(e))
     }
 
-    /// The first delivery that failed for good, as the sink's error.
+    /// Sends a record the broker refused to the dead-letter topic; `false` without one.
+    fn dead_letter(&self, failure: &Failure) -> tideline::Result<bool> {
+        let Some(topic) = &self.inner.dead_letter_topic else { return Ok(false) };
+        let producer = self.producer()?;
+        let reason = failure.error.to_string();
+        let value = serde_json::json!({
+            "sink": self.inner.name,
+            "topic": self.inner.topic,
+            "time": failure.timestamp,
+            "reason": reason,
+            "key_bytes": failure.key_bytes,
+            "value_bytes": failure.value_bytes,
+        })
+        .to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: "tideline.sink", value: Some(self.inner.name.as_bytes()) })
+            .insert(Header { key: "tideline.topic", value: Some(self.inner.topic.as_bytes()) })
+            .insert(Header { key: "tideline.reason", value: Some(reason.as_bytes()) });
+        let mut record = BaseRecord::with_opaque_to(topic, DEAD_LETTER).payload(&value).headers(headers);
+        if let Some(key) = &failure.key {
+            record = record.key(key);
+        }
+        producer.context().deliveries.lock().unwrap_or_else(|e| e.into_inner()).dead_in_flight += 1;
+        if let Err((error, _)) = producer.send(record) {
+            producer.context().deliveries.lock().unwrap_or_else(|e| e.into_inner()).dead_in_flight -= 1;
+            return Err(self.error(format_args!("cannot produce a dead letter to {topic}: {error}")));
+        }
+        let count = self.inner.stats.dead_letters() + 1;
+        if count == 1 || count.is_power_of_two() {
+            // Rate-limited: the first, then at every doubling.
+            tracing::warn!(sink = %self.inner.name, topic = %self.inner.topic, dead_letter_topic = %topic, count, %reason, "output record refused by the broker; sent to the dead-letter topic");
+        }
+        Ok(true)
+    }
+
+    /// The first delivery that failed for good, as the sink's error. Records the broker
+    /// refuses for what they are go to the dead-letter topic instead, if there is one.
     fn check_deliveries(&self) -> tideline::Result<()> {
         let producer = self.producer()?;
-        let failures =
+        let mut failures =
             std::mem::take(&mut producer.context().deliveries.lock().unwrap_or_else(|e| e.into_inner()).failures);
+        let mut kept = Vec::new();
+        for failure in failures.drain(..) {
+            if !(refused_record(&failure.error)
+                && failure.key_bytes + failure.value_bytes > 0
+                && self.dead_letter(&failure)?)
+            {
+                kept.push(failure.error);
+            }
+        }
+        let failures = kept;
         let Some(first) = failures.first() else { return Ok(()) };
         let errors: Vec<DeliveryError> = failures
             .iter()
@@ -452,6 +576,8 @@ impl<D: ExchangeData + Serialize> KafkaWriter<D> {
             self.inner.topic,
             if retryable {
                 "retryable: the brokers were unreachable or busy; run the job again, from the committed offsets"
+            } else if refused_record(first) {
+                "fatal: the broker refuses the record itself; give the sink a dead_letter_topic to set such records aside"
             } else {
                 "fatal"
             }
@@ -489,6 +615,17 @@ impl<D: ExchangeData + Serialize> SinkWriter<D> for KafkaWriter<D> {
                     }
                     Err((error, _)) => {
                         producer.context().deliveries.lock().unwrap_or_else(|e| e.into_inner()).in_flight.remove(&next);
+                        let failure = Failure {
+                            key: message.key.as_ref().map(|k| k[..k.len().min(KEY_PREFIX)].to_vec()),
+                            key_bytes: message.key.as_ref().map_or(0, Vec::len),
+                            value_bytes: message.value.as_ref().map_or(0, Vec::len),
+                            timestamp,
+                            error,
+                        };
+                        if refused_record(&failure.error) && self.dead_letter(&failure)? {
+                            break;
+                        }
+                        let error = failure.error;
                         let retryable = is_retryable(&error);
                         return Err(self.error(format_args!(
                             "cannot produce to {} ({}): {error}",
@@ -523,7 +660,14 @@ impl<D: ExchangeData + Serialize> SinkWriter<D> for KafkaWriter<D> {
         producer.poll(Duration::ZERO);
         self.check_deliveries()?;
         let producer = self.producer()?;
-        let oldest = producer.context().deliveries.lock().unwrap_or_else(|e| e.into_inner()).in_flight.first().copied();
+        let (oldest, dead_in_flight) = {
+            let deliveries = producer.context().deliveries.lock().unwrap_or_else(|e| e.into_inner());
+            (deliveries.in_flight.first().copied(), deliveries.dead_in_flight)
+        };
+        if dead_in_flight > 0 {
+            // A refused record is accounted for once its dead letter is acknowledged.
+            return Ok(Durability::Behind(self.durable));
+        }
         let acknowledged = oldest.unwrap_or(self.next);
         while let Some(&(frontier, before)) = self.marks.front() {
             if before > acknowledged {
