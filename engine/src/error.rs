@@ -37,6 +37,20 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+    /// A connector (Kafka, files, …) failed. `source` is the connector's own error, kept with
+    /// its kind (downcast it, e.g. to `tideline_connectors::kafka::KafkaError`); `retryable`
+    /// says whether running the same operation or job again may succeed (brokers unreachable,
+    /// timeouts) or not (configuration, authorization, a record the broker refuses).
+    #[error("{connector}: {source}")]
+    Connector {
+        /// Which connector: `kafka`, `file`, ….
+        connector: String,
+        /// Whether retrying may succeed.
+        retryable: bool,
+        /// The connector's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The timely runtime could not start or a worker failed.
     #[error("runtime: {0}")]
     Runtime(String),
