@@ -370,8 +370,11 @@ fn run(cluster: Cluster, options: &Options) -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(50));
         if !options.quiet && last.elapsed() >= Duration::from_secs(1) {
             eprintln!("kafka_pipeline: {}", metrics.progress_line());
-            // Transient client errors (brokers unreachable, ...) are retried; say what happens.
-            if kafka_stats.errors() > errors_shown {
+            // An outage is shown while it lasts; other transient client errors (retried) once.
+            if let Some((lasted, reason)) = kafka_stats.outage() {
+                eprintln!("kafka_pipeline: Kafka brokers unreachable for {} s (retrying): {reason}", lasted.as_secs());
+                errors_shown = kafka_stats.errors();
+            } else if kafka_stats.errors() > errors_shown {
                 errors_shown = kafka_stats.errors();
                 if let Some(error) = kafka_stats.recent_errors().last() {
                     eprintln!("kafka_pipeline: Kafka (retrying): {error}");

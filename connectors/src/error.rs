@@ -29,17 +29,11 @@ pub enum ConnectorError {
     /// An error of the engine.
     #[error(transparent)]
     Engine(#[from] tideline::Error),
-    /// An error of the Kafka client (librdkafka). Secrets of the configuration are never part
-    /// of its text.
+    /// An error of the Kafka connector ([`KafkaError`](crate::kafka::KafkaError)). Secrets of
+    /// the configuration are never part of its text.
     #[cfg(feature = "kafka")]
-    #[error("Kafka: {context}: {error}")]
-    Kafka {
-        /// What the connector was doing.
-        context: String,
-        /// The client's error.
-        #[source]
-        error: rdkafka::error::KafkaError,
-    },
+    #[error("Kafka: {0}")]
+    Kafka(#[from] crate::kafka::KafkaError),
 }
 
 #[cfg(feature = "kafka")]
@@ -53,7 +47,7 @@ impl From<rdkafka::error::KafkaError> for ConnectorError {
             }
             other => other,
         };
-        ConnectorError::Kafka { context: "client".into(), error }
+        ConnectorError::Kafka(crate::kafka::KafkaError::Client(error))
     }
 }
 
@@ -67,7 +61,7 @@ impl ConnectorError {
                 std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
             ),
             #[cfg(feature = "kafka")]
-            ConnectorError::Kafka { error, .. } => crate::kafka::is_retryable(error),
+            ConnectorError::Kafka(error) => error.is_retryable(),
             _ => false,
         }
     }
@@ -76,7 +70,9 @@ impl ConnectorError {
     #[cfg(feature = "kafka")]
     pub(crate) fn kafka(context: impl Into<String>, error: rdkafka::error::KafkaError) -> Self {
         match ConnectorError::from(error) {
-            ConnectorError::Kafka { error, .. } => ConnectorError::Kafka { context: context.into(), error },
+            ConnectorError::Kafka(crate::kafka::KafkaError::Client(source)) => {
+                ConnectorError::Kafka(crate::kafka::KafkaError::Operation { context: context.into(), source })
+            }
             other => other,
         }
     }
@@ -91,6 +87,12 @@ impl From<ConnectorError> for tideline::Error {
         match error {
             ConnectorError::Engine(e) => e,
             ConnectorError::Io { path, source } => tideline::Error::Io { path, source },
+            #[cfg(feature = "kafka")]
+            ConnectorError::Kafka(error) => tideline::Error::Connector {
+                connector: "kafka".into(),
+                retryable: error.is_retryable(),
+                source: Box::new(error),
+            },
             other => tideline::Error::Config(other.to_string()),
         }
     }

@@ -11,7 +11,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tideline::timely::scheduling::SyncActivator;
 
 use crate::error::ConnectorError;
-use crate::kafka::source::Plan;
+use crate::kafka::plan::Plan;
 use crate::kafka::stats::KafkaSourceStats;
 
 /// Offsets to commit: `(topic, partition, offset)`.

@@ -12,8 +12,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tideline::timely::scheduling::SyncActivator;
 
 use crate::error::ConnectorError;
-use crate::kafka::owner;
-use crate::kafka::source::{Plan, StartOffsets};
+use crate::kafka::plan::{Plan, StartOffsets, owner};
 
 /// A partition a worker starts reading.
 #[derive(Clone, Debug)]

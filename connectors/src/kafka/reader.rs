@@ -19,14 +19,15 @@ use tideline::time::watermark::PartitionId;
 use tideline::timely::scheduling::SyncActivator;
 
 use crate::error::ConnectorError;
+use crate::kafka::client::close_within;
 use crate::kafka::committer::{CommitError, Committer};
 use crate::kafka::dead_letters::DeadLetterProducer;
 use crate::kafka::decode::KafkaMessage;
 use crate::kafka::discovery::{Discovered, Discovery};
+use crate::kafka::error::{is_fatal, is_outage};
 use crate::kafka::ledger::OffsetLedger;
-use crate::kafka::source::{EventTimeFrom, Inner, Plan};
+use crate::kafka::plan::{EventTimeFrom, Inner, Plan, partition_id};
 use crate::kafka::stats::KafkaSourceStats;
-use crate::kafka::{close_within, is_fatal, partition_id};
 
 /// Client callbacks: statistics and errors, kept in the source's stats.
 struct ReaderContext {
@@ -54,6 +55,9 @@ impl ClientContext for ReaderContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        if is_outage(&error) {
+            self.stats.record_outage(format!("{error}: {reason}"));
+        }
         self.stats.record_error(format!("worker {}: {error}: {reason}", self.worker));
     }
 }
@@ -443,6 +447,9 @@ impl<D: 'static> KafkaReader<D> {
             dead_letters.serve(&self.inner.stats);
         }
         let read = self.read_messages(ctx)?;
+        if read > 0 {
+            self.inner.stats.record_reachable();
+        }
         self.take_commit_results()?;
         if self.inner.plan.bounded && read == 0 {
             self.check_positions(ctx)?;

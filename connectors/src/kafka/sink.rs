@@ -22,7 +22,8 @@ use tideline::{ExchangeData, Time, VecCollection};
 use crate::error::ConnectorError;
 use crate::kafka::admin::TopicPolicy;
 use crate::kafka::config::KafkaConfig;
-use crate::kafka::{fnv1a, is_retryable};
+use crate::kafka::error::is_retryable;
+use crate::kafka::plan::fnv1a;
 
 /// What a [`KafkaSink`] produces for each update of its collection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -1,9 +1,9 @@
 //! The Kafka source: partitioned, watermarked per partition, at-least-once.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -15,67 +15,9 @@ use tideline::{EventTime, Time};
 use crate::error::ConnectorError;
 use crate::kafka::config::KafkaConfig;
 use crate::kafka::decode::{Decoder, KafkaMessage, Keyed, RawMessage};
-use crate::kafka::partition_id;
+use crate::kafka::plan::{EventTimeFrom, Inner, Plan, StartOffsets, Stop, partition_id};
 use crate::kafka::reader::KafkaReader;
 use crate::kafka::stats::KafkaSourceStats;
-
-/// Where a [`KafkaSource`] starts reading each partition.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub enum StartOffsets {
-    /// The earliest offset still in the partition.
-    #[default]
-    Earliest,
-    /// The end of the partition: only messages produced after the start.
-    Latest,
-    /// The consumer group's committed offsets (resuming after a restart); partitions without
-    /// one start at the earliest offset. Needs a [group id](KafkaSourceBuilder::group_id).
-    Committed,
-    /// The first message whose timestamp is at or after this time (ms since the Unix epoch);
-    /// partitions without one start at their end.
-    Timestamp(Time),
-    /// Explicit offsets per `(topic, partition)`; partitions not listed start at the earliest
-    /// offset.
-    Offsets(BTreeMap<(String, i32), i64>),
-}
-
-type TimeFn<D> = Arc<dyn Fn(&D) -> Time + Send + Sync>;
-
-/// Where records' event times come from.
-pub(super) enum EventTimeFrom<D> {
-    /// The Kafka message timestamp.
-    Timestamp,
-    /// A function of the decoded record.
-    Record(TimeFn<D>),
-}
-
-impl<D> Clone for EventTimeFrom<D> {
-    fn clone(&self) -> Self {
-        match self {
-            EventTimeFrom::Timestamp => EventTimeFrom::Timestamp,
-            EventTimeFrom::Record(f) => EventTimeFrom::Record(Arc::clone(f)),
-        }
-    }
-}
-
-/// What every worker's reader shares: the partitions to find and how to start them.
-#[derive(Debug)]
-pub(super) struct Plan {
-    pub(super) name: String,
-    /// Identifies this run of the job in the commit metadata, so that another run committing
-    /// to the same group is noticed.
-    pub(super) run: String,
-    pub(super) config: KafkaConfig,
-    pub(super) topics: Vec<String>,
-    pub(super) group_id: Option<String>,
-    pub(super) start: StartOffsets,
-    pub(super) bounded: bool,
-    pub(super) metadata_refresh: Duration,
-    pub(super) request_timeout: Duration,
-    pub(super) commit_interval: Duration,
-    pub(super) poll_interval: Duration,
-    pub(super) finish_timeout: Duration,
-    pub(super) dead_letter_topic: Option<String>,
-}
 
 /// Configures a [`KafkaSource`]; `build()` validates the configuration.
 pub struct KafkaSourceBuilder<D> {
@@ -177,26 +119,6 @@ impl<D> Clone for KafkaSource<D> {
     fn clone(&self) -> Self {
         KafkaSource { inner: Arc::clone(&self.inner) }
     }
-}
-
-pub(super) struct Inner<D> {
-    pub(super) plan: Arc<Plan>,
-    pub(super) decoder: Decoder<D>,
-    pub(super) event_time: EventTimeFrom<D>,
-    pub(super) stats: Arc<KafkaSourceStats>,
-    pub(super) stop: Stop,
-    _marker: PhantomData<fn() -> D>,
-}
-
-/// A graceful stop, shared by this process's readers of one source.
-#[derive(Debug, Default)]
-pub(super) struct Stop {
-    /// Asked to stop.
-    pub(super) requested: AtomicBool,
-    /// Readers started in this process.
-    pub(super) readers: AtomicUsize,
-    /// Readers that have stopped reading and committed what is safe.
-    pub(super) stopped: AtomicUsize,
 }
 
 impl<D> KafkaSource<D> {

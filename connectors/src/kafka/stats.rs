@@ -16,6 +16,7 @@ pub struct KafkaSourceStats {
     positions: Mutex<BTreeMap<(String, i32), i64>>,
     committed: Mutex<BTreeMap<(String, i32), i64>>,
     log_ends: Mutex<BTreeMap<(String, i32), i64>>,
+    outage: Mutex<Option<(std::time::Instant, String)>>,
     commits: AtomicU64,
     commit_failures: AtomicU64,
     dead_letters_produced: AtomicU64,
@@ -78,6 +79,15 @@ impl KafkaSourceStats {
         lock(&self.committed).iter().map(|((t, p), o)| (t.clone(), *p, *o)).collect()
     }
 
+    /// Whether the brokers are unreachable now, for how long, and the client's last word on
+    /// it: set when the client reports all brokers down (`AllBrokersDown`), cleared when
+    /// messages are read or a commit is confirmed again (so a source with nothing to read or
+    /// commit keeps showing it until then). A program shows it while it lasts
+    /// (`kafka_pipeline` does, every second).
+    pub fn outage(&self) -> Option<(std::time::Duration, String)> {
+        lock(&self.outage).as_ref().map(|(since, reason)| (since.elapsed(), reason.clone()))
+    }
+
     /// Offsets confirmed by the group coordinator (one per partition and commit).
     pub fn commits(&self) -> u64 {
         self.commits.load(Ordering::Relaxed)
@@ -116,6 +126,7 @@ impl KafkaSourceStats {
     }
 
     pub(crate) fn record_assignment(&self, topic: &str, partition: i32, worker: usize) {
+        tracing::info!(%topic, partition, worker, "Kafka partition assigned");
         lock(&self.assignment).insert((topic.to_string(), partition), worker);
     }
 
@@ -133,8 +144,26 @@ impl KafkaSourceStats {
         *entry = (*entry).max(end);
     }
 
+    pub(crate) fn record_outage(&self, reason: String) {
+        let mut outage = lock(&self.outage);
+        match outage.as_mut() {
+            Some((_, last)) => *last = reason,
+            None => {
+                tracing::warn!(%reason, "Kafka brokers unreachable; the client keeps retrying");
+                *outage = Some((std::time::Instant::now(), reason));
+            }
+        }
+    }
+
+    pub(crate) fn record_reachable(&self) {
+        if let Some((since, _)) = lock(&self.outage).take() {
+            tracing::info!(after = ?since.elapsed(), "Kafka brokers reachable again");
+        }
+    }
+
     pub(crate) fn record_commit(&self, topic: &str, partition: i32, offset: i64) {
         self.commits.fetch_add(1, Ordering::Relaxed);
+        self.record_reachable();
         let mut committed = lock(&self.committed);
         let entry = committed.entry((topic.to_string(), partition)).or_insert(offset);
         *entry = (*entry).max(offset);
@@ -150,6 +179,7 @@ impl KafkaSourceStats {
     }
 
     pub(crate) fn record_error(&self, error: String) {
+        tracing::warn!(%error, "Kafka source");
         self.errors.fetch_add(1, Ordering::Relaxed);
         let mut recent = lock(&self.recent_errors);
         if recent.len() == RECENT_ERRORS {
