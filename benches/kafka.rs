@@ -450,7 +450,9 @@ fn latency(options: &Options) -> Result<(), String> {
     let config = tideline_connectors::kafka::KafkaConfig::new(&options.brokers);
     tideline_connectors::kafka::create_topic(&config, &input, options.partitions as i32, Duration::from_secs(30))
         .map_err(|e| e.to_string())?;
-    tideline_connectors::kafka::create_topic(&config, &output, 1, Duration::from_secs(30))
+    // The results are upserts: kafka_pipeline refuses an output topic that is not compacted.
+    let compact = tideline_connectors::kafka::TopicPolicy::Compact;
+    tideline_connectors::kafka::ensure_topic(&config, &output, 1, compact, Duration::from_secs(30))
         .map_err(|e| e.to_string())?;
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", &options.brokers)
@@ -465,7 +467,8 @@ fn latency(options: &Options) -> Result<(), String> {
     for property in &options.properties {
         pipeline.args(["--set", property]);
     }
-    let _pipeline = Running(pipeline.stdout(Stdio::null()).stderr(Stdio::null()).spawn().map_err(|e| e.to_string())?);
+    let mut pipeline =
+        Running(pipeline.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().map_err(|e| e.to_string())?);
 
     let results = consumer(&options.brokers)?;
     let mut list = TopicPartitionList::new();
@@ -520,7 +523,14 @@ fn latency(options: &Options) -> Result<(), String> {
         .map(|(start, at)| at.saturating_sub(start + WINDOW_MS + OUT_OF_ORDERNESS_MS))
         .collect();
     if delays.len() < WINDOWS {
-        return Err(format!("only {} of {WINDOWS} windows arrived", delays.len()));
+        let exited = pipeline.0.try_wait().ok().flatten();
+        let mut stderr = String::new();
+        if exited.is_some()
+            && let Some(mut pipe) = pipeline.0.stderr.take()
+        {
+            let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+        }
+        return Err(format!("only {} of {WINDOWS} windows arrived; kafka_pipeline: {exited:?} {stderr}", delays.len()));
     }
     delays.sort_unstable();
     let at = |q: f64| delays[((delays.len() as f64 * q) as usize).min(delays.len() - 1)];
