@@ -13,6 +13,7 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -24,10 +25,13 @@ use tideline::runtime::{Cluster, execute};
 use tideline::sink::SinkHandle;
 use tideline::source::SourceConfig;
 use tideline::window::aggregate::AllStats;
-use tideline_connectors::kafka::{KafkaConfig, KafkaSink, KafkaSource, SinkFormat, StartOffsets, create_topic};
+use tideline_connectors::kafka::{
+    KafkaConfig, KafkaSink, KafkaSource, SinkFormat, StartOffsets, TopicPolicy, create_topic, ensure_topic,
+};
 use tideline_examples::cli::{
     ClusterArgs, HelpFlag, at_least_one, duration, positive_duration, usage_error, whole_number,
 };
+use tideline_examples::observe::ObserveArgs;
 use tideline_examples::{GENERATED_PARTITIONS, InputRow, OutputRow, generated_partition};
 
 /// kafka_pipeline: windowed count, sum, min and max per key, from a Kafka topic of JSON
@@ -48,6 +52,8 @@ struct Cli {
     options: Options,
     #[command(flatten)]
     cluster: ClusterArgs,
+    #[command(flatten)]
+    observe: ObserveArgs,
 }
 
 #[derive(clap::Args, Clone, Debug)]
@@ -64,7 +70,9 @@ struct Options {
     /// p, then exit
     #[arg(long, value_name = "N", value_parser = whole_number, help_heading = "Generate (then exit)")]
     generate: Option<u64>,
-    /// Create --input with P partitions if it does not exist
+    /// Create --input with P partitions if it does not exist; when running, the output topics
+    /// that do not exist are created with P partitions: --output compacted
+    /// (cleanup.policy=compact), the others deleting by retention
     #[arg(long, value_name = "P", default_value_t = GENERATED_PARTITIONS as i32, value_parser = partitions,
           help_heading = "Generate (then exit)")]
     partitions: i32,
@@ -81,7 +89,8 @@ struct Options {
     /// Readings late for every window they belong to (their windows had expired), unchanged
     #[arg(long, value_name = "TOPIC", default_value = "late-readings", help_heading = "Topics")]
     late: String,
-    /// Messages that are not readings, with headers saying where they came from and why
+    /// Messages that are not readings, with headers saying where they came from and why; also
+    /// output records the broker refuses (e.g. too large), described with the reason
     #[arg(long, value_name = "TOPIC", default_value = "readings-dead-letters", help_heading = "Topics")]
     dead_letters: String,
     /// Consumer group the offsets are committed to; a restart resumes from its committed
@@ -99,7 +108,9 @@ struct Options {
     #[arg(long, value_name = "T", value_parser = duration, help_heading = "Windows")]
     idle_timeout: Option<Duration>,
     /// Read to the end offsets seen at the start, write everything, commit, and exit
-    /// (default: run until interrupted)
+    /// (default: run until interrupted: SIGTERM or SIGINT stops reading, lets the sinks write
+    /// what follows, commits, and exits 0; windows still open are not written, a restart reads
+    /// them again)
     #[arg(long, help_heading = "Windows")]
     bounded: bool,
     /// No progress on stderr
@@ -120,6 +131,14 @@ fn partitions(text: &str) -> Result<i32, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Logs (RUST_LOG, --log-format) and the metrics endpoint (--metrics-addr), for the whole run.
+    let _observability = match cli.observe.install() {
+        Ok(observability) => observability,
+        Err(error) => {
+            eprintln!("kafka_pipeline: error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let cluster = cli.cluster.to_cluster().unwrap_or_else(|message| usage_error::<Cli>(message));
     let options = cli.options;
     let result = match options.generate {
@@ -185,6 +204,32 @@ fn generate(options: &Options, events: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// On SIGTERM or SIGINT: read no more, let the sinks write and acknowledge what follows from
+/// what was read, commit the offsets that are then safe, and exit. Windows still open are not
+/// emitted (the input has not ended); a restart from the committed offsets reads their
+/// records again.
+fn stop_gracefully(source: &KafkaSource<InputRow>, sinks: &[SinkHandle], options: &Options) -> Result<(), String> {
+    if !options.quiet {
+        eprintln!("kafka_pipeline: stopping: reading no more, committing what the sinks have written");
+    }
+    source.stop();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !source.is_stopped() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for sink in sinks {
+        sink.check().map_err(|e| e.to_string())?;
+    }
+    if !source.is_stopped() {
+        return Err("stopping: the offsets were not committed within 60 s; a restart reads more again".into());
+    }
+    if !options.quiet {
+        let committed: i64 = source.stats().committed_offsets().iter().map(|(_, _, offset)| offset).sum();
+        eprintln!("kafka_pipeline: stopped; {committed} readings committed in group {}", options.group);
+    }
+    Ok(())
+}
+
 /// The key of a window result in the output topic.
 fn result_key(row: &OutputRow) -> String {
     format!("{}@{}", row.key, row.window_start_ms)
@@ -202,16 +247,26 @@ fn run(cluster: Cluster, options: &Options) -> Result<(), String> {
         source = source.bounded();
     }
     let source = source.build().map_err(|e| e.to_string())?;
+    let stopper = source.clone();
     let kafka_stats = Arc::clone(source.stats());
     let results = KafkaSink::<OutputRow>::builder(config.clone(), &options.output)
         .format(SinkFormat::Upsert)
         .key(result_key)
+        .dead_letter_topic(&options.dead_letters)
         .build()
         .map_err(|e| e.to_string())?;
     let late = KafkaSink::<InputRow>::builder(config, &options.late)
         .format(SinkFormat::AppendOnly)
         .key(|row: &InputRow| row.key.clone())
+        .dead_letter_topic(&options.dead_letters)
         .build()
+        .map_err(|e| e.to_string())?;
+    // The output topics, with the policy each needs (results: compacted upserts), or a clear
+    // error if one exists with another; left to the broker, they would get its defaults.
+    let timeout = Duration::from_secs(30);
+    results.ensure_topic(options.partitions, timeout).map_err(|e| e.to_string())?;
+    late.ensure_topic(options.partitions, timeout).map_err(|e| e.to_string())?;
+    ensure_topic(&kafka_config(options), &options.dead_letters, options.partitions, TopicPolicy::Delete, timeout)
         .map_err(|e| e.to_string())?;
     let spec = WindowSpec::tumbling(options.window).map_err(|e| e.to_string())?;
     let mut watermarks = WatermarkStrategy::bounded_out_of_orderness(options.out_of_orderness);
@@ -253,14 +308,25 @@ fn run(cluster: Cluster, options: &Options) -> Result<(), String> {
         })
     });
 
+    // SIGTERM or SIGINT: stop gracefully (see `stop_gracefully`).
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, Arc::clone(&stop)).map_err(|e| format!("handling signal {signal}: {e}"))?;
+    }
     let mut last = Instant::now();
     let mut errors_shown = 0;
     while !job.is_finished() {
+        if stop.load(Ordering::SeqCst) {
+            return stop_gracefully(&stopper, &sinks, options);
+        }
         std::thread::sleep(Duration::from_millis(50));
         if !options.quiet && last.elapsed() >= Duration::from_secs(1) {
             eprintln!("kafka_pipeline: {}", metrics.progress_line());
-            // Transient client errors (brokers unreachable, ...) are retried; say what happens.
-            if kafka_stats.errors() > errors_shown {
+            // An outage is shown while it lasts; other transient client errors (retried) once.
+            if let Some((lasted, reason)) = kafka_stats.outage() {
+                eprintln!("kafka_pipeline: Kafka brokers unreachable for {} s (retrying): {reason}", lasted.as_secs());
+                errors_shown = kafka_stats.errors();
+            } else if kafka_stats.errors() > errors_shown {
                 errors_shown = kafka_stats.errors();
                 if let Some(error) = kafka_stats.recent_errors().last() {
                     eprintln!("kafka_pipeline: Kafka (retrying): {error}");

@@ -19,6 +19,7 @@ use tideline::table::read_model::ReadModel;
 use tideline::{Error, Time};
 use tideline_examples::cli::{ClusterArgs, HelpFlag, at_least_one, usage_error};
 use tideline_examples::ledger::{self, LOG_START, Pace, account, balances_before, event_log, overdrafts_of};
+use tideline_examples::observe::ObserveArgs;
 
 /// ledger: an event-sourced account ledger with a queryable balance read model.
 #[derive(Parser, Debug)]
@@ -44,6 +45,8 @@ struct Cli {
 
     #[command(flatten)]
     cluster: ClusterArgs,
+    #[command(flatten)]
+    observe: ObserveArgs,
 }
 
 fn cents(amount: i64) -> String {
@@ -61,6 +64,14 @@ fn at(frontier: Option<Time>) -> String {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Logs (RUST_LOG, --log-format) and the metrics endpoint (--metrics-addr), for the whole run.
+    let _observability = match cli.observe.install() {
+        Ok(observability) => observability,
+        Err(error) => {
+            eprintln!("ledger: error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let cluster = cli.cluster.to_cluster().unwrap_or_else(|message| usage_error::<Cli>(message));
     if cluster.processes > 1 {
         usage_error::<Cli>("ledger runs in one process (-n 1): its read model is queried in-process");

@@ -19,6 +19,7 @@ use tideline_connectors::file::{FileSink, SinkMode};
 use tideline_connectors::nexmark::NexmarkSource;
 use tideline_examples::cli::{ClusterArgs, HelpFlag, at_least_one, same_configuration, usage_error, whole_number};
 use tideline_examples::nexmark::{QUERIES, Row, query};
+use tideline_examples::observe::ObserveArgs;
 
 /// nexmark: runs a Nexmark query over the generator and reports its throughput.
 #[derive(Parser, Debug)]
@@ -64,10 +65,20 @@ struct Cli {
 
     #[command(flatten)]
     cluster: ClusterArgs,
+    #[command(flatten)]
+    observe: ObserveArgs,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Logs (RUST_LOG, --log-format) and the metrics endpoint (--metrics-addr), for the whole run.
+    let _observability = match cli.observe.install() {
+        Ok(observability) => observability,
+        Err(error) => {
+            eprintln!("nexmark: error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let cluster = cli.cluster.to_cluster().unwrap_or_else(|message| usage_error::<Cli>(message));
     if !cli.quiet
         && let Some(warning) = cli.cluster.oversubscription_warning()

@@ -29,6 +29,7 @@ use tideline_examples::cli::{
     ClusterArgs, HelpFlag, duration, positive_duration, refuse_same_files, same_configuration, size_and_slide,
     usage_error, whole_number,
 };
+use tideline_examples::observe::ObserveArgs;
 use tideline_examples::{DeadRow, InputRow, OutputRow, generated_partition};
 
 /// window_agg: windowed count, sum, min and max per key over a CSV file of events, or over
@@ -116,6 +117,8 @@ struct Cli {
 
     #[command(flatten)]
     cluster: ClusterArgs,
+    #[command(flatten)]
+    observe: ObserveArgs,
 }
 
 /// `--late`.
@@ -212,6 +215,14 @@ impl Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Logs (RUST_LOG, --log-format) and the metrics endpoint (--metrics-addr), for the whole run.
+    let _observability = match cli.observe.install() {
+        Ok(observability) => observability,
+        Err(error) => {
+            eprintln!("window_agg: error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let cluster = cli.cluster.to_cluster().unwrap_or_else(|message| usage_error::<Cli>(message));
     if !cli.quiet
         && let Some(warning) = cli.cluster.oversubscription_warning()

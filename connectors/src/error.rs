@@ -14,17 +14,11 @@ pub enum ConnectorError {
     /// An error of the engine.
     #[error(transparent)]
     Engine(#[from] tideline::Error),
-    /// An error of the Kafka client (librdkafka). Secrets of the configuration are never part
-    /// of its text.
+    /// An error of the Kafka connector ([`KafkaError`](crate::kafka::KafkaError)). Secrets of
+    /// the configuration are never part of its text.
     #[cfg(feature = "kafka")]
-    #[error("Kafka: {context}: {error}")]
-    Kafka {
-        /// What the connector was doing.
-        context: String,
-        /// The client's error.
-        #[source]
-        error: rdkafka::error::KafkaError,
-    },
+    #[error("Kafka: {0}")]
+    Kafka(#[from] crate::kafka::KafkaError),
 }
 
 #[cfg(feature = "kafka")]
@@ -38,7 +32,7 @@ impl From<rdkafka::error::KafkaError> for ConnectorError {
             }
             other => other,
         };
-        ConnectorError::Kafka { context: "client".into(), error }
+        ConnectorError::Kafka(crate::kafka::KafkaError::Client(error))
     }
 }
 
@@ -49,7 +43,7 @@ impl ConnectorError {
         match self {
             ConnectorError::File(error) => error.is_retryable(),
             #[cfg(feature = "kafka")]
-            ConnectorError::Kafka { error, .. } => crate::kafka::is_retryable(error),
+            ConnectorError::Kafka(error) => error.is_retryable(),
             _ => false,
         }
     }
@@ -58,7 +52,9 @@ impl ConnectorError {
     #[cfg(feature = "kafka")]
     pub(crate) fn kafka(context: impl Into<String>, error: rdkafka::error::KafkaError) -> Self {
         match ConnectorError::from(error) {
-            ConnectorError::Kafka { error, .. } => ConnectorError::Kafka { context: context.into(), error },
+            ConnectorError::Kafka(crate::kafka::KafkaError::Client(source)) => {
+                ConnectorError::Kafka(crate::kafka::KafkaError::Operation { context: context.into(), source })
+            }
             other => other,
         }
     }
@@ -69,6 +65,12 @@ impl From<ConnectorError> for tideline::Error {
         match error {
             ConnectorError::Engine(e) => e,
             ConnectorError::File(e) => e.into(),
+            #[cfg(feature = "kafka")]
+            ConnectorError::Kafka(error) => tideline::Error::Connector {
+                connector: "kafka",
+                retryable: error.is_retryable(),
+                source: Box::new(error),
+            },
             other => tideline::Error::Config(other.to_string()),
         }
     }

@@ -8,14 +8,34 @@ use std::time::Duration;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
+use tideline::timely::scheduling::SyncActivator;
+
 use crate::error::ConnectorError;
-use crate::kafka::source::Plan;
+use crate::kafka::plan::Plan;
 use crate::kafka::stats::KafkaSourceStats;
 
 /// Offsets to commit: `(topic, partition, offset)`.
 pub(super) type Offsets = Vec<(String, i32, i64)>;
-/// A commit's outcome per partition: `Err` with the reason.
-pub(super) type Committed = Vec<(String, i32, i64, Result<(), String>)>;
+/// A commit's outcome per partition.
+pub(super) type Committed = Vec<(String, i32, i64, Result<(), CommitError>)>;
+
+/// Why a commit failed.
+#[derive(Clone, Debug)]
+pub(super) enum CommitError {
+    /// Retried at the next interval.
+    Retry(String),
+    /// Committing cannot work: the group is used by others. Stops the source.
+    Refused(String),
+    /// The group refused the commit as from a non-member (inside the committer only: it
+    /// becomes `Refused` when it repeats).
+    Membership(String),
+}
+
+/// Consecutive commits refused for membership after which the group is taken to have members.
+const MEMBERSHIP_REFUSALS: usize = 3;
+
+/// The prefix of the commit metadata Tideline writes: `tideline run HOST:PID:NANOS`.
+const RUN_TAG: &str = "tideline run ";
 
 /// A thread per reader that commits offsets synchronously (librdkafka reports the outcome of an
 /// asynchronous commit only to a callback the client library does not expose), so that the
@@ -39,7 +59,13 @@ pub(super) struct Committer {
 }
 
 impl Committer {
-    pub(super) fn start(plan: &Plan, index: usize, stats: Arc<KafkaSourceStats>) -> Result<Self, ConnectorError> {
+    /// Starts the thread; `activator` wakes the reader's worker when a commit's outcome is in.
+    pub(super) fn start(
+        plan: &Plan,
+        index: usize,
+        stats: Arc<KafkaSourceStats>,
+        activator: Arc<SyncActivator>,
+    ) -> Result<Self, ConnectorError> {
         let consumer: BaseConsumer = plan
             .config
             .clone()
@@ -52,9 +78,14 @@ impl Committer {
         let (done, stopped) = mpsc::channel();
         let stopping = Arc::new(AtomicBool::new(false));
         let stop = Arc::clone(&stopping);
+        let (run, group, wait) = (plan.run.clone(), plan.group_id.clone().unwrap_or_default(), plan.request_timeout);
         std::thread::Builder::new()
             .name(format!("tideline-kafka-committer-{index}"))
             .spawn(move || {
+                let tag = format!("{RUN_TAG}{run}");
+                // What this run committed (and the broker confirmed), per partition.
+                let mut ours: BTreeMap<(String, i32), i64> = BTreeMap::new();
+                let mut refusals = 0;
                 while let Ok(first) = incoming.recv() {
                     if stop.load(Ordering::Acquire) {
                         break;
@@ -64,9 +95,32 @@ impl Committer {
                         let entry = latest.entry((topic, partition)).or_insert(offset);
                         *entry = (*entry).max(offset);
                     }
-                    if outcomes.send(commit_sync(&consumer, &latest)).is_err() {
+                    let mut outcome = match other_run(&consumer, &ours, &latest, &tag, &group, wait) {
+                        Some(problem) => refuse(&latest, problem),
+                        None => commit_sync(&consumer, &latest, &tag, &group),
+                    };
+                    // A group with members refuses every commit; one refusal among other
+                    // coordinator errors is retried like them.
+                    let membership = outcome.iter().any(|(.., r)| matches!(r, Err(CommitError::Membership(_))));
+                    refusals = if membership { refusals + 1 } else { 0 };
+                    for (.., result) in &mut outcome {
+                        if let Err(CommitError::Membership(problem)) = result {
+                            *result = Err(if refusals >= MEMBERSHIP_REFUSALS {
+                                CommitError::Refused(problem.clone())
+                            } else {
+                                CommitError::Retry(problem.clone())
+                            });
+                        }
+                    }
+                    for (topic, partition, offset, result) in &outcome {
+                        if result.is_ok() {
+                            ours.insert((topic.clone(), *partition), *offset);
+                        }
+                    }
+                    if outcomes.send(outcome).is_err() {
                         break;
                     }
+                    let _ = activator.activate();
                 }
                 drop(consumer);
                 let _ = done.send(());
@@ -102,15 +156,80 @@ impl Drop for Committer {
     }
 }
 
-fn commit_sync(consumer: &BaseConsumer, offsets: &BTreeMap<(String, i32), i64>) -> Committed {
+/// Every partition of `offsets` refused with `problem`.
+fn refuse(offsets: &BTreeMap<(String, i32), i64>, problem: String) -> Committed {
+    offsets.iter().map(|((t, p), o)| (t.clone(), *p, *o, Err(CommitError::Refused(problem.clone())))).collect()
+}
+
+/// Whether another run has committed to a partition this run committed before: two
+/// independent runs of the job share the group (each would read and write everything).
+fn other_run(
+    consumer: &BaseConsumer,
+    ours: &BTreeMap<(String, i32), i64>,
+    offsets: &BTreeMap<(String, i32), i64>,
+    tag: &str,
+    group: &str,
+    timeout: Duration,
+) -> Option<String> {
+    let mut list = TopicPartitionList::new();
+    for key in offsets.keys().filter(|key| ours.contains_key(*key)) {
+        list.add_partition(&key.0, key.1);
+    }
+    if list.count() == 0 {
+        return None;
+    }
+    let committed = consumer.committed_offsets(list, timeout).ok()?;
+    let problem = committed.elements().iter().find_map(|element| {
+        let metadata = element.metadata();
+        (metadata.starts_with(RUN_TAG) && metadata != tag).then(|| {
+            format!(
+                "another run of this job ({}) committed {}/{} to group {group:?}: two independent runs with one \
+                 group id each read every partition and write every result twice. Stop one of them, or give \
+                 each its own group",
+                &metadata[RUN_TAG.len()..],
+                element.topic(),
+                element.partition()
+            )
+        })
+    });
+    drop(committed);
+    problem
+}
+
+fn commit_sync(consumer: &BaseConsumer, offsets: &BTreeMap<(String, i32), i64>, tag: &str, group: &str) -> Committed {
     let mut list = TopicPartitionList::new();
     for ((topic, partition), offset) in offsets {
-        if let Err(e) = list.add_partition_offset(topic, *partition, Offset::Offset(*offset)) {
-            return offsets.iter().map(|((t, p), o)| (t.clone(), *p, *o, Err(e.to_string()))).collect();
+        match list.add_partition_offset(topic, *partition, Offset::Offset(*offset)) {
+            Ok(()) => {
+                if let Some(mut element) = list.find_partition(topic, *partition) {
+                    element.set_metadata(tag);
+                }
+            }
+            Err(e) => {
+                let reason = CommitError::Retry(e.to_string());
+                return offsets.iter().map(|((t, p), o)| (t.clone(), *p, *o, Err(reason.clone()))).collect();
+            }
         }
     }
     let result = consumer.commit(&list, CommitMode::Sync);
     drop(list);
-    let outcome = result.map_err(|e| e.to_string());
+    let outcome = result.map_err(|e| classify(e, group));
     offsets.iter().map(|((t, p), o)| (t.clone(), *p, *o, outcome.clone())).collect()
+}
+
+/// A commit the broker refuses because the group has members: Tideline assigns partitions
+/// itself and commits as a standalone client, which a group with active members (a consumer
+/// that subscribed with this group id) does not accept.
+fn classify(error: rdkafka::error::KafkaError, group: &str) -> CommitError {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    match error.rdkafka_error_code() {
+        Some(C::UnknownMemberId | C::IllegalGeneration | C::FencedInstanceId | C::StaleMemberEpoch) => {
+            CommitError::Membership(format!(
+                "group {group:?} refuses the commit ({error}): another consumer is a member of it (one that \
+                 subscribed with this group id, e.g. a console consumer or another application). Tideline \
+                 assigns its partitions itself and needs a group of its own"
+            ))
+        }
+        _ => CommitError::Retry(error.to_string()),
+    }
 }

@@ -141,7 +141,7 @@ impl KafkaConfig {
             .map(|(_, value)| value.as_str())
             .collect();
         match error {
-            ConnectorError::Kafka { context, error } => {
+            ConnectorError::Kafka(crate::kafka::KafkaError::Operation { context, source: error }) => {
                 let scrub = |text: String| secrets.iter().fold(text, |t, s| t.replace(s, REDACTED));
                 let error = match error {
                     rdkafka::error::KafkaError::ClientConfig(result, description, key, _) => {
@@ -152,7 +152,7 @@ impl KafkaConfig {
                     }
                     other => other,
                 };
-                ConnectorError::Kafka { context: scrub(context), error }
+                ConnectorError::Kafka(crate::kafka::KafkaError::Operation { context: scrub(context), source: error })
             }
             ConnectorError::Config(message) => {
                 ConnectorError::Config(secrets.iter().fold(message, |t, s| t.replace(s, REDACTED)))

@@ -12,7 +12,7 @@ use tideline::time::late::DeadLetter;
 use tideline::time::watermark::PartitionId;
 
 use crate::error::ConnectorError;
-use crate::kafka::source::Plan;
+use crate::kafka::plan::Plan;
 use crate::kafka::stats::KafkaSourceStats;
 
 type Delivered = ((PartitionId, i64), Result<(), String>);

@@ -23,7 +23,8 @@ pub struct KafkaMessage<'a> {
     pub key: Option<&'a [u8]>,
     /// Its value; `None` for a tombstone.
     pub payload: Option<&'a [u8]>,
-    headers: Option<&'a BorrowedHeaders>,
+    /// The client's message, for its headers: parsed only when a decoder asks for one.
+    message: Option<&'a rdkafka::message::BorrowedMessage<'a>>,
 }
 
 impl<'a> KafkaMessage<'a> {
@@ -36,25 +37,28 @@ impl<'a> KafkaMessage<'a> {
         key: Option<&'a [u8]>,
         payload: Option<&'a [u8]>,
     ) -> Self {
-        KafkaMessage { topic, partition, offset, timestamp, key, payload, headers: None }
+        KafkaMessage { topic, partition, offset, timestamp, key, payload, message: None }
     }
 
-    pub(crate) fn from_rdkafka(message: &'a rdkafka::message::BorrowedMessage<'a>) -> Self {
+    /// A view of `message`, read from `topic` (its name, which the caller knows).
+    pub(crate) fn from_rdkafka(message: &'a rdkafka::message::BorrowedMessage<'a>, topic: &'a str) -> Self {
         use rdkafka::Message;
         KafkaMessage {
-            topic: message.topic(),
+            topic,
             partition: message.partition(),
             offset: message.offset(),
             timestamp: message.timestamp().to_millis().and_then(|t| Time::try_from(t).ok()),
             key: message.key(),
             payload: message.payload(),
-            headers: message.headers(),
+            message: Some(message),
         }
     }
 
     /// The value of the first header called `name`, if any.
     pub fn header(&self, name: &str) -> Option<&'a [u8]> {
-        self.headers?.iter().find(|h| h.key == name).and_then(|h| h.value)
+        use rdkafka::Message;
+        let headers: &'a BorrowedHeaders = self.message?.headers()?;
+        headers.iter().find(|h| h.key == name).and_then(|h| h.value)
     }
 
     /// The key as UTF-8 text, or why it is not.

@@ -9,9 +9,10 @@ use std::time::Duration;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
+use tideline::timely::scheduling::SyncActivator;
+
 use crate::error::ConnectorError;
-use crate::kafka::owner;
-use crate::kafka::source::{Plan, StartOffsets};
+use crate::kafka::plan::{Plan, StartOffsets, owner};
 
 /// A partition a worker starts reading.
 #[derive(Clone, Debug)]
@@ -40,7 +41,12 @@ pub(super) struct Discovery {
 }
 
 impl Discovery {
-    pub(super) fn start(plan: Arc<Plan>, index: usize, peers: usize) -> Result<Self, ConnectorError> {
+    pub(super) fn start(
+        plan: Arc<Plan>,
+        index: usize,
+        peers: usize,
+        activator: Arc<SyncActivator>,
+    ) -> Result<Self, ConnectorError> {
         let (sender, receiver) = mpsc::channel();
         let (stop, stopped) = mpsc::channel::<()>();
         let consumer: BaseConsumer = plan
@@ -52,9 +58,23 @@ impl Discovery {
             .map_err(|e| plan.config.redact(ConnectorError::kafka("creating the metadata client", e)))?;
         std::thread::Builder::new()
             .name(format!("tideline-kafka-discovery-{index}"))
-            .spawn(move || discover(&consumer, &plan, index, peers, &sender, &stopped))
+            .spawn(move || discover(&consumer, &plan, index, peers, &Wake { sender, activator }, &stopped))
             .map_err(|e| ConnectorError::Config(format!("cannot start the Kafka discovery thread: {e}")))?;
         Ok(Discovery { receiver, _stop: stop })
+    }
+}
+
+/// Sends discoveries to the reader and wakes its worker.
+struct Wake {
+    sender: mpsc::Sender<Discovered>,
+    activator: Arc<SyncActivator>,
+}
+
+impl Wake {
+    fn send(&self, message: Discovered) -> Result<(), mpsc::SendError<Discovered>> {
+        self.sender.send(message)?;
+        let _ = self.activator.activate();
+        Ok(())
     }
 }
 
@@ -63,7 +83,7 @@ fn discover(
     plan: &Plan,
     index: usize,
     peers: usize,
-    sender: &mpsc::Sender<Discovered>,
+    sender: &Wake,
     stopped: &mpsc::Receiver<()>,
 ) {
     let mut known: BTreeSet<(usize, i32)> = BTreeSet::new();

@@ -8,9 +8,13 @@
 //!
 //! The ledger keeps, per partition, a queue of `(next offset, largest time assigned up to
 //! there)`: the largest times are increasing, so each entry covers every record read before
-//! it. Entries with the same largest time merge, and a full ledger merges new records into its
-//! last entry: that only delays a commit (the merged records wait for the largest time among
-//! them), never advances one, so the memory stays bounded without giving up safety.
+//! it. Entries with the same largest time merge, and a full ledger halves itself by merging
+//! neighbouring entries: that only delays a commit (the merged records wait for the largest
+//! time among them), never advances one, so the memory stays bounded without giving up safety.
+//! Halving keeps the resolution even over the pending offsets: merging every new record into
+//! the last entry instead (as this ledger once did) made one entry of everything read past the
+//! first thousand times during a backlog, and an idle pipeline then committed nothing of it
+//! until the next window closed.
 
 use std::collections::VecDeque;
 
@@ -39,16 +43,29 @@ impl OffsetLedger {
     /// nothing is derived from it, e.g. a late record that was dropped).
     pub(crate) fn record(&mut self, offset: i64, time: Option<Time>) {
         let next = offset + 1;
-        let full = self.pending.len() >= MAX_ENTRIES;
         match (time, self.pending.back_mut()) {
             (None, None) => self.safe = self.safe.max(next),
             (None, Some(last)) => last.0 = next,
-            (Some(t), Some(last)) if t <= last.1 || full => {
-                last.0 = next;
-                last.1 = last.1.max(t);
+            (Some(t), Some(last)) if t <= last.1 => last.0 = next,
+            (Some(t), _) => {
+                if self.pending.len() >= MAX_ENTRIES {
+                    self.halve();
+                }
+                self.pending.push_back((next, t));
             }
-            (Some(t), _) => self.pending.push_back((next, t)),
         }
+    }
+
+    /// Merges each pair of neighbouring entries into one: the later entry covers both (its
+    /// time is the larger, the times being increasing).
+    fn halve(&mut self) {
+        let entries = std::mem::take(&mut self.pending);
+        let mut merged = VecDeque::with_capacity(MAX_ENTRIES);
+        let mut entries = entries.into_iter();
+        while let Some(first) = entries.next() {
+            merged.push_back(entries.next().unwrap_or(first));
+        }
+        self.pending = merged;
     }
 
     /// Skips to `offset` (e.g. past transaction markers or deleted records): nothing was read
@@ -132,7 +149,21 @@ mod tests {
             let committed = ledger.clone().advance(safe_time);
             assert!(committed <= safe_time as i64, "{committed} for safe time {safe_time}");
         }
-        assert_eq!(ledger.clone().advance(1_000), 1_000, "exact while entries are separate");
         assert_eq!(ledger.advance(100_000), 100_000, "everything, eventually");
+    }
+
+    #[test]
+    fn a_long_backlog_keeps_recent_offsets_committable() {
+        // A backlog read far ahead of the sinks: 100 000 records at increasing times. When the
+        // safe time then stops just below the newest records (an idle pipeline whose last
+        // window is open), almost everything before it can be committed — not only the first
+        // thousand records.
+        let mut ledger = OffsetLedger::new(0);
+        for offset in 0..100_000 {
+            ledger.record(offset, Some(offset as Time));
+        }
+        let committed = ledger.advance(99_990);
+        assert!(committed <= 99_990, "never ahead: {committed}");
+        assert!(committed >= 99_990 - 2 * 100_000 / MAX_ENTRIES as i64, "committed only {committed}");
     }
 }

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
@@ -15,16 +16,18 @@ use tideline::Time;
 use tideline::source::{FinishContext, ReadContext, ReadStatus, SourceReader};
 use tideline::time::late::DeadLetter;
 use tideline::time::watermark::PartitionId;
+use tideline::timely::scheduling::SyncActivator;
 
 use crate::error::ConnectorError;
-use crate::kafka::committer::Committer;
+use crate::kafka::client::close_within;
+use crate::kafka::committer::{CommitError, Committer};
 use crate::kafka::dead_letters::DeadLetterProducer;
 use crate::kafka::decode::KafkaMessage;
 use crate::kafka::discovery::{Discovered, Discovery};
+use crate::kafka::error::{is_fatal, is_outage};
 use crate::kafka::ledger::OffsetLedger;
-use crate::kafka::source::{EventTimeFrom, Inner, Plan};
+use crate::kafka::plan::{EventTimeFrom, Inner, Plan, partition_id};
 use crate::kafka::stats::KafkaSourceStats;
-use crate::kafka::{close_within, is_fatal, partition_id};
 
 /// Client callbacks: statistics and errors, kept in the source's stats.
 struct ReaderContext {
@@ -42,9 +45,19 @@ impl ClientContext for ReaderContext {
             .map(|(_, p)| p.fetchq_size)
             .sum();
         self.stats.record_prefetch(self.worker, bytes);
+        for (topic, partitions) in &statistics.topics {
+            for (partition, stats) in &partitions.partitions {
+                if *partition >= 0 && stats.hi_offset >= 0 {
+                    self.stats.record_log_end(topic, *partition, stats.hi_offset);
+                }
+            }
+        }
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        if is_outage(&error) {
+            self.stats.record_outage(format!("{error}: {reason}"));
+        }
         self.stats.record_error(format!("worker {}: {error}: {reason}", self.worker));
     }
 }
@@ -83,6 +96,8 @@ pub(super) struct KafkaReader<D> {
     inner: Arc<Inner<D>>,
     index: usize,
     peers: usize,
+    /// Wakes the worker when the consumer's queue becomes non-empty.
+    activator: Arc<SyncActivator>,
     phase: Phase,
     /// Declared before the consumer and producer: dropped first.
     discovery: Option<Discovery>,
@@ -92,17 +107,32 @@ pub(super) struct KafkaReader<D> {
     last_commit: Instant,
     last_position_check: Instant,
     finish_started: Option<Instant>,
+    /// Stopping gracefully: since when, and the safe time last seen with when it last moved.
+    stopping: Option<Stopping>,
     dead_letters: Option<DeadLetterProducer>,
     consumer: Option<BaseConsumer<ReaderContext>>,
 }
 
+/// A reader stopping gracefully ([`KafkaSource::stop`](super::KafkaSource::stop)).
+struct Stopping {
+    since: Instant,
+    safe_time: Option<Time>,
+    settled_since: Instant,
+    done: bool,
+}
+
+/// How long the safe time must stay where it is before a stopping reader takes it as final.
+const SETTLE: Duration = Duration::from_millis(300);
+
 impl<D: 'static> KafkaReader<D> {
-    pub(super) fn new(inner: Arc<Inner<D>>, index: usize, peers: usize) -> Self {
+    pub(super) fn new(inner: Arc<Inner<D>>, index: usize, peers: usize, activator: SyncActivator) -> Self {
         let now = Instant::now();
+        inner.stop.readers.fetch_add(1, Ordering::SeqCst);
         KafkaReader {
             inner,
             index,
             peers,
+            activator: Arc::new(activator),
             phase: Phase::Start,
             discovery: None,
             committer: None,
@@ -111,6 +141,7 @@ impl<D: 'static> KafkaReader<D> {
             last_commit: now,
             last_position_check: now,
             finish_started: None,
+            stopping: None,
             dead_letters: None,
             consumer: None,
         }
@@ -123,21 +154,29 @@ impl<D: 'static> KafkaReader<D> {
     fn start(&mut self) -> Result<(), ConnectorError> {
         let plan = Arc::clone(&self.inner.plan);
         let context = ReaderContext { stats: Arc::clone(&self.inner.stats), worker: self.index };
-        let consumer: BaseConsumer<ReaderContext> = plan
+        let mut consumer: BaseConsumer<ReaderContext> = plan
             .config
             .clone()
             .set("client.id", format!("{}-{}", plan.config.get("client.id").unwrap_or("tideline"), self.index))
             .client_config()
             .create_with_context(context)
             .map_err(|e| plan.config.redact(ConnectorError::kafka("creating the consumer", e)))?;
+        // Messages arriving in an empty queue wake the worker at once: it does not poll on a
+        // timer while data flows (and a dataflow that is gone ignores the wake-up).
+        let activator = Arc::clone(&self.activator);
+        consumer.set_nonempty_callback(move || {
+            let _ = activator.activate();
+        });
         self.consumer = Some(consumer);
         if let Some(topic) = &plan.dead_letter_topic {
             self.dead_letters = Some(DeadLetterProducer::new(&plan, topic.clone(), self.index)?);
         }
         if plan.group_id.is_some() {
-            self.committer = Some(Committer::start(&plan, self.index, Arc::clone(&self.inner.stats))?);
+            let activator = Arc::clone(&self.activator);
+            self.committer = Some(Committer::start(&plan, self.index, Arc::clone(&self.inner.stats), activator)?);
         }
-        self.discovery = Some(Discovery::start(Arc::clone(&plan), self.index, self.peers)?);
+        self.discovery =
+            Some(Discovery::start(Arc::clone(&plan), self.index, self.peers, Arc::clone(&self.activator))?);
         Ok(())
     }
 
@@ -215,7 +254,14 @@ impl<D: 'static> KafkaReader<D> {
                     continue;
                 }
             };
-            let Some(topic) = inner.plan.topics.iter().position(|t| t == message.topic()) else { continue };
+            // One topic (the usual case): every assigned partition is of it, and the name need
+            // not be read and compared per message.
+            let topic = if inner.plan.topics.len() == 1 {
+                0
+            } else {
+                let Some(topic) = inner.plan.topics.iter().position(|t| t == message.topic()) else { continue };
+                topic
+            };
             let id = partition_id(topic, message.partition());
             let Some(state) = partitions.get_mut(&id) else { continue };
             let offset = message.offset();
@@ -277,6 +323,12 @@ impl<D: 'static> KafkaReader<D> {
         }
         state.finished = true;
         ctx.finish_partition(id);
+        // Read to its end: no lag left (as far as this bounded read goes).
+        let topic = &self.inner.plan.topics[state.topic];
+        self.inner.stats.record_positions(vec![(topic.clone(), state.partition, state.next)]);
+        if let Some(end) = state.end {
+            self.inner.stats.record_log_end(topic, state.partition, end);
+        }
         let mut list = TopicPartitionList::new();
         list.add_partition(&self.inner.plan.topics[state.topic], state.partition);
         let consumer = self.consumer.as_ref().expect("started");
@@ -285,9 +337,11 @@ impl<D: 'static> KafkaReader<D> {
         result.map_err(|e| ConnectorError::kafka("unassigning a finished partition", e))
     }
 
-    /// Applies the results of earlier commits.
-    fn take_commit_results(&mut self) {
-        let Some(committer) = self.committer.as_ref() else { return };
+    /// Applies the results of earlier commits; `Err` when committing cannot work (the group
+    /// is used by another run or another consumer).
+    fn take_commit_results(&mut self) -> Result<(), ConnectorError> {
+        let Some(committer) = self.committer.as_ref() else { return Ok(()) };
+        let mut refused = None;
         for outcome in committer.results.try_iter() {
             for (topic, partition, offset, result) in outcome {
                 let Some(t) = self.inner.plan.topics.iter().position(|x| *x == topic) else { continue };
@@ -297,13 +351,23 @@ impl<D: 'static> KafkaReader<D> {
                         state.committed = Some(state.committed.map_or(offset, |c| c.max(offset)));
                         self.inner.stats.record_commit(&topic, partition, offset);
                     }
-                    Err(e) => {
+                    Err(CommitError::Retry(e) | CommitError::Membership(e)) => {
                         // Sent again at the next interval.
                         state.sent = state.committed;
+                        tracing::warn!(source = %self.inner.plan.name, %topic, partition, offset, error = %e, "commit failed; retrying at the next interval");
                         self.inner.stats.record_commit_failure(format!("{topic}/{partition} at {offset}: {e}"));
+                    }
+                    Err(CommitError::Refused(problem)) => {
+                        state.sent = state.committed;
+                        self.inner.stats.record_commit_failure(format!("{topic}/{partition} at {offset}: {problem}"));
+                        refused = Some(problem);
                     }
                 }
             }
+        }
+        match refused {
+            Some(problem) => Err(ConnectorError::Config(problem)),
+            None => Ok(()),
         }
     }
 
@@ -375,12 +439,18 @@ impl<D: 'static> KafkaReader<D> {
             self.start()?;
             self.phase = Phase::Read;
         }
+        if self.inner.stop.requested.load(Ordering::SeqCst) {
+            return Ok(self.stop_step(ctx));
+        }
         self.take_discoveries(ctx)?;
         if let Some(dead_letters) = self.dead_letters.as_mut() {
             dead_letters.serve(&self.inner.stats);
         }
         let read = self.read_messages(ctx)?;
-        self.take_commit_results();
+        if read > 0 {
+            self.inner.stats.record_reachable();
+        }
+        self.take_commit_results()?;
         if self.inner.plan.bounded && read == 0 {
             self.check_positions(ctx)?;
         }
@@ -397,6 +467,57 @@ impl<D: 'static> KafkaReader<D> {
     }
 }
 
+impl<D: 'static> KafkaReader<D> {
+    /// A graceful stop: read nothing more; let the dataflow drain what it has and the sinks
+    /// acknowledge it; commit what is then safe; report the reader stopped. The source stays
+    /// open (its watermark where it is): ending it would emit open windows as final.
+    fn stop_step(&mut self, ctx: &mut ReadContext<'_, D>) -> ReadStatus {
+        let now = Instant::now();
+        let safe_time = ctx.safe_time();
+        let stopping = self.stopping.get_or_insert_with(|| {
+            tracing::info!(source = %self.inner.plan.name, worker = self.index, "stopping: reading no more, committing what is durable");
+            Stopping { since: now, safe_time, settled_since: now, done: false }
+        });
+        if stopping.safe_time != safe_time {
+            stopping.safe_time = safe_time;
+            stopping.settled_since = now;
+        }
+        let (settled, since, done) =
+            (now.duration_since(stopping.settled_since) >= SETTLE, stopping.since, stopping.done);
+        if done {
+            return ReadStatus::Waiting(self.inner.plan.poll_interval);
+        }
+        if let Some(dead_letters) = self.dead_letters.as_mut() {
+            dead_letters.serve(&self.inner.stats);
+        }
+        let refused = self.take_commit_results().err();
+        if let Some(error) = &refused {
+            self.inner.stats.record_error(error.to_string());
+        }
+        self.commit(safe_time, true);
+        let delivered = self.dead_letters.as_ref().is_none_or(|d| d.is_idle());
+        let committed = match (safe_time, self.inner.plan.group_id.as_ref()) {
+            (Some(safe), Some(_)) => self.all_committed(safe),
+            _ => true, // nothing is ever committed
+        };
+        let gave_up = refused.is_some() || now.duration_since(since) >= self.inner.plan.request_timeout;
+        if (settled && delivered && committed) || gave_up {
+            if gave_up {
+                self.inner.stats.record_error(format!(
+                    "{} (worker {}): stopping: not everything safe was committed within {:?}",
+                    self.inner.plan.name, self.index, self.inner.plan.request_timeout
+                ));
+            }
+            if let Some(stopping) = self.stopping.as_mut() {
+                stopping.done = true;
+            }
+            self.inner.stop.stopped.fetch_add(1, Ordering::SeqCst);
+            return ReadStatus::Waiting(self.inner.plan.poll_interval);
+        }
+        ReadStatus::Waiting(FINISH_POLL)
+    }
+}
+
 /// Decodes one message and hands it to the engine, keeping the commit bookkeeping.
 fn handle_message<D>(
     inner: &Inner<D>,
@@ -406,7 +527,7 @@ fn handle_message<D>(
     message: &BorrowedMessage<'_>,
     dead_letters: Option<&mut DeadLetterProducer>,
 ) {
-    let view = KafkaMessage::from_rdkafka(message);
+    let view = KafkaMessage::from_rdkafka(message, &inner.plan.topics[state.topic]);
     let offset = view.offset;
     let decoded = inner.decoder.decode(&view).and_then(|record| {
         let time = match &inner.event_time {
@@ -461,8 +582,14 @@ impl<D: 'static> SourceReader for KafkaReader<D> {
             return ReadStatus::Done;
         }
         match self.step(ctx) {
+            Ok(ReadStatus::Done) => {
+                // Read to its end: nothing for a graceful stop to wait for.
+                self.inner.stop.readers.fetch_sub(1, Ordering::SeqCst);
+                ReadStatus::Done
+            }
             Ok(status) => status,
             Err(error) => {
+                self.inner.stop.readers.fetch_sub(1, Ordering::SeqCst);
                 ctx.fail(format!("Kafka source {} (worker {}) stopped: {error}", self.inner.plan.name, self.index));
                 self.phase = Phase::Failed;
                 ReadStatus::Done
@@ -485,7 +612,10 @@ impl<D: 'static> SourceReader for KafkaReader<D> {
         if let Some(dead_letters) = self.dead_letters.as_mut() {
             dead_letters.serve(&self.inner.stats);
         }
-        self.take_commit_results();
+        if let Err(error) = self.take_commit_results() {
+            ctx.fail(format!("Kafka source {} (worker {}): {error}", plan.name, self.index));
+            return ReadStatus::Done;
+        }
         let safe_time = ctx.safe_time();
         if safe_time.is_none() || plan.group_id.is_none() || self.phase == Phase::Failed {
             return ReadStatus::Done; // nothing is ever committed
@@ -508,6 +638,11 @@ impl<D: 'static> SourceReader for KafkaReader<D> {
             ));
             return ReadStatus::Done;
         }
-        ReadStatus::Waiting(plan.poll_interval)
+        // The committer wakes the worker when an outcome is in; the safe time moves without a
+        // wake-up, so look often.
+        ReadStatus::Waiting(FINISH_POLL.min(plan.poll_interval))
     }
 }
+
+/// How often a finished source looks at the safe time while it waits to commit its ends.
+const FINISH_POLL: Duration = Duration::from_millis(5);

@@ -1,7 +1,7 @@
 //! The Kafka sink: a collection's changelog, upserts or append-only rows, produced by an
 //! idempotent producer per worker.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -9,18 +9,21 @@ use std::time::Duration;
 
 use rdkafka::ClientContext;
 use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 use serde::Serialize;
 use tideline::differential_dataflow::AsCollection;
 use tideline::differential_dataflow::hashable::Hashable;
-use tideline::sink::{Sink, SinkHandle, SinkParallelism, SinkWriter};
+use tideline::sink::{Durability, Sink, SinkHandle, SinkParallelism, SinkWriter};
 use tideline::timely::dataflow::operators::Exchange;
 use tideline::{ExchangeData, Time, VecCollection};
 
 use crate::error::ConnectorError;
+use crate::kafka::admin::TopicPolicy;
 use crate::kafka::config::KafkaConfig;
-use crate::kafka::{fnv1a, is_retryable};
+use crate::kafka::error::is_retryable;
+use crate::kafka::plan::fnv1a;
 
 /// What a [`KafkaSink`] produces for each update of its collection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -52,6 +55,7 @@ pub struct KafkaSinkBuilder<D> {
     value: Option<ValueFn<D>>,
     name: Option<String>,
     stats: Option<Arc<KafkaSinkStats>>,
+    dead_letter_topic: Option<String>,
 }
 
 /// Writes a collection to a Kafka topic: a changelog, upserts or append-only rows
@@ -61,10 +65,11 @@ pub struct KafkaSinkBuilder<D> {
 /// (`enable.idempotence=true`): updates are routed to workers by key, so all updates of a key
 /// are written by one producer, in time order, and land in one partition (messages are
 /// partitioned by key) in that order. A time's updates are written once the frontier has
-/// passed it. When the frontier advances, the sink flushes: it waits until the broker has
-/// acknowledged every message (librdkafka retries meanwhile, up to `message.timeout.ms`), and
-/// only then reports the output durable — the point after which sources may commit their
-/// input (DESIGN §7). A delivery that fails for good is not dropped: the sink stops, and its
+/// passed it. The worker never waits for the broker: the producer sends its batches as they
+/// fill or linger (`linger.ms`), and the sink follows the acknowledgements. Output before a
+/// frontier is reported durable — the point after which sources may commit their input
+/// (DESIGN §7) — once the broker has acknowledged every message written before the frontier
+/// was reached (librdkafka retries meanwhile, up to `message.timeout.ms`). A delivery that fails for good is not dropped: the sink stops, and its
 /// [`SinkHandle`] reports the error, saying whether it is *retryable* (the broker was
 /// unreachable or overloaded: run the job again, from the committed offsets) or *fatal*.
 ///
@@ -92,6 +97,7 @@ struct SinkInner<D> {
     value: ValueFn<D>,
     name: String,
     stats: Arc<KafkaSinkStats>,
+    dead_letter_topic: Option<String>,
 }
 
 impl<D> fmt::Debug for KafkaSink<D> {
@@ -124,6 +130,7 @@ impl<D: Serialize + 'static> KafkaSink<D> {
             value: None,
             name: None,
             stats: None,
+            dead_letter_topic: None,
         }
     }
 }
@@ -163,6 +170,18 @@ impl<D: 'static> KafkaSinkBuilder<D> {
         self.stats = Some(stats);
         self
     }
+
+    /// Where output records the broker refuses for what they are (too large:
+    /// `MessageSizeTooLarge`; an invalid record) go instead of stopping the sink: a message
+    /// keyed by the first kilobyte of the record's key, whose JSON value says which sink and
+    /// topic, the update's time, the reason and the key's and value's sizes, with the headers
+    /// `tideline.sink`, `tideline.topic` and `tideline.reason`. Counted in
+    /// [`KafkaSinkStats::dead_letters`]. Without one such a record stops the sink (fatal):
+    /// every restart would fail on it again.
+    pub fn dead_letter_topic(mut self, topic: impl Into<String>) -> Self {
+        self.dead_letter_topic = Some(topic.into());
+        self
+    }
 }
 
 impl<D: Serialize + 'static> KafkaSinkBuilder<D> {
@@ -196,6 +215,7 @@ impl<D: Serialize + 'static> KafkaSinkBuilder<D> {
                 value,
                 name,
                 stats: self.stats.unwrap_or_default(),
+                dead_letter_topic: self.dead_letter_topic,
             }),
         })
     }
@@ -226,6 +246,23 @@ impl<D: ExchangeData + Serialize> KafkaSink<D> {
     pub fn topic(&self) -> &str {
         &self.inner.topic
     }
+
+    /// The `cleanup.policy` this sink's topic needs: compacted for upserts, deleting (by
+    /// retention) for changelogs and append-only rows.
+    pub fn topic_policy(&self) -> TopicPolicy {
+        match self.inner.format {
+            SinkFormat::Upsert => TopicPolicy::Compact,
+            SinkFormat::Changelog | SinkFormat::AppendOnly => TopicPolicy::Delete,
+        }
+    }
+
+    /// Creates the sink's topic with the [policy](Self::topic_policy) its format needs (and
+    /// `partitions` partitions) unless it exists, and fails clearly if it exists with another
+    /// policy ([`ensure_topic`](crate::kafka::ensure_topic)). Call it before running the job;
+    /// a topic the broker creates on first write gets the broker's defaults instead.
+    pub fn ensure_topic(&self, partitions: i32, timeout: Duration) -> Result<bool, ConnectorError> {
+        crate::kafka::ensure_topic(&self.inner.config, &self.inner.topic, partitions, self.topic_policy(), timeout)
+    }
 }
 
 /// A Kafka sink's counters, shared by the workers of a process.
@@ -234,6 +271,7 @@ pub struct KafkaSinkStats {
     produced: AtomicU64,
     delivered: AtomicU64,
     flushes: AtomicU64,
+    dead_letters: AtomicU64,
     errors: Mutex<Vec<DeliveryError>>,
 }
 
@@ -263,9 +301,14 @@ impl KafkaSinkStats {
         self.delivered.load(Ordering::Relaxed)
     }
 
-    /// Completed flushes (durability points).
+    /// Durability points reached: frontiers before which every message was acknowledged.
     pub fn flushes(&self) -> u64 {
         self.flushes.load(Ordering::Relaxed)
+    }
+
+    /// Output records the broker refused that went to the dead-letter topic.
+    pub fn dead_letters(&self) -> u64 {
+        self.dead_letters.load(Ordering::Relaxed)
     }
 
     /// Deliveries that failed for good.
@@ -276,21 +319,84 @@ impl KafkaSinkStats {
 
 struct SinkContext {
     stats: Arc<KafkaSinkStats>,
-    failures: Mutex<Vec<KafkaError>>,
+    deliveries: Mutex<Deliveries>,
+}
+
+/// What the delivery reports said, between two looks of the writer.
+#[derive(Default)]
+struct Deliveries {
+    /// Sequence numbers of the messages produced and not yet acknowledged.
+    in_flight: BTreeSet<u64>,
+    /// Dead letters produced and not yet acknowledged.
+    dead_in_flight: u64,
+    failures: Vec<Failure>,
+}
+
+/// A message that was not delivered: the error, and what a dead letter says of the record.
+struct Failure {
+    error: KafkaError,
+    key: Option<Vec<u8>>,
+    key_bytes: usize,
+    value_bytes: usize,
+    timestamp: Option<i64>,
+}
+
+/// The opaque of a dead letter's delivery report (output messages carry their sequence).
+const DEAD_LETTER: usize = usize::MAX;
+/// How much of a refused record's key a dead letter keeps.
+const KEY_PREFIX: usize = 1024;
+
+/// Errors that say the broker will never take this record (not the brokers' state).
+fn refused_record(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::InvalidMessage
+                | RDKafkaErrorCode::InvalidMessageSize
+        )
+    )
 }
 
 impl ClientContext for SinkContext {}
 
 impl ProducerContext for SinkContext {
-    type DeliveryOpaque = ();
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+    fn delivery(&self, result: &DeliveryResult<'_>, sequence: usize) {
+        use rdkafka::Message;
+        let mut deliveries = self.deliveries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if sequence == DEAD_LETTER {
+            deliveries.dead_in_flight = deliveries.dead_in_flight.saturating_sub(1);
+            match result {
+                Ok(_) => {
+                    self.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
+                }
+                Err((error, _)) => deliveries.failures.push(Failure {
+                    error: error.clone(),
+                    key: None,
+                    key_bytes: 0,
+                    value_bytes: 0,
+                    timestamp: None,
+                }),
+            }
+            return;
+        }
+        deliveries.in_flight.remove(&(sequence as u64));
         match result {
             Ok(_) => {
                 self.stats.delivered.fetch_add(1, Ordering::Relaxed);
             }
-            Err((error, _)) => {
-                self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(error.clone())
+            Err((error, message)) => {
+                let key = message.key().map(|k| k[..k.len().min(KEY_PREFIX)].to_vec());
+                deliveries.failures.push(Failure {
+                    error: error.clone(),
+                    key,
+                    key_bytes: message.key_len(),
+                    value_bytes: message.payload_len(),
+                    timestamp: message.timestamp().to_millis(),
+                });
             }
         }
     }
@@ -300,8 +406,13 @@ impl ProducerContext for SinkContext {
 struct KafkaWriter<D> {
     inner: Arc<SinkInner<D>>,
     producer: Result<BaseProducer<SinkContext>, String>,
-    /// Messages produced since the last flush.
-    unflushed: bool,
+    /// The sequence number of the next message produced.
+    next: u64,
+    /// `(frontier, messages produced before it)` for every frontier given to `advance` and not
+    /// yet durable, oldest first.
+    marks: VecDeque<(Option<Time>, u64)>,
+    /// Everything before this time is acknowledged.
+    durable: Time,
 }
 
 /// A message to produce.
@@ -313,7 +424,7 @@ struct Outgoing {
 
 impl<D: ExchangeData + Serialize> KafkaWriter<D> {
     fn new(inner: Arc<SinkInner<D>>, index: usize) -> Self {
-        let context = SinkContext { stats: Arc::clone(&inner.stats), failures: Mutex::new(Vec::new()) };
+        let context = SinkContext { stats: Arc::clone(&inner.stats), deliveries: Mutex::default() };
         let producer = inner
             .config
             .clone()
@@ -321,7 +432,7 @@ impl<D: ExchangeData + Serialize> KafkaWriter<D> {
             .client_config()
             .create_with_context(context)
             .map_err(|e| inner.config.redact(ConnectorError::kafka("creating the producer", e)).to_string());
-        KafkaWriter { inner, producer, unflushed: false }
+        KafkaWriter { inner, producer, next: 0, marks: VecDeque::new(), durable: 0 }
     }
 
     fn error(&self, message: impl fmt::Display) -> tideline::Error {
@@ -399,10 +510,57 @@ impl<D: ExchangeData + Serialize> KafkaWriter<D> {
         self.producer.as_ref().map_err(|e| self.error(e))
     }
 
-    /// The first delivery that failed for good, as the sink's error.
+    /// Sends a record the broker refused to the dead-letter topic; `false` without one.
+    fn dead_letter(&self, failure: &Failure) -> tideline::Result<bool> {
+        let Some(topic) = &self.inner.dead_letter_topic else { return Ok(false) };
+        let producer = self.producer()?;
+        let reason = failure.error.to_string();
+        let value = serde_json::json!({
+            "sink": self.inner.name,
+            "topic": self.inner.topic,
+            "time": failure.timestamp,
+            "reason": reason,
+            "key_bytes": failure.key_bytes,
+            "value_bytes": failure.value_bytes,
+        })
+        .to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: "tideline.sink", value: Some(self.inner.name.as_bytes()) })
+            .insert(Header { key: "tideline.topic", value: Some(self.inner.topic.as_bytes()) })
+            .insert(Header { key: "tideline.reason", value: Some(reason.as_bytes()) });
+        let mut record = BaseRecord::with_opaque_to(topic, DEAD_LETTER).payload(&value).headers(headers);
+        if let Some(key) = &failure.key {
+            record = record.key(key);
+        }
+        producer.context().deliveries.lock().unwrap_or_else(|e| e.into_inner()).dead_in_flight += 1;
+        if let Err((error, _)) = producer.send(record) {
+            producer.context().deliveries.lock().unwrap_or_else(|e| e.into_inner()).dead_in_flight -= 1;
+            return Err(self.error(format_args!("cannot produce a dead letter to {topic}: {error}")));
+        }
+        let count = self.inner.stats.dead_letters() + 1;
+        if count == 1 || count.is_power_of_two() {
+            // Rate-limited: the first, then at every doubling.
+            tracing::warn!(sink = %self.inner.name, topic = %self.inner.topic, dead_letter_topic = %topic, count, %reason, "output record refused by the broker; sent to the dead-letter topic");
+        }
+        Ok(true)
+    }
+
+    /// The first delivery that failed for good, as the sink's error. Records the broker
+    /// refuses for what they are go to the dead-letter topic instead, if there is one.
     fn check_deliveries(&self) -> tideline::Result<()> {
         let producer = self.producer()?;
-        let failures = std::mem::take(&mut *producer.context().failures.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut failures =
+            std::mem::take(&mut producer.context().deliveries.lock().unwrap_or_else(|e| e.into_inner()).failures);
+        let mut kept = Vec::new();
+        for failure in failures.drain(..) {
+            if !(refused_record(&failure.error)
+                && failure.key_bytes + failure.value_bytes > 0
+                && self.dead_letter(&failure)?)
+            {
+                kept.push(failure.error);
+            }
+        }
+        let failures = kept;
         let Some(first) = failures.first() else { return Ok(()) };
         let errors: Vec<DeliveryError> = failures
             .iter()
@@ -419,6 +577,8 @@ impl<D: ExchangeData + Serialize> KafkaWriter<D> {
             self.inner.topic,
             if retryable {
                 "retryable: the brokers were unreachable or busy; run the job again, from the committed offsets"
+            } else if refused_record(first) {
+                "fatal: the broker refuses the record itself; give the sink a dead_letter_topic to set such records aside"
             } else {
                 "fatal"
             }
@@ -431,8 +591,9 @@ impl<D: ExchangeData + Serialize> SinkWriter<D> for KafkaWriter<D> {
         let messages = self.messages(time, updates)?;
         let producer = self.producer()?;
         let timestamp = i64::try_from(time).ok();
+        let mut next = self.next;
         for message in &messages {
-            let mut record = BaseRecord::to(&self.inner.topic);
+            let mut record = BaseRecord::with_opaque_to(&self.inner.topic, next as usize);
             if let Some(key) = &message.key {
                 record = record.key(key);
             }
@@ -442,6 +603,8 @@ impl<D: ExchangeData + Serialize> SinkWriter<D> for KafkaWriter<D> {
             if let Some(timestamp) = timestamp {
                 record = record.timestamp(timestamp);
             }
+            // Registered before it is sent: its delivery report may come at the next poll.
+            producer.context().deliveries.lock().unwrap_or_else(|e| e.into_inner()).in_flight.insert(next);
             loop {
                 match producer.send(record) {
                     Ok(()) => break,
@@ -452,6 +615,18 @@ impl<D: ExchangeData + Serialize> SinkWriter<D> for KafkaWriter<D> {
                         self.check_deliveries()?;
                     }
                     Err((error, _)) => {
+                        producer.context().deliveries.lock().unwrap_or_else(|e| e.into_inner()).in_flight.remove(&next);
+                        let failure = Failure {
+                            key: message.key.as_ref().map(|k| k[..k.len().min(KEY_PREFIX)].to_vec()),
+                            key_bytes: message.key.as_ref().map_or(0, Vec::len),
+                            value_bytes: message.value.as_ref().map_or(0, Vec::len),
+                            timestamp,
+                            error,
+                        };
+                        if refused_record(&failure.error) && self.dead_letter(&failure)? {
+                            break;
+                        }
+                        let error = failure.error;
                         let retryable = is_retryable(&error);
                         return Err(self.error(format_args!(
                             "cannot produce to {} ({}): {error}",
@@ -461,31 +636,52 @@ impl<D: ExchangeData + Serialize> SinkWriter<D> for KafkaWriter<D> {
                     }
                 }
             }
+            next += 1;
         }
-        self.inner.stats.produced.fetch_add(messages.len() as u64, Ordering::Relaxed);
         producer.poll(Duration::ZERO);
-        self.unflushed |= !messages.is_empty();
+        self.next = next;
+        self.inner.stats.produced.fetch_add(messages.len() as u64, Ordering::Relaxed);
         self.check_deliveries()
     }
 
-    fn advance(&mut self, _frontier: Option<Time>) -> tideline::Result<()> {
-        if !self.unflushed {
-            return self.check_deliveries();
+    /// Starts no flush of its own: the producer sends its batches as they fill or linger
+    /// (`linger.ms`), and [`durable`](SinkWriter::durable) follows the acknowledgements. The
+    /// worker never waits for the broker here.
+    fn advance(&mut self, frontier: Option<Time>) -> tideline::Result<()> {
+        match self.marks.back_mut() {
+            // Nothing produced since the last mark: the newer frontier replaces it.
+            Some(last) if last.1 == self.next => last.0 = frontier,
+            _ => self.marks.push_back((frontier, self.next)),
         }
+        Ok(())
+    }
+
+    fn durable(&mut self) -> tideline::Result<Durability> {
         let producer = self.producer()?;
-        // Wait for every acknowledgement: librdkafka retries until `message.timeout.ms`, after
-        // which failed deliveries are reported below.
-        loop {
-            match producer.flush(Duration::from_millis(500)) {
-                Ok(()) => break,
-                Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)) => self.check_deliveries()?,
-                Err(error) => return Err(self.error(format_args!("flushing to {}: {error}", self.inner.topic))),
+        producer.poll(Duration::ZERO);
+        self.check_deliveries()?;
+        let producer = self.producer()?;
+        let (oldest, dead_in_flight) = {
+            let deliveries = producer.context().deliveries.lock().unwrap_or_else(|e| e.into_inner());
+            (deliveries.in_flight.first().copied(), deliveries.dead_in_flight)
+        };
+        if dead_in_flight > 0 {
+            // A refused record is accounted for once its dead letter is acknowledged.
+            return Ok(Durability::Behind(self.durable));
+        }
+        let acknowledged = oldest.unwrap_or(self.next);
+        while let Some(&(frontier, before)) = self.marks.front() {
+            if before > acknowledged {
+                break;
+            }
+            self.marks.pop_front();
+            self.inner.stats.flushes.fetch_add(1, Ordering::Relaxed);
+            match frontier {
+                Some(time) => self.durable = self.durable.max(time),
+                None => self.durable = Time::MAX,
             }
         }
-        self.check_deliveries()?;
-        self.unflushed = false;
-        self.inner.stats.flushes.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        Ok(if self.marks.is_empty() { Durability::Flushed } else { Durability::Behind(self.durable) })
     }
 }
 
@@ -506,7 +702,13 @@ mod tests {
             .value(|r: &Row| r.count)
             .build()
             .unwrap();
-        KafkaWriter { inner: sink.inner, producer: Err("not connected".into()), unflushed: false }
+        KafkaWriter {
+            inner: sink.inner,
+            producer: Err("not connected".into()),
+            next: 0,
+            marks: VecDeque::new(),
+            durable: 0,
+        }
     }
 
     fn row(key: &str, count: i64) -> Row {

@@ -1,8 +1,9 @@
 //! The Kafka source: partitioned, watermarked per partition, at-least-once.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::marker::PhantomData;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -14,64 +15,9 @@ use tideline::{EventTime, Time};
 use crate::error::ConnectorError;
 use crate::kafka::config::KafkaConfig;
 use crate::kafka::decode::{Decoder, KafkaMessage, Keyed, RawMessage};
-use crate::kafka::partition_id;
+use crate::kafka::plan::{EventTimeFrom, Inner, Plan, StartOffsets, Stop, partition_id};
 use crate::kafka::reader::KafkaReader;
 use crate::kafka::stats::KafkaSourceStats;
-
-/// Where a [`KafkaSource`] starts reading each partition.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub enum StartOffsets {
-    /// The earliest offset still in the partition.
-    #[default]
-    Earliest,
-    /// The end of the partition: only messages produced after the start.
-    Latest,
-    /// The consumer group's committed offsets (resuming after a restart); partitions without
-    /// one start at the earliest offset. Needs a [group id](KafkaSourceBuilder::group_id).
-    Committed,
-    /// The first message whose timestamp is at or after this time (ms since the Unix epoch);
-    /// partitions without one start at their end.
-    Timestamp(Time),
-    /// Explicit offsets per `(topic, partition)`; partitions not listed start at the earliest
-    /// offset.
-    Offsets(BTreeMap<(String, i32), i64>),
-}
-
-type TimeFn<D> = Arc<dyn Fn(&D) -> Time + Send + Sync>;
-
-/// Where records' event times come from.
-pub(super) enum EventTimeFrom<D> {
-    /// The Kafka message timestamp.
-    Timestamp,
-    /// A function of the decoded record.
-    Record(TimeFn<D>),
-}
-
-impl<D> Clone for EventTimeFrom<D> {
-    fn clone(&self) -> Self {
-        match self {
-            EventTimeFrom::Timestamp => EventTimeFrom::Timestamp,
-            EventTimeFrom::Record(f) => EventTimeFrom::Record(Arc::clone(f)),
-        }
-    }
-}
-
-/// What every worker's reader shares: the partitions to find and how to start them.
-#[derive(Debug)]
-pub(super) struct Plan {
-    pub(super) name: String,
-    pub(super) config: KafkaConfig,
-    pub(super) topics: Vec<String>,
-    pub(super) group_id: Option<String>,
-    pub(super) start: StartOffsets,
-    pub(super) bounded: bool,
-    pub(super) metadata_refresh: Duration,
-    pub(super) request_timeout: Duration,
-    pub(super) commit_interval: Duration,
-    pub(super) poll_interval: Duration,
-    pub(super) finish_timeout: Duration,
-    pub(super) dead_letter_topic: Option<String>,
-}
 
 /// Configures a [`KafkaSource`]; `build()` validates the configuration.
 pub struct KafkaSourceBuilder<D> {
@@ -157,7 +103,9 @@ pub struct KafkaSourceBuilder<D> {
 ///
 /// The [`KafkaConfig`] passes through to librdkafka. The source sets, unless configured:
 /// `enable.auto.commit=false`, `enable.auto.offset.store=false`,
-/// `auto.offset.reset=earliest`, `queued.max.messages.kbytes=16384`, and a `client.id`. It
+/// `auto.offset.reset=earliest`, `queued.max.messages.kbytes=16384`, `queued.min.messages=20000`,
+/// `fetch.queue.backoff.ms=10`, `fetch.wait.max.ms=50`, `statistics.interval.ms=1000` (the
+/// log end offsets of [`KafkaSourceStats::consumer_lag`]), and a `client.id`. It
 /// always sets `group.id`: the [group id](KafkaSourceBuilder::group_id), or one of its own
 /// that nothing is committed to (librdkafka assigns partitions through a group handle).
 ///
@@ -173,14 +121,6 @@ impl<D> Clone for KafkaSource<D> {
     }
 }
 
-pub(super) struct Inner<D> {
-    pub(super) plan: Arc<Plan>,
-    pub(super) decoder: Decoder<D>,
-    pub(super) event_time: EventTimeFrom<D>,
-    pub(super) stats: Arc<KafkaSourceStats>,
-    _marker: PhantomData<fn() -> D>,
-}
-
 impl<D> KafkaSource<D> {
     /// A source decoding messages with `decoder` (see [`Decoder`] for the built-in ones).
     pub fn builder(config: KafkaConfig, decoder: Decoder<D>) -> KafkaSourceBuilder<D> {
@@ -194,7 +134,7 @@ impl<D> KafkaSource<D> {
             bounded: false,
             commit_interval: Duration::from_secs(1),
             metadata_refresh: Duration::from_secs(10),
-            poll_interval: Duration::from_millis(10),
+            poll_interval: Duration::from_millis(100),
             request_timeout: Duration::from_secs(10),
             finish_timeout: Duration::from_secs(60),
             dead_letter_topic: None,
@@ -307,7 +247,9 @@ impl<D> KafkaSourceBuilder<D> {
     }
 
     /// How long a worker waits before polling again when nothing was available (default
-    /// 10 ms).
+    /// 100 ms). Messages arriving wake it earlier: the consumer's queue becoming non-empty
+    /// schedules the worker at once, so this only paces the reader's housekeeping (commits,
+    /// new partitions) while no data comes.
     pub fn poll_interval(mut self, interval: Duration) -> Self {
         self.poll_interval = interval.max(Duration::from_millis(1));
         self
@@ -382,6 +324,10 @@ impl<D> KafkaSourceBuilder<D> {
             .set_default("enable.auto.offset.store", "false")
             .set_default("auto.offset.reset", "earliest")
             .set_default("queued.max.messages.kbytes", "16384")
+            .set_default("queued.min.messages", "20000")
+            .set_default("fetch.queue.backoff.ms", "10")
+            .set_default("fetch.wait.max.ms", "50")
+            .set_default("statistics.interval.ms", "1000")
             .set_default("client.id", format!("tideline-{name}"));
         // librdkafka assigns partitions through its group handle, so its consumers need a group
         // id even when nothing is committed: one of their own then.
@@ -390,7 +336,10 @@ impl<D> KafkaSourceBuilder<D> {
         if self.dead_letter_topic.is_some() {
             config.check_client(true)?;
         }
+        let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let host = std::env::var("HOSTNAME").unwrap_or_default();
         let plan = Plan {
+            run: format!("{host}:{}:{}", std::process::id(), started.as_nanos()),
             name,
             config,
             topics: self.topics,
@@ -404,12 +353,17 @@ impl<D> KafkaSourceBuilder<D> {
             finish_timeout: self.finish_timeout,
             dead_letter_topic: self.dead_letter_topic,
         };
+        let stats: Arc<KafkaSourceStats> = self.stats.unwrap_or_default();
+        // Lag and committed offsets per partition on the metrics endpoint, while the source
+        // lives (registered weakly).
+        tideline::runtime::metrics::register_consumer_offsets(&stats);
         Ok(KafkaSource {
             inner: Arc::new(Inner {
                 plan: Arc::new(plan),
                 decoder: self.decoder,
                 event_time: self.event_time,
-                stats: self.stats.unwrap_or_default(),
+                stats,
+                stop: Stop::default(),
                 _marker: PhantomData,
             }),
         })
@@ -427,11 +381,33 @@ impl<D: Clone + 'static> KafkaSource<D> {
     /// Reads the topics in `scope` as a watermarked source.
     pub fn read<'scope>(&self, scope: Scope<'scope, Time>, config: SourceConfig) -> SourceStreams<'scope, D> {
         let inner = Arc::clone(&self.inner);
-        source(scope, config, move |setup| KafkaReader::new(inner, setup.index(), setup.peers()))
+        source(scope, config, move |setup| {
+            KafkaReader::new(inner, setup.index(), setup.peers(), setup.sync_activator())
+        })
     }
 }
 
 impl<D> KafkaSource<D> {
+    /// Stops this process's readers gracefully (e.g. on SIGTERM): they read no more, and once
+    /// the sinks have durably written what follows from what was read and the offsets that
+    /// are safe are committed, [`is_stopped`](Self::is_stopped) says so. The dataflow itself
+    /// is not completed — open windows are *not* emitted as if the input had ended; a restart
+    /// from the committed offsets reads their records again — so the program then exits (or
+    /// drops the dataflow).
+    pub fn stop(&self) {
+        self.inner.stop.requested.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether every reader of this process has stopped after [`stop`](Self::stop): nothing
+    /// more is read, every sink acknowledged what it was given, and every safe offset is
+    /// committed (or a reader gave up on a commit after its request timeout, reported in the
+    /// stats' errors).
+    pub fn is_stopped(&self) -> bool {
+        let stop = &self.inner.stop;
+        stop.requested.load(Ordering::SeqCst)
+            && stop.stopped.load(Ordering::SeqCst) >= stop.readers.load(Ordering::SeqCst)
+    }
+
     /// The source's Kafka counters.
     pub fn stats(&self) -> &Arc<KafkaSourceStats> {
         &self.inner.stats

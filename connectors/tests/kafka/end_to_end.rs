@@ -143,4 +143,8 @@ fn windowed_counts_from_kafka_to_kafka_equal_the_file_based_run() {
     let ends = end_offsets(&brokers, &input, 3);
     assert_eq!(ends, vec![3_000; 3]);
     assert_eq!(committed(&brokers, &group, &input, 3), ends.iter().map(|e| Some(*e)).collect::<Vec<_>>());
+    // The metrics say so too: no lag left, the committed offsets at the ends.
+    let partitions = |value: i64| (0..3).map(|p| (input.clone(), p, value)).collect::<Vec<_>>();
+    assert_eq!(stats.consumer_lag(), partitions(0), "lag when the bounded read finished");
+    assert_eq!(stats.committed_offsets(), partitions(3_000));
 }

@@ -147,8 +147,16 @@ fn the_broker_going_down_and_up_mid_run_loses_nothing() {
     }
     let before = run.sink.produced();
     mock.broker_down(1).unwrap();
-    std::thread::sleep(Duration::from_millis(1_500));
+    // The outage is reported while it lasts (issue 13: it was reported only afterwards).
+    let down = Instant::now();
+    let mut reported = None;
+    while down.elapsed() < Duration::from_millis(1_500) {
+        reported = reported.or(run.source.outage());
+        std::thread::sleep(Duration::from_millis(20));
+    }
     mock.broker_up(1).unwrap();
+    let (_, reason) = reported.expect("the outage is visible in the source's stats while it lasts");
+    assert!(reason.contains("down"), "{reason}");
     assert!(before < (PARTITIONS as i64 * PER_PARTITION) as u64, "the outage was mid-run ({before} written)");
     check(&mock, run, &input, &output, true);
 }

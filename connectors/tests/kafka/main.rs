@@ -10,6 +10,7 @@ mod common;
 mod dead_letters;
 mod end_to_end;
 mod faults;
+mod groups;
 mod idle_partitions;
 mod partitions;
 mod sink_formats;

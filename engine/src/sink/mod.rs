@@ -48,8 +48,31 @@ pub trait SinkWriter<D>: 'static {
     fn write(&mut self, time: Time, updates: &[(D, isize)]) -> Result<()>;
 
     /// Every time before `frontier` has been written (`None`: the input is complete and
-    /// nothing more will come). Flush here; what is flushed is durable.
+    /// nothing more will come). Flush here; what is flushed is durable. A writer that only
+    /// *starts* flushing here (its acknowledgements arrive later) says how far it got in
+    /// [`durable`](Self::durable).
     fn advance(&mut self, frontier: Option<Time>) -> Result<()>;
+
+    /// How far the output is durable now. The default, for writers that flush in
+    /// [`advance`](Self::advance), is [`Durability::Flushed`]: everything given to `advance`
+    /// is durable when it returns.
+    ///
+    /// A writer that flushes asynchronously returns [`Durability::Behind`] while
+    /// acknowledgements are outstanding; the sink then asks again about every millisecond (so
+    /// the writer can serve its client's callbacks), and only what is durable counts for the
+    /// sources' commits (see [`crate::runtime::flow`]). The worker keeps computing meanwhile.
+    fn durable(&mut self) -> Result<Durability> {
+        Ok(Durability::Flushed)
+    }
+}
+
+/// How far a [`SinkWriter`]'s output is durable ([`SinkWriter::durable`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Everything given to [`SinkWriter::advance`] so far is durable.
+    Flushed,
+    /// Everything before this time is durable; later output is still being acknowledged.
+    Behind(Time),
 }
 
 /// Where a sink's writers run.
@@ -267,7 +290,8 @@ struct SinkCore<D, W> {
     peer_failed: bool,
     announced_failure: bool,
     /// Schedules this operator: once its input is complete it waits for what other sinks and
-    /// other workers' operators report, which does not schedule it.
+    /// other workers' operators report, which does not schedule it; and while its writer's
+    /// acknowledgements are outstanding.
     activator: timely::scheduling::Activator,
 }
 
@@ -354,16 +378,33 @@ impl<D: ExchangeData, W: SinkWriter<D>> SinkCore<D, W> {
             }
             self.handle.record_frontier(self.index, current);
         }
+        // How far this worker's output is durable: everything written, for writers that flush
+        // in `advance`; what has been acknowledged, for those that flush asynchronously.
+        let durable = match self.writer.as_mut() {
+            Some(writer) if !self.failed => match writer.durable() {
+                Ok(Durability::Flushed) => current,
+                Ok(Durability::Behind(time)) => {
+                    self.activator.activate_after(std::time::Duration::from_millis(1));
+                    Some(current.map_or(time, |c| c.min(time)))
+                }
+                Err(error) => {
+                    self.handle.record_error(self.index, error);
+                    self.failed = true;
+                    current
+                }
+            },
+            _ => current,
+        };
         if self.failed && !self.announced_failure {
             self.announcements.send((self.index, Durable::Failed));
             self.announced_failure = true;
             self.flow.record_sink_failure();
         }
         if !self.failed {
-            // Everything before `current` is written and flushed: durable. Tell the peers, with
-            // what this worker's operators still retain given the durability it knows of.
+            // Everything before `durable` is durable. Tell the peers, with what this worker's
+            // operators still retain given the durability it knows of.
             let written = self.flow.durable().unwrap_or(Some(0));
-            let announce = (current, self.flow.local_safe(written));
+            let announce = (durable, self.flow.local_safe(written));
             if self.announced != Some(announce) {
                 self.announcements.send((self.index, Durable::Upto(announce.0, announce.1)));
                 self.announced = Some(announce);

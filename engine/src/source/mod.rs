@@ -326,6 +326,13 @@ impl SourceSetup<'_> {
         self.peers
     }
 
+    /// A handle that schedules this worker's source operator from any thread: a reader whose
+    /// client can call back when data arrives (e.g. a Kafka consumer's queue becoming
+    /// non-empty) wakes the worker with it instead of polling on a timer.
+    pub fn sync_activator(&self) -> timely::scheduling::SyncActivator {
+        self.worker.sync_activator_for(self.address.to_vec())
+    }
+
     /// A control channel to every worker's reader of this source; an arriving message
     /// schedules the source. All workers must create the same channels in the same order.
     pub fn broadcast<T>(&self) -> Broadcast<T>
