@@ -16,6 +16,7 @@ use tideline::sink::{SinkHandle, SinkParallelism, SinkWriter};
 use tideline::source::SourceConfig;
 use tideline::window::aggregate::Count;
 
+pub mod bids;
 pub mod joins;
 pub mod keyed;
 pub mod windows;
