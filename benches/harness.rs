@@ -10,13 +10,20 @@
 //! "E+gen"), the ratios E/D and E/H, peak memory and bytes per live state entry. Each variant
 //! runs in its own child process, so peak memory is its own.
 //!
+//! `--whole-process` instead runs the `window_agg` example program against a hand-written loop
+//! (`window_loop`) on a generated bid file, whole processes side by side
+//! ([`tideline_benches::whole_process`]).
+//!
 //! ```text
 //! harness [--events N] [--workers W] [--workload NAME[,NAME…]] [--smoke]
+//! harness --whole-process [--events N[,N…]] [--runs R] [--query Q[,Q…]] [--data-dir DIR]
+//!         [--max-delay MS] [--byte-identical]
 //! ```
 
 use std::process::{Command, ExitCode};
 use std::time::Instant;
 
+use tideline_benches::whole_process::{self, Query};
 use tideline_benches::{Measurement, Workload, workloads};
 
 const USAGE: &str = "\
@@ -30,11 +37,35 @@ harness: Tideline (E) vs plain differential (D) vs a hand-written loop (H), side
                       `auto`: at half the pipeline's measured maximum rate
   --state-size KEYS   bytes per live window state entry, with KEYS keys live at once
   --child VARIANT     internal: run one variant (E, D or H) of one workload and print JSON
+  --measure-child STDERR PROGRAM ARGS…
+                      internal: run PROGRAM, print its wall time, CPU time and peak memory
+
+WHOLE PROCESS (window_agg -w 1, -w 2 and the hand-written window_loop on a generated bid file;
+build window_agg and window_loop in the harness's profile first, e.g.
+`cargo build --release -p tideline-examples --bin window_agg` and
+`cargo build --release -p tideline-benches --bin harness --bin window_loop`):
+  --whole-process     run it
+  --events N,M        bids per input file (default 1000000,2000000)
+  --runs R            runs of each program on each input (default 3; the table shows the median)
+  --query A,B         queries (default: all): tumbling, sliding, sessions
+  --data-dir DIR      where inputs are generated once and outputs written
+                      (default: target/whole-process)
+  --max-delay MS      out-of-order rows up to MS early (default 5000, the out-of-orderness:
+                      nothing late; more makes late records)
+  --byte-identical    fail unless window_agg's output is byte-identical to the loop's
+                      (default: the same rows in any order pass, and the order is reported)
 ";
 
 fn main() -> ExitCode {
+    // First, before this process grows: the whole-process benchmark's measuring helper.
+    let mut raw = std::env::args_os().skip(1);
+    if raw.next().is_some_and(|flag| flag == "--measure-child") {
+        return whole_process::measure_child_main(raw);
+    }
     let mut args = std::env::args().skip(1);
-    let mut events: u64 = 10_000_000;
+    let mut events_text: Option<String> = None;
+    let mut whole = false;
+    let mut whole_options = whole_process::Options::default();
     let mut workers: usize = 1;
     let mut selected: Option<Vec<String>> = None;
     let mut smoke = false;
@@ -44,7 +75,21 @@ fn main() -> ExitCode {
     while let Some(flag) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| fail(&format!("{flag} needs a value")));
         match flag.as_str() {
-            "--events" => events = value().parse().unwrap_or_else(|_| fail("--events expects a number")),
+            "--events" => events_text = Some(value()),
+            "--whole-process" => whole = true,
+            "--runs" => whole_options.runs = value().parse().unwrap_or_else(|_| fail("--runs expects a number")),
+            "--query" => {
+                whole_options.queries = value()
+                    .split(',')
+                    .map(|q| Query::from_name(q).unwrap_or_else(|| fail(&format!("unknown query {q}"))))
+                    .collect()
+            }
+            "--data-dir" => whole_options.data_dir = Some(value().into()),
+            "--max-delay" => {
+                whole_options.max_delay_ms =
+                    value().parse().unwrap_or_else(|_| fail("--max-delay expects milliseconds"))
+            }
+            "--byte-identical" => whole_options.byte_identical = true,
             "--workers" | "-w" => workers = value().parse().unwrap_or_else(|_| fail("--workers expects a number")),
             "--workload" => selected = Some(value().split(',').map(String::from).collect()),
             "--smoke" => smoke = true,
@@ -70,6 +115,26 @@ fn main() -> ExitCode {
             other => fail(&format!("unknown flag {other}")),
         }
     }
+    if whole {
+        if let Some(text) = &events_text {
+            whole_options.events = text
+                .split(',')
+                .map(|n| n.parse().unwrap_or_else(|_| fail("--events expects numbers, comma-separated")))
+                .collect();
+        }
+        return match whole_process::run(&whole_options) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => {
+                eprintln!("harness: window_agg's output differed from the hand-written loop's (see above)");
+                ExitCode::FAILURE
+            }
+            Err(error) => fail(&error.to_string()),
+        };
+    }
+    let mut events: u64 = match &events_text {
+        Some(text) => text.parse().unwrap_or_else(|_| fail("--events expects a number")),
+        None => 10_000_000,
+    };
     if smoke {
         events = events.min(100_000);
     }

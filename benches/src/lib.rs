@@ -19,6 +19,7 @@ use tideline::window::aggregate::Count;
 pub mod bids;
 pub mod joins;
 pub mod keyed;
+pub mod whole_process;
 pub mod windows;
 
 /// Partitions of the generated input (fixed: results do not depend on workers).
