@@ -8,14 +8,15 @@
 //! It checks that E, D and H produce the same result (an order-independent digest of the
 //! output multiset), then prints events/s per worker (E also counting input generation,
 //! "E+gen"), the ratios E/D and E/H, peak memory and bytes per live state entry. Each variant
-//! runs in its own child process, so peak memory is its own.
+//! runs in its own child process, so peak memory is its own. Every workload runs on input of
+//! one or more shapes (`--shape`, see [`tideline_benches::shapes`]).
 //!
 //! `--whole-process` instead runs the `window_agg` example program against a hand-written loop
 //! (`window_loop`) on a generated bid file, whole processes side by side
 //! ([`tideline_benches::whole_process`]).
 //!
 //! ```text
-//! harness [--events N] [--workers W] [--workload NAME[,NAME…]] [--smoke]
+//! harness [--events N] [--workers W] [--workload NAME[,NAME…]] [--shape S[,S…]|all] [--smoke]
 //! harness --whole-process [--events N[,N…]] [--runs R] [--query Q[,Q…]] [--data-dir DIR]
 //!         [--max-delay MS] [--byte-identical]
 //! ```
@@ -23,6 +24,7 @@
 use std::process::{Command, ExitCode};
 use std::time::Instant;
 
+use tideline_benches::shapes::Shape;
 use tideline_benches::whole_process::{self, Query};
 use tideline_benches::{Measurement, Workload, workloads};
 
@@ -32,6 +34,7 @@ harness: Tideline (E) vs plain differential (D) vs a hand-written loop (H), side
   --events N          events per workload (default 10000000)
   --workers W         worker threads for E and D (default 1)
   --workload A,B      workloads to run (default: all): {WORKLOADS}
+  --shape A,B|all     input shapes (default: dense; with --smoke: all): {SHAPES}
   --smoke             small input (100000 events), check agreement only: for CI
   --latency RATE      window result latency at RATE events/s (real time), p50/p99;
                       `auto`: at half the pipeline's measured maximum rate
@@ -64,6 +67,7 @@ fn main() -> ExitCode {
     }
     let mut args = std::env::args().skip(1);
     let mut events_text: Option<String> = None;
+    let mut shapes_text: Option<String> = None;
     let mut whole = false;
     let mut whole_options = whole_process::Options::default();
     let mut workers: usize = 1;
@@ -76,6 +80,7 @@ fn main() -> ExitCode {
         let mut value = || args.next().unwrap_or_else(|| fail(&format!("{flag} needs a value")));
         match flag.as_str() {
             "--events" => events_text = Some(value()),
+            "--shape" => shapes_text = Some(value()),
             "--whole-process" => whole = true,
             "--runs" => whole_options.runs = value().parse().unwrap_or_else(|_| fail("--runs expects a number")),
             "--query" => {
@@ -109,7 +114,8 @@ fn main() -> ExitCode {
             }
             "--help" => {
                 let names: Vec<&str> = workloads().iter().map(|w| w.name).collect();
-                println!("{}", USAGE.replace("{WORKLOADS}", &names.join(", ")));
+                let shapes: Vec<&str> = Shape::ALL.iter().map(|s| s.name()).collect();
+                println!("{}", USAGE.replace("{WORKLOADS}", &names.join(", ")).replace("{SHAPES}", &shapes.join(", ")));
                 return ExitCode::SUCCESS;
             }
             other => fail(&format!("unknown flag {other}")),
@@ -134,6 +140,15 @@ fn main() -> ExitCode {
     let mut events: u64 = match &events_text {
         Some(text) => text.parse().unwrap_or_else(|_| fail("--events expects a number")),
         None => 10_000_000,
+    };
+    let shapes: Vec<Shape> = match shapes_text.as_deref() {
+        Some("all") => Shape::ALL.to_vec(),
+        Some(text) => text
+            .split(',')
+            .map(|s| Shape::from_name(s).unwrap_or_else(|| fail(&format!("unknown shape {s}"))))
+            .collect(),
+        None if smoke => Shape::ALL.to_vec(),
+        None => vec![Shape::Dense],
     };
     if smoke {
         events = events.min(100_000);
@@ -197,7 +212,8 @@ fn main() -> ExitCode {
 
     if let Some(variant) = child {
         let workload = chosen.first().unwrap_or_else(|| fail("--child needs one --workload"));
-        let measurement = tideline_benches::run_variant(workload, &variant, events, workers);
+        let shape = *shapes.first().unwrap_or_else(|| fail("--child needs one --shape"));
+        let measurement = tideline_benches::run_variant(workload, &variant, events, workers, shape);
         println!("{}", measurement.to_json());
         return ExitCode::SUCCESS;
     }
@@ -207,21 +223,37 @@ fn main() -> ExitCode {
         "Tideline throughput harness: {events} events per workload, {workers} worker(s) for E and D, input pre-generated in memory"
     );
     println!(
-        "{:<14} {:>12} {:>12} {:>12} {:>12} {:>6} {:>6} {:>9} {:>9} {:>9} {:>10}  agree",
-        "workload", "E ev/s/wkr", "E+gen", "D ev/s/wkr", "H ev/s", "E/D", "E/H", "E MB", "D MB", "H MB", "E B/entry"
+        "{:<14} {:<6} {:>12} {:>12} {:>12} {:>12} {:>6} {:>6} {:>9} {:>9} {:>9} {:>10}  agree",
+        "workload",
+        "shape",
+        "E ev/s/wkr",
+        "E+gen",
+        "D ev/s/wkr",
+        "H ev/s",
+        "E/D",
+        "E/H",
+        "E MB",
+        "D MB",
+        "H MB",
+        "E B/entry"
     );
     let started = Instant::now();
     let mut disagreements = 0;
-    for workload in chosen {
+    for (shape, workload) in shapes.iter().flat_map(|s| chosen.iter().map(move |w| (s, w))) {
         let mut results: Vec<Measurement> = Vec::new();
         for variant in ["E", "D", "H"] {
             let output = Command::new(&exe)
                 .args(["--child", variant, "--workload", workload.name, "--events", &events.to_string()])
-                .args(["--workers", &workers.to_string()])
+                .args(["--workers", &workers.to_string(), "--shape", shape.name()])
                 .output()
                 .expect("harness child runs");
             if !output.status.success() {
-                eprintln!("{} {variant} failed:\n{}", workload.name, String::from_utf8_lossy(&output.stderr));
+                eprintln!(
+                    "{} ({}) {variant} failed:\n{}",
+                    workload.name,
+                    shape.name(),
+                    String::from_utf8_lossy(&output.stderr)
+                );
                 return ExitCode::FAILURE;
             }
             let line = String::from_utf8_lossy(&output.stdout);
@@ -237,8 +269,9 @@ fn main() -> ExitCode {
         let per_worker = |m: &Measurement| m.events as f64 / m.seconds / m.workers as f64;
         let with_generator = e.events as f64 / (e.seconds + e.generate_seconds) / e.workers as f64;
         println!(
-            "{:<14} {:>12.0} {:>12.0} {:>12.0} {:>12.0} {:>6.2} {:>6.2} {:>9.1} {:>9.1} {:>9.1} {:>10}  {}",
+            "{:<14} {:<6} {:>12.0} {:>12.0} {:>12.0} {:>12.0} {:>6.2} {:>6.2} {:>9.1} {:>9.1} {:>9.1} {:>10}  {}",
             workload.name,
+            shape.name(),
             per_worker(e),
             with_generator,
             per_worker(d),
