@@ -8,10 +8,17 @@
 //! It checks that E, D and H produce the same result (an order-independent digest of the
 //! output multiset), then prints events/s per worker (E also counting input generation,
 //! "E+gen"), the ratios E/D and E/H, peak memory and bytes per live state entry. Each variant
-//! runs in its own child process, so peak memory is its own.
+//! runs in its own child process, so peak memory is its own. Every workload runs on input of
+//! one or more shapes (`--shape`, see [`tideline_benches::shapes`]).
+//!
+//! `--whole-process` instead runs the `window_agg` example program against a hand-written loop
+//! (`window_loop`) on a generated bid file, whole processes side by side
+//! ([`tideline_benches::whole_process`]).
 //!
 //! ```text
-//! harness [--events N] [--workers W] [--workload NAME[,NAME…]] [--smoke] [--metrics]
+//! harness [--events N] [--workers W] [--workload NAME[,NAME…]] [--shape S[,S…]|all] [--smoke] [--metrics]
+//! harness --whole-process [--events N[,N…]] [--runs R] [--query Q[,Q…]] [--data-dir DIR]
+//!         [--max-delay MS] [--same-rows]
 //! ```
 //!
 //! `--metrics` runs every variant with the metrics endpoint on and scraped over HTTP every
@@ -21,6 +28,8 @@
 use std::process::{Command, ExitCode};
 use std::time::Instant;
 
+use tideline_benches::shapes::Shape;
+use tideline_benches::whole_process::{self, Query};
 use tideline_benches::{Measurement, Workload, workloads};
 
 const USAGE: &str = "\
@@ -29,6 +38,7 @@ harness: Tideline (E) vs plain differential (D) vs a hand-written loop (H), side
   --events N          events per workload (default 10000000)
   --workers W         worker threads for E and D (default 1)
   --workload A,B      workloads to run (default: all): {WORKLOADS}
+  --shape A,B|all     input shapes (default: dense; with --smoke: all): {SHAPES}
   --smoke             small input (100000 events), check agreement only: for CI
   --metrics           serve /metrics in every variant and scrape it every second
                       (compare with a run without, to see what the endpoint costs)
@@ -37,11 +47,36 @@ harness: Tideline (E) vs plain differential (D) vs a hand-written loop (H), side
                       `auto`: at half the pipeline's measured maximum rate
   --state-size KEYS   bytes per live window state entry, with KEYS keys live at once
   --child VARIANT     internal: run one variant (E, D or H) of one workload and print JSON
+  --measure-child STDERR PROGRAM ARGS…
+                      internal: run PROGRAM, print its wall time, CPU time and peak memory
+
+WHOLE PROCESS (window_agg -w 1, -w 2 and the hand-written window_loop on a generated bid file;
+build window_agg and window_loop in the harness's profile first, e.g.
+`cargo build --release -p tideline-examples --bin window_agg` and
+`cargo build --release -p tideline-benches --bin harness --bin window_loop`):
+  --whole-process     run it
+  --events N,M        bids per input file (default 1000000,2000000)
+  --runs R            runs of each program on each input (default 3; the table shows the median)
+  --query A,B         queries (default: all): tumbling, sliding, sessions
+  --data-dir DIR      where inputs are generated once and outputs written
+                      (default: target/whole-process)
+  --max-delay MS      out-of-order rows up to MS early (default 5000, the out-of-orderness:
+                      nothing late; more makes late records)
+  --same-rows         pass when window_agg's output has the loop's rows in another order
+                      (default: fail unless the two outputs are byte-identical)
 ";
 
 fn main() -> ExitCode {
+    // First, before this process grows: the whole-process benchmark's measuring helper.
+    let mut raw = std::env::args_os().skip(1);
+    if raw.next().is_some_and(|flag| flag == "--measure-child") {
+        return whole_process::measure_child_main(raw);
+    }
     let mut args = std::env::args().skip(1);
-    let mut events: u64 = 10_000_000;
+    let mut events_text: Option<String> = None;
+    let mut shapes_text: Option<String> = None;
+    let mut whole = false;
+    let mut whole_options = whole_process::Options::default();
     let mut workers: usize = 1;
     let mut selected: Option<Vec<String>> = None;
     let mut smoke = false;
@@ -53,7 +88,23 @@ fn main() -> ExitCode {
     while let Some(flag) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| fail(&format!("{flag} needs a value")));
         match flag.as_str() {
-            "--events" => events = value().parse().unwrap_or_else(|_| fail("--events expects a number")),
+            "--events" => events_text = Some(value()),
+            "--shape" => shapes_text = Some(value()),
+            "--whole-process" => whole = true,
+            "--runs" => whole_options.runs = value().parse().unwrap_or_else(|_| fail("--runs expects a number")),
+            "--query" => {
+                whole_options.queries = value()
+                    .split(',')
+                    .map(|q| Query::from_name(q).unwrap_or_else(|| fail(&format!("unknown query {q}"))))
+                    .collect()
+            }
+            "--data-dir" => whole_options.data_dir = Some(value().into()),
+            "--max-delay" => {
+                whole_options.max_delay_ms =
+                    value().parse().unwrap_or_else(|_| fail("--max-delay expects milliseconds"))
+            }
+            "--byte-identical" => whole_options.byte_identical = true,
+            "--same-rows" => whole_options.byte_identical = false,
             "--workers" | "-w" => workers = value().parse().unwrap_or_else(|_| fail("--workers expects a number")),
             "--workload" => selected = Some(value().split(',').map(String::from).collect()),
             "--smoke" => smoke = true,
@@ -77,12 +128,42 @@ fn main() -> ExitCode {
             }
             "--help" => {
                 let names: Vec<&str> = workloads().iter().map(|w| w.name).collect();
-                println!("{}", USAGE.replace("{WORKLOADS}", &names.join(", ")));
+                let shapes: Vec<&str> = Shape::ALL.iter().map(|s| s.name()).collect();
+                println!("{}", USAGE.replace("{WORKLOADS}", &names.join(", ")).replace("{SHAPES}", &shapes.join(", ")));
                 return ExitCode::SUCCESS;
             }
             other => fail(&format!("unknown flag {other}")),
         }
     }
+    if whole {
+        if let Some(text) = &events_text {
+            whole_options.events = text
+                .split(',')
+                .map(|n| n.parse().unwrap_or_else(|_| fail("--events expects numbers, comma-separated")))
+                .collect();
+        }
+        return match whole_process::run(&whole_options) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => {
+                eprintln!("harness: window_agg's output differed from the hand-written loop's (see above)");
+                ExitCode::FAILURE
+            }
+            Err(error) => fail(&error.to_string()),
+        };
+    }
+    let mut events: u64 = match &events_text {
+        Some(text) => text.parse().unwrap_or_else(|_| fail("--events expects a number")),
+        None => 10_000_000,
+    };
+    let shapes: Vec<Shape> = match shapes_text.as_deref() {
+        Some("all") => Shape::ALL.to_vec(),
+        Some(text) => text
+            .split(',')
+            .map(|s| Shape::from_name(s).unwrap_or_else(|| fail(&format!("unknown shape {s}"))))
+            .collect(),
+        None if smoke => Shape::ALL.to_vec(),
+        None => vec![Shape::Dense],
+    };
     if smoke {
         events = events.min(100_000);
     }
@@ -145,8 +226,9 @@ fn main() -> ExitCode {
 
     if let Some(variant) = child {
         let workload = chosen.first().unwrap_or_else(|| fail("--child needs one --workload"));
+        let shape = *shapes.first().unwrap_or_else(|| fail("--child needs one --shape"));
         let scraper = metrics.then(|| Scraper::start(std::time::Duration::from_millis(scrape_every_ms)));
-        let measurement = tideline_benches::run_variant(workload, &variant, events, workers);
+        let measurement = tideline_benches::run_variant(workload, &variant, events, workers, shape);
         if let Some(scraper) = scraper {
             let stats = scraper.stop();
             eprintln!(
@@ -167,17 +249,28 @@ fn main() -> ExitCode {
         if metrics { format!(", metrics endpoint on and scraped every {scrape_every_ms} ms") } else { String::new() }
     );
     println!(
-        "{:<14} {:>12} {:>12} {:>12} {:>12} {:>6} {:>6} {:>9} {:>9} {:>9} {:>10}  agree",
-        "workload", "E ev/s/wkr", "E+gen", "D ev/s/wkr", "H ev/s", "E/D", "E/H", "E MB", "D MB", "H MB", "E B/entry"
+        "{:<14} {:<6} {:>12} {:>12} {:>12} {:>12} {:>6} {:>6} {:>9} {:>9} {:>9} {:>10}  agree",
+        "workload",
+        "shape",
+        "E ev/s/wkr",
+        "E+gen",
+        "D ev/s/wkr",
+        "H ev/s",
+        "E/D",
+        "E/H",
+        "E MB",
+        "D MB",
+        "H MB",
+        "E B/entry"
     );
     let started = Instant::now();
     let mut disagreements = 0;
-    for workload in chosen {
+    for (shape, workload) in shapes.iter().flat_map(|s| chosen.iter().map(move |w| (s, w))) {
         let mut results: Vec<Measurement> = Vec::new();
         for variant in ["E", "D", "H"] {
             let output = Command::new(&exe)
                 .args(["--child", variant, "--workload", workload.name, "--events", &events.to_string()])
-                .args(["--workers", &workers.to_string()])
+                .args(["--workers", &workers.to_string(), "--shape", shape.name()])
                 .args(if metrics {
                     vec!["--metrics".to_string(), "--metrics-every".into(), scrape_every_ms.to_string()]
                 } else {
@@ -186,7 +279,12 @@ fn main() -> ExitCode {
                 .output()
                 .expect("harness child runs");
             if !output.status.success() {
-                eprintln!("{} {variant} failed:\n{}", workload.name, String::from_utf8_lossy(&output.stderr));
+                eprintln!(
+                    "{} ({}) {variant} failed:\n{}",
+                    workload.name,
+                    shape.name(),
+                    String::from_utf8_lossy(&output.stderr)
+                );
                 return ExitCode::FAILURE;
             }
             if metrics {
@@ -205,8 +303,9 @@ fn main() -> ExitCode {
         let per_worker = |m: &Measurement| m.events as f64 / m.seconds / m.workers as f64;
         let with_generator = e.events as f64 / (e.seconds + e.generate_seconds) / e.workers as f64;
         println!(
-            "{:<14} {:>12.0} {:>12.0} {:>12.0} {:>12.0} {:>6.2} {:>6.2} {:>9.1} {:>9.1} {:>9.1} {:>10}  {}",
+            "{:<14} {:<6} {:>12.0} {:>12.0} {:>12.0} {:>12.0} {:>6.2} {:>6.2} {:>9.1} {:>9.1} {:>9.1} {:>10}  {}",
             workload.name,
+            shape.name(),
             per_worker(e),
             with_generator,
             per_worker(d),

@@ -95,7 +95,7 @@ fn split_sessions(times: &[Time]) -> Vec<(Time, Time, u64)> {
     let mut out: Vec<(Time, Time, u64)> = Vec::new();
     for &t in times {
         match out.last_mut() {
-            Some((_, last, count)) if t - *last < GAP_MS => {
+            Some((_, last, count)) if t - *last <= GAP_MS => {
                 *last = t;
                 *count += 1;
             }
@@ -208,7 +208,7 @@ pub fn hand_written(op: Op, input: &Arc<Vec<Vec<Bid>>>) -> Digest {
                     // Merge every open session within the gap of `t`.
                     let mut merged = (t, t, 1u64);
                     sessions.retain(|&(start, last, count)| {
-                        let touches = t + GAP_MS > start && last + GAP_MS > t;
+                        let touches = t + GAP_MS >= start && last + GAP_MS >= t;
                         if touches {
                             merged = (merged.0.min(start), merged.1.max(last), merged.2 + count);
                         }
@@ -216,7 +216,7 @@ pub fn hand_written(op: Op, input: &Arc<Vec<Vec<Bid>>>) -> Digest {
                     });
                     let position = sessions.partition_point(|s| s.0 < merged.0);
                     sessions.insert(position, merged);
-                    timers.entry(merged.1 + GAP_MS).or_default().push((event.key, 0));
+                    timers.entry(merged.1 + GAP_MS + 1).or_default().push((event.key, 0));
                 }
                 Op::Dedup => {
                     let times = groups.entry((event.key, event.value)).or_default();
@@ -240,7 +240,7 @@ pub fn hand_written(op: Op, input: &Arc<Vec<Vec<Bid>>>) -> Digest {
                         let Some(sessions) = open.get_mut(&key) else { continue };
                         // Close the sessions whose gap the watermark has passed.
                         sessions.retain(|&(start, last, count)| {
-                            if last + GAP_MS <= watermark {
+                            if last + GAP_MS < watermark {
                                 out.add(&[start, last + GAP_MS, key, count], 1);
                                 false
                             } else {

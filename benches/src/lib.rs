@@ -16,9 +16,14 @@ use tideline::sink::{SinkHandle, SinkParallelism, SinkWriter};
 use tideline::source::SourceConfig;
 use tideline::window::aggregate::Count;
 
+pub mod bids;
 pub mod joins;
 pub mod keyed;
+pub mod shapes;
+pub mod whole_process;
 pub mod windows;
+
+use shapes::Shape;
 
 /// Partitions of the generated input (fixed: results do not depend on workers).
 pub const PARTITIONS: usize = 16;
@@ -290,15 +295,16 @@ impl DigestInto for VecCollection<'_, Time, Row> {
     }
 }
 
-/// Runs one variant of `workload` on freshly generated input and measures it.
-pub fn run_variant(workload: &Workload, variant: &str, events: u64, workers: usize) -> Measurement {
+/// Runs one variant of `workload` on freshly generated input of the given shape and measures
+/// it.
+pub fn run_variant(workload: &Workload, variant: &str, events: u64, workers: usize, shape: Shape) -> Measurement {
     let generating = Instant::now();
     let bids = match workload.kind {
-        Kind::Windows(..) => Some(Arc::new(generate(InputShape::bids(events)))),
-        Kind::Sessions | Kind::Dedup => Some(Arc::new(keyed::generate(events))),
+        Kind::Windows(..) => Some(Arc::new(shapes::bids(shape, events))),
+        Kind::Sessions | Kind::Dedup => Some(Arc::new(shapes::users(shape, events))),
         _ => None,
     };
-    let refs = matches!(workload.kind, Kind::WindowJoin(_) | Kind::Join).then(|| Arc::new(joins::generate(events)));
+    let refs = matches!(workload.kind, Kind::WindowJoin(_) | Kind::Join).then(|| Arc::new(shapes::refs(shape, events)));
     let op = if workload.kind == Kind::Sessions { keyed::Op::Sessions } else { keyed::Op::Dedup };
     let generate_seconds = generating.elapsed().as_secs_f64();
     let baseline_kb = memory_kb("VmRSS:");
