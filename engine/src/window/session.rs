@@ -499,9 +499,14 @@ where
             }
         }
         self.dirty = dirty;
+        let (gap, lateness) = (self.gap, self.lateness);
         for (key, start) in expired.drain(..) {
             let Some(sessions) = self.keys.get_mut(&key) else { continue };
-            if let Some(i) = sessions.iter().position(|(s, _)| *s == start) {
+            // Only if it is still expired: a run of this step may have extended it since it
+            // was listed (its start unchanged), and then its own `Expire` timer stands for it.
+            if let Some(i) = sessions.iter().position(|(s, session)| {
+                *s == start && session.last.saturating_add(gap).saturating_add(lateness) <= time
+            }) {
                 let (_, session) = sessions.remove(i);
                 self.holds.release(session.since);
                 self.live -= 1;
