@@ -29,6 +29,10 @@ use crate::kafka::ledger::OffsetLedger;
 use crate::kafka::plan::{EventTimeFrom, Inner, Plan, partition_id};
 use crate::kafka::stats::KafkaSourceStats;
 
+/// Consecutive empty polls after which the consumer's queue is taken to be empty (see
+/// `read_messages`).
+const EMPTY_POLLS: u32 = 16;
+
 /// Client callbacks: statistics and errors, kept in the source's stats.
 struct ReaderContext {
     stats: Arc<KafkaSourceStats>,
@@ -241,8 +245,21 @@ impl<D: 'static> KafkaReader<D> {
         let consumer = consumer.as_ref().expect("started");
         let mut read = 0;
         let mut finished = Vec::new();
+        // `poll` also serves the client's events (statistics, commit results, rebalances) and
+        // returns `None` after serving one, even with messages queued behind it; waiting then
+        // (for the queue's non-empty callback, which does not come: the queue is not empty)
+        // stalled reading for as long as events kept arriving. Only several `None`s in a row
+        // mean the queue is empty.
+        let mut empty_polls = 0;
         while ctx.budget() > 0 {
-            let Some(result) = consumer.poll(Duration::ZERO) else { break };
+            let Some(result) = consumer.poll(Duration::ZERO) else {
+                empty_polls += 1;
+                if empty_polls >= EMPTY_POLLS {
+                    break;
+                }
+                continue;
+            };
+            empty_polls = 0;
             let message = match result {
                 Ok(message) => message,
                 Err(KafkaError::PartitionEOF(_)) => continue,

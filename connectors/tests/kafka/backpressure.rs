@@ -106,7 +106,7 @@ fn with_a_slow_sink_the_source_stops_polling_and_memory_stays_bounded() {
         stats.max_prefetched_bytes()
     );
     assert_eq!(metrics.errors(), Vec::<String>::new());
-    assert!(done > 1_000, "the sink made progress: {done}");
+    assert!(done > 10_000, "the sink made progress: {done}");
     assert!(taken < RECORDS / 2, "the source kept reading ahead of the slow sink: {taken} of {RECORDS}");
     // The engine's bound (records emitted since the watermark the sink has reached), plus a
     // batch and one event time's records.
