@@ -408,10 +408,15 @@ impl<D: ExchangeData, W: SinkWriter<D>> SinkCore<D, W> {
             if self.announced != Some(announce) {
                 self.announcements.send((self.index, Durable::Upto(announce.0, announce.1)));
                 self.announced = Some(announce);
+                // Known here at once: waiting for the broadcast to come back would leave it
+                // unknown until the next activation, which may never come.
+                self.peers[self.index] = Some(announce);
             }
         }
         while let Some((peer, durable)) = self.announcements.recv() {
             match durable {
+                // Its own announcements are recorded when sent.
+                Durable::Upto(..) if peer == self.index => {}
                 Durable::Upto(frontier, retained) => self.peers[peer] = Some((frontier, retained)),
                 Durable::Failed => {
                     self.peer_failed = true;
@@ -438,6 +443,11 @@ impl<D: ExchangeData, W: SinkWriter<D>> SinkCore<D, W> {
             // What it waits for (other sinks completing, operators releasing state) arrives
             // without scheduling it: look again shortly.
             self.activator.activate_after(std::time::Duration::from_millis(1));
+        } else if !done && all.is_none_or(|(d, r)| min_frontier(d, r) != current) {
+            // The safe point lags what is written: it moves when other sinks, other workers or
+            // the operators' retention move, none of which schedules this sink. Look again
+            // soon, so that sources can acknowledge input within a few tens of milliseconds.
+            self.activator.activate_after(std::time::Duration::from_millis(20));
         }
         !done
     }

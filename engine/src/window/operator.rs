@@ -34,6 +34,11 @@ pub(crate) struct PaneDelta<K, A> {
     on_time: bool,
     acc: A,
     count: i64,
+    /// The earliest dataflow time of the records folded in: on-time deltas travel at their
+    /// batch's time (fewer distinct times), which may be long before their records' times
+    /// (a source's first batch is at time 0), and the window's retention must follow the
+    /// records, not the batch.
+    since: Time,
 }
 
 type Update<D> = (D, Time, isize);
@@ -66,7 +71,7 @@ where
     let combiner = aggregator.clone();
     let retractable = aggregator.retractable();
     builder.build(move |_capabilities| {
-        let mut combined: FastMap<(K, u64, Option<Time>), (A::Acc, i64)> = FastMap::default();
+        let mut combined: FastMap<(K, u64, Option<Time>), (A::Acc, i64, Time)> = FastMap::default();
         let mut deltas: Vec<Update<PaneDelta<K, A::Acc>>> = Vec::new();
         let mut rejected: Vec<Update<Event<K, V>>> = Vec::new();
         move |_frontiers| {
@@ -94,14 +99,22 @@ where
                     }
                     let exact = (emit == Emit::Updates || at > spec.pane_max_time(pane)).then_some(at);
                     if pre_aggregate {
-                        let slot = combined.entry((event.key, pane, exact)).or_insert_with(|| (A::Acc::default(), 0));
+                        let slot =
+                            combined.entry((event.key, pane, exact)).or_insert_with(|| (A::Acc::default(), 0, at));
                         combiner.add(&mut slot.0, &event.value, diff);
                         slot.1 += diff as i64;
+                        slot.2 = slot.2.min(at);
                     } else {
                         let mut acc = A::Acc::default();
                         combiner.add(&mut acc, &event.value, diff);
-                        let delta =
-                            PaneDelta { key: event.key, pane, on_time: exact.is_none(), acc, count: diff as i64 };
+                        let delta = PaneDelta {
+                            key: event.key,
+                            pane,
+                            on_time: exact.is_none(),
+                            acc,
+                            count: diff as i64,
+                            since: at,
+                        };
                         deltas.push((delta, exact.unwrap_or(time), 1));
                     }
                 }
@@ -110,10 +123,10 @@ where
                     late_handle.session(&cap).give_container(&mut rejected);
                     rejected.clear();
                 }
-                for ((key, pane, exact), (acc, count)) in combined.drain() {
+                for ((key, pane, exact), (acc, count, since)) in combined.drain() {
                     if count != 0 || !is_default(&acc) {
                         deltas.push((
-                            PaneDelta { key, pane, on_time: exact.is_none(), acc, count },
+                            PaneDelta { key, pane, on_time: exact.is_none(), acc, count, since },
                             exact.unwrap_or(time),
                             1,
                         ));
@@ -212,7 +225,7 @@ impl<K: ExchangeData, V: ExchangeData, A: Aggregator<V>> WindowLogic<K, V, A> {
     }
 
     fn apply(&mut self, time: Time, delta: PaneDelta<K, A::Acc>, step: &mut Step<'_, Self>) {
-        let PaneDelta { key, pane, on_time, acc, count } = delta;
+        let PaneDelta { key, pane, on_time, acc, count, since } = delta;
         let mut key = Some(key);
         let mut acc = Some(acc);
         let mut windows = self.spec.windows_of_pane(pane).peekable();
@@ -239,12 +252,12 @@ impl<K: ExchangeData, V: ExchangeData, A: Aggregator<V>> WindowLogic<K, V, A> {
                     if !(self.emit == Emit::Final && expire == complete) {
                         step.schedule(expire, (Due::Expire, window.end));
                     }
-                    let mut state = WindowState::new(window, time);
+                    let mut state = WindowState::new(window, since);
                     state.emitted = complete < time;
                     entry.insert(state)
                 }
             };
-            state.since = state.since.min(time);
+            state.since = state.since.min(since);
             let k = if last { key.take().expect("key") } else { key.clone().expect("key") };
             let a = if last { acc.take().expect("acc") } else { acc.clone().expect("acc") };
             let (slot, created) = state.slot(k);
