@@ -179,3 +179,181 @@ fn committed_offsets_never_pass_the_durable_output_and_a_restart_loses_nothing()
     eprintln!("{test}: committed at the kill {at_kill:?}; {duplicates} records written twice (after the last commit)");
     assert_eq!(committed(&brokers, &group, &topic, 2), vec![Some(PER_PARTITION); 2]);
 }
+
+/// A sink of text rows that takes its time (2 ms per event time) and counts a row as durable
+/// only once `advance` returned.
+struct SlowRows {
+    pending: Vec<String>,
+    durable: Arc<Mutex<BTreeSet<String>>>,
+}
+
+impl SinkWriter<String> for SlowRows {
+    fn write(&mut self, _time: Time, updates: &[(String, isize)]) -> tideline::Result<()> {
+        std::thread::sleep(Duration::from_millis(2));
+        self.pending.extend(updates.iter().filter(|(_, diff)| *diff > 0).map(|(row, _)| row.clone()));
+        Ok(())
+    }
+
+    fn advance(&mut self, _frontier: Option<Time>) -> tideline::Result<()> {
+        self.durable.lock().unwrap().extend(self.pending.drain(..));
+        Ok(())
+    }
+}
+
+/// Session gap, dedup horizon and join bound of the stateful pipeline (ms).
+const GAP_MS: u64 = 300;
+const HORIZON_MS: u64 = 150;
+const JOIN_MS: u64 = 100;
+
+/// Sessions (count per key), dedup (first of each (key, value mod 7) within a horizon) and an
+/// interval join (even values with the odd ones of their key up to 100 ms later), as text rows.
+fn stateful_pipeline<'scope>(readings: VecCollection<'scope, Time, Reading>) -> VecCollection<'scope, Time, String> {
+    let events = readings.map(|r| Event::new(r.time, r.key, r.value));
+    let sessions = events
+        .clone()
+        .sessions(Duration::from_millis(GAP_MS))
+        .aggregate(tideline::window::aggregate::Count)
+        .map(|r| format!("session {} [{}, {}) {}", r.key, r.window.start, r.window.end, r.value));
+    let firsts = events
+        .clone()
+        .map(|e| Event::new(e.time, (e.key, e.value % 7), ()))
+        .dedup(Duration::from_millis(HORIZON_MS))
+        .build()
+        .map(|e| format!("dedup {} {} {}", e.key.0, e.key.1, e.time));
+    let even = events.clone().filter(|e| e.value % 2 == 0);
+    let odd = events.filter(|e| e.value % 2 == 1);
+    let pairs = even
+        .interval_join(odd, IntervalBounds::after(Duration::from_millis(JOIN_MS)))
+        .inner()
+        .map(|(a, b)| format!("join {} {} {}", a.key, a.time, b.time));
+    sessions.concat(firsts).concat(pairs)
+}
+
+#[test]
+fn sessions_dedup_and_a_join_between_source_and_sink_lose_nothing_across_a_kill() {
+    let _serial = crate::common::serial();
+    let test = "sessions_dedup_and_a_join_between_source_and_sink_lose_nothing_across_a_kill";
+    let Some(brokers) = brokers(test) else { return };
+    let (topic, group) = (unique("alo-stateful-in"), unique("alo-stateful-group"));
+    create(&brokers, &topic, 2);
+    // Increasing times, 10 ms apart per partition; a key holds for 20 records (200 ms), then
+    // the next of 8 keys takes over: sessions close 300 ms after their key's run, and live
+    // state (open sessions, dedup groups, join buffers) always spans the latest records.
+    const RECORDS: i64 = 2_000;
+    let input: Vec<Vec<Reading>> = (0..2)
+        .map(|p| {
+            (0..RECORDS)
+                .map(|i| Reading {
+                    time: 1_000_000 + i as u64 * 10 + p,
+                    key: format!("k{}", (i / 20) % 8),
+                    value: i * 3 + p as i64,
+                })
+                .collect()
+        })
+        .collect();
+    produce_readings(&brokers, &topic, &input);
+
+    // Every final row, from the same pipeline over the whole input in memory.
+    let partitions = Arc::new(input);
+    let p = Arc::clone(&partitions);
+    let expected: BTreeSet<String> = tideline::runtime::collect(2, move |scope| {
+        stateful_pipeline(tideline::source::memory::from_partitions(scope, SourceConfig::new("readings"), Arc::clone(&p)).data)
+    })
+    .into_iter()
+    .map(|(row, _, diff)| {
+        assert_eq!(diff, 1, "final rows only: {row}");
+        row
+    })
+    .collect();
+    for kind in ["session", "dedup", "join"] {
+        assert!(expected.iter().filter(|r| r.starts_with(kind)).count() > 50, "the input gives {kind} rows");
+    }
+
+    // Run 1: unbounded, with the slow sink; killed (its dataflow dropped) once offsets have
+    // been committed and part of the output is durable.
+    let durable = Arc::new(Mutex::new(BTreeSet::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let source = KafkaSource::<Reading>::json(KafkaConfig::new(&brokers))
+        .topic(&topic)
+        .group_id(&group)
+        .record_event_time()
+        .commit_interval(Duration::from_millis(20))
+        .build()
+        .unwrap();
+    let (d, s) = (Arc::clone(&durable), Arc::clone(&stop));
+    let run = std::thread::spawn(move || {
+        execute(&Cluster::threads(2), move |worker| {
+            let (source, durable, stop) = (source.clone(), Arc::clone(&d), Arc::clone(&s));
+            let id = worker.next_dataflow_index();
+            worker.dataflow::<Time, _, _>(move |scope| {
+                let config = SourceConfig::new("readings").batch_size(50).max_in_flight(200);
+                stateful_pipeline(source.read(scope, config).data).sink_with(
+                    &SinkHandle::new("slow"),
+                    SinkParallelism::PerWorker,
+                    move |_, _| Some(SlowRows { pending: Vec::new(), durable }),
+                );
+            });
+            while !stop.load(Ordering::Relaxed) {
+                worker.step_or_park(Some(Duration::from_millis(1)));
+            }
+            worker.drop_dataflow(id);
+        })
+        .unwrap();
+    });
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let commits = committed(&brokers, &group, &topic, 2);
+        let written = durable.lock().unwrap().len();
+        if commits.iter().all(|c| c.is_some_and(|c| c > 0)) && written >= expected.len() / 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no commits in 90 s ({commits:?}; {written} rows written)");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    stop.store(true, Ordering::Relaxed);
+    within(Duration::from_secs(30), move || run.join().unwrap());
+    let at_kill: Vec<i64> = committed(&brokers, &group, &topic, 2).into_iter().map(|c| c.unwrap_or(0)).collect();
+    assert!(at_kill.iter().all(|c| *c > 0 && *c < RECORDS), "killed mid-way: committed {at_kill:?}");
+    let first: BTreeSet<String> = durable.lock().unwrap().clone();
+
+    // Run 2: restart from the committed offsets, read to the end.
+    let source = KafkaSource::<Reading>::json(KafkaConfig::new(&brokers))
+        .topic(&topic)
+        .group_id(&group)
+        .record_event_time()
+        .start(StartOffsets::Committed)
+        .bounded()
+        .build()
+        .unwrap();
+    let collected = Collected::new();
+    let c = collected.clone();
+    within(Duration::from_secs(60), move || {
+        execute(&Cluster::threads(2), move |worker| {
+            let (source, collected) = (source.clone(), c.clone());
+            worker.dataflow::<Time, _, _>(move |scope| {
+                stateful_pipeline(source.read(scope, SourceConfig::new("readings")).data).collect_into(&collected);
+            });
+        })
+        .unwrap();
+    });
+    let second: BTreeSet<String> = collected.contents().into_iter().map(|(row, _)| row).collect();
+
+    // Nothing lost: every final row was durably written before the kill or by the restart.
+    let missing: Vec<&String> = expected.iter().filter(|row| !first.contains(*row) && !second.contains(*row)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} rows lost across the kill (committed {at_kill:?}), e.g. {:?}",
+        missing.len(),
+        expected.len(),
+        &missing[..missing.len().min(5)]
+    );
+    // And the restart did not start over: it skipped what was committed.
+    let reread = expected.iter().filter(|row| second.contains(*row)).count();
+    assert!(reread < expected.len(), "the restart recomputed everything ({reread} rows)");
+    eprintln!(
+        "{test}: committed at the kill {at_kill:?}; {} rows before the kill, {} after, {} expected",
+        first.len(),
+        second.len(),
+        expected.len()
+    );
+}

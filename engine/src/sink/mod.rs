@@ -345,7 +345,7 @@ impl<D: ExchangeData, W: SinkWriter<D>> SinkCore<D, W> {
             }
             self.ready.extend(self.pending.drain(kept..).map(|(d, t, r)| ((t, d), r)));
             self.pending_min = min;
-            consolidate(&mut self.ready);
+            consolidate_unstable(&mut self.ready);
             let mut ready = self.ready.drain(..).peekable();
             while let Some(((time, datum), diff)) = ready.next() {
                 self.updates.clear();
@@ -453,6 +453,30 @@ impl<D: ExchangeData, W: SinkWriter<D>> SinkCore<D, W> {
     }
 }
 
+/// Sorts `updates` by time and data and sums the diffs of equal ones, dropping zeros. In
+/// place, with an unstable sort: differential's `consolidate` sorts stably, which moves every
+/// element through a scratch buffer — with rows of tens of bytes, a sixth of `window_agg`'s
+/// time on a sliding-window query. Equal elements are merged, so stability does not matter.
+fn consolidate_unstable<D: Ord>(updates: &mut Vec<((Time, D), isize)>) {
+    updates.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let mut kept = 0;
+    for i in 0..updates.len() {
+        if kept > 0 && updates[kept - 1].0 == updates[i].0 {
+            updates[kept - 1].1 += updates[i].1;
+        } else {
+            if kept > 0 && updates[kept - 1].1 == 0 {
+                kept -= 1;
+            }
+            updates.swap(kept, i);
+            kept += 1;
+        }
+    }
+    if kept > 0 && updates[kept - 1].1 == 0 {
+        kept -= 1;
+    }
+    updates.truncate(kept);
+}
+
 /// Updates collected by [`Sink::collect_into`], for tests and small programs.
 #[derive(Debug)]
 pub struct Collected<D> {
@@ -508,5 +532,27 @@ impl<D: ExchangeData> SinkWriter<D> for Collected<D> {
 
     fn advance(&mut self, _frontier: Option<Time>) -> Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::consolidate_unstable;
+
+    #[test]
+    fn consolidates_like_differential() {
+        let mut state = 7u64;
+        for _ in 0..200 {
+            let mut updates: Vec<((u64, u8), isize)> = (0..40)
+                .map(|_| {
+                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    (((state >> 60) % 4, ((state >> 40) % 5) as u8), ((state >> 20) % 5) as isize - 2)
+                })
+                .collect();
+            let mut expected = updates.clone();
+            differential_dataflow::consolidation::consolidate(&mut expected);
+            consolidate_unstable(&mut updates);
+            assert_eq!(updates, expected);
+        }
     }
 }
