@@ -82,10 +82,11 @@
 //! 1. the key's events arriving at `τ` are applied one by one, in `(event time, value)` order
 //!    (an event present `n` times is applied `n` times);
 //! 2. then its timer for `τ`, if one is set: [`on_timer`](KeyedProcessFunction::on_timer) runs
-//!    with `at == τ` (and again if it sets a timer for `τ` anew);
+//!    with `at == τ` (and again if it sets a timer for `τ` anew: a function that always does
+//!    never finishes the step);
 //! 3. then, with a [TTL](ProcessCollection::ttl), the key's state is reset to
-//!    `State::default()` if its latest event time (since it was last reset) plus the TTL is at
-//!    most `τ`.
+//!    `State::default()` if its latest event time (since it was last reset or released) plus
+//!    the TTL is at most `τ`.
 //!
 //! Everything a callback emits is emitted at `τ`. Keys are independent, so the output is a
 //! deterministic function of the input collection: identical for any number of workers, however
@@ -279,7 +280,8 @@ where
 {
     /// Resets a key's state to `State::default()` once no event of it newer than its latest
     /// one came for `ttl` of event time: at the first time `τ ≥ latest event time + ttl`,
-    /// after that time's events and timers. Timers still set fire afterwards, with the reset
+    /// after that time's events and timers (the latest event time since the key was last reset,
+    /// cleared or released). Timers still set fire afterwards, with the reset
     /// state. Without a TTL, state is kept until the function clears it.
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = Some(millis(ttl));
