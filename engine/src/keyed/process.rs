@@ -415,8 +415,11 @@ where
             }
             _ => {}
         }
+        // Timers deleted (or cleared) in the same visit need no queue entry.
         for at in scheduled.drain(..) {
-            step.schedule(at, key.clone());
+            if entry.timers.contains(&at) {
+                step.schedule(at, key.clone());
+            }
         }
         for (value, diff) in output.drain(..) {
             step.give(value, diff);
