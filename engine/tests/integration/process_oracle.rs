@@ -449,3 +449,15 @@ fn pattern_placed_then_paid_within_a_time_without_a_cancellation_matches_the_ora
         assert_eq!(got.state.total(), 0, "workers {workers}: no order is pending at the end");
     }
 }
+
+#[test]
+#[should_panic(expected = "append-only")]
+fn a_retraction_reaching_a_process_function_is_refused() {
+    // A process function cannot undo what its callbacks did: a retraction is a broken contract
+    // (sources never retract), not data to drop silently.
+    let updates = Arc::new(vec![(Event::new(10, 1u32, 1i64), 10, 1), (Event::new(10, 1, 1), 20, -1)]);
+    let none: Arc<Updates<Ev>> = Arc::new(Vec::new());
+    run_two(1, 51, &updates, &none, |events, _| {
+        events.process(Count).build();
+    });
+}
