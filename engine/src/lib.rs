@@ -14,7 +14,7 @@
 //! | [`source`] | the generic watermarked source operator, and in-memory sources |
 //! | [`state`] | the options every stateful operator shares ([`state::Temporal`]), and the temporal driver they all run on |
 //! | [`window`] | tumbling, sliding and session windows, aggregators |
-//! | [`keyed`] | deduplication by key within a horizon ([`keyed::dedup`]), top-N per group ([`keyed::topn`]) |
+//! | [`keyed`] | deduplication by key within a horizon ([`keyed::dedup`]), top-N per group ([`keyed::topn`]), keyed process functions: user state and event-time timers ([`keyed::process`]) |
 //! | [`join`] | equi, interval, window and as-of joins |
 //! | [`table`] | upsert tables and tables from aggregations: the stream–table duality; [`table::read_model`]: tables queryable from other threads while the dataflow runs |
 //! | [`sink`] | sinks that write a time once it is complete; the collecting sink |
@@ -78,6 +78,7 @@ mod guide_deployment {}
 pub mod prelude {
     pub use crate::join::{AsOfJoin, IntervalBounds, IntervalJoin, Joins, WindowJoin};
     pub use crate::keyed::dedup::{Dedup, Keep};
+    pub use crate::keyed::process::{KeyedProcessFunction, Process};
     pub use crate::keyed::topn::{Ranked, TopN};
     pub use crate::sink::Sink;
     pub use crate::state::{Emit, Temporal, TemporalBuilder};

@@ -1,4 +1,6 @@
-//! Keyed operators beyond windows: deduplication within a horizon and top-N per group.
+//! Keyed operators beyond windows: deduplication within a horizon, top-N per group, and
+//! keyed process functions (user code with per-key state and event-time timers).
 
 pub mod dedup;
+pub mod process;
 pub mod topn;

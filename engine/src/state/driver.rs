@@ -80,6 +80,13 @@ impl<L: TemporalLogic> Step<'_, L> {
         self.output.push((data, self.time, diff));
     }
 
+    /// Emits `record` on the second output at the current step's time, whatever the late
+    /// policy and without counting it late: for operators whose second output carries records
+    /// of their own (a process function's side output).
+    pub(crate) fn side(&mut self, record: L::Late, diff: isize) {
+        self.late.push((record, self.time, diff));
+    }
+
     /// Reports `record` late: counted, and emitted on the late output at the current time
     /// unless the operator's late policy drops late records.
     pub(crate) fn late(&mut self, record: L::Late, diff: isize) {

@@ -9,6 +9,7 @@ mod join_state_bounded;
 mod join_window_oracle;
 mod metrics_endpoint;
 mod peer_scenarios;
+mod process_oracle;
 mod read_model;
 mod session_oracle;
 mod source_finish;

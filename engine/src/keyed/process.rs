@@ -1,0 +1,491 @@
+//! Keyed process functions: user code with per-key state and event-time timers (Flink's
+//! `KeyedProcessFunction`, Kafka Streams' `Processor` with punctuators), on the same temporal
+//! driver as every built-in stateful operator.
+//!
+//! A [`KeyedProcessFunction`] sees each event of a key with the key's state (a plain serde type
+//! of the user's), and a [`Context`] to emit output, emit to named side outputs, set and delete
+//! event-time timers, and clear the key. Its [`on_timer`](KeyedProcessFunction::on_timer)
+//! callback runs when a timer is due.
+//!
+//! ```
+//! use std::time::Duration;
+//! use serde::{Deserialize, Serialize};
+//! use tideline::keyed::process::{Context, KeyedProcessFunction, Process};
+//! use tideline::prelude::*;
+//! use tideline::source::{SourceConfig, memory};
+//!
+//! /// Counts each user's clicks, and reports a user idle one second after their last click.
+//! struct Activity;
+//!
+//! #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+//! struct Clicks {
+//!     count: u64,
+//!     /// The idle timer currently set.
+//!     timer: Option<Time>,
+//! }
+//!
+//! impl KeyedProcessFunction<u32, ()> for Activity {
+//!     type State = Clicks;
+//!     type Output = (u32, String);
+//!
+//!     fn on_event(&self, event: &Event<u32, ()>, state: &mut Clicks, ctx: &mut Context<'_, u32, (u32, String)>) {
+//!         state.count += 1;
+//!         ctx.emit((event.key, format!("click {}", state.count)));
+//!         if let Some(timer) = state.timer.take() {
+//!             ctx.delete_timer(timer);
+//!         }
+//!         state.timer = Some(ctx.set_timer(event.time + 1_000));
+//!     }
+//!
+//!     fn on_timer(&self, _at: Time, key: &u32, state: &mut Clicks, ctx: &mut Context<'_, u32, (u32, String)>) {
+//!         ctx.emit((*key, format!("idle after {}", state.count)));
+//!         ctx.clear(); // forget the user: their state entry is released
+//!     }
+//! }
+//!
+//! let clicks = vec![
+//!     Event::new(1_000, 7u32, ()),
+//!     Event::new(1_200, 8, ()),
+//!     Event::new(1_500, 7, ()),
+//!     Event::new(5_000, 7, ()),
+//! ];
+//! let out = tideline::runtime::collect(2, move |scope| {
+//!     let clicks = clicks.clone();
+//!     memory::from_iter(scope, SourceConfig::new("clicks"), move || clicks.into_iter())
+//!         .data
+//!         .process(Activity)
+//!         .name("activity")
+//!         .build()
+//! });
+//! let rows: Vec<(Time, u32, &str)> = out.iter().map(|((key, what), time, _)| (*time, *key, what.as_str())).collect();
+//! assert_eq!(
+//!     rows,
+//!     vec![
+//!         (1_000, 7, "click 1"),
+//!         (1_200, 8, "click 1"),
+//!         (1_500, 7, "click 2"),
+//!         (2_200, 8, "idle after 1"), // timers fire once the watermark passes them
+//!         (2_500, 7, "idle after 2"), // the timer for 2 000 was deleted
+//!         (5_000, 7, "click 1"),
+//!         (6_000, 7, "idle after 1"), // the end of the input passes every timer
+//!     ]
+//! );
+//! ```
+//!
+//! # Event time
+//!
+//! The input is a collection of [`Event`]s whose dataflow time is the record's arrival time:
+//! its event time, or the watermark `W` it arrived at if it was behind it (DESIGN §3). The
+//! function runs, for each key, at each dataflow time `τ` at which the key has events or a
+//! timer, once the frontier has passed `τ`, in increasing order of `τ`. At `τ`:
+//!
+//! 1. the key's events arriving at `τ` are applied one by one, in `(event time, value)` order
+//!    (an event present `n` times is applied `n` times);
+//! 2. then its timer for `τ`, if one is set: [`on_timer`](KeyedProcessFunction::on_timer) runs
+//!    with `at == τ` (and again if it sets a timer for `τ` anew: a function that always does
+//!    never finishes the step);
+//! 3. then, with a [TTL](ProcessCollection::ttl), the key's state is reset to
+//!    `State::default()` if its latest event time (since it was last reset or released) plus
+//!    the TTL is at most `τ`.
+//!
+//! Everything a callback emits is emitted at `τ`. Keys are independent, so the output is a
+//! deterministic function of the input collection: identical for any number of workers, however
+//! records are batched. A timer for `at` never fires before the frontier passes `at`; a timer
+//! set for a time before `τ` (say for `event.time + 50` of a record far behind the watermark)
+//! is set for `τ` and fires in step 2 of the same time: [`Context::set_timer`] returns the time
+//! it was set for. Timers are per key and time: setting one twice sets it once. At the end of
+//! a bounded input the frontier passes every time, and every timer set fires.
+//!
+//! Only event-time timers exist: processing-time timers (wall clock) and ingestion-time sources
+//! are not available yet.
+//!
+//! # Late data
+//!
+//! A process function sees every event: a record behind the watermark arrives at `W` with its
+//! own, earlier event time, and it is the function's business what to do with it — compare
+//! `event.time` with [`Context::time`] (which is `W` for such a record, and the event's own
+//! time for a record on time), and, for instance, emit it on a side output. Nothing is counted
+//! late by the operator, and the shared late policy and allowed lateness do not apply.
+//! Retractions (negative diffs) cannot be applied to a process function: the input must be
+//! append-only, as every source is; a retraction panics.
+//!
+//! # State
+//!
+//! Per key: the function's `State`, the key's timers, and its TTL clock. A key's entry is
+//! created by its first event, and dropped as soon as its state equals `State::default()` and
+//! no timer of it is set — after [`Context::clear`], after its TTL expired and its timers
+//! fired, or when the function leaves the state at its default. Without a TTL and without
+//! clearing, state is kept forever: with many keys, declare a [TTL](ProcessCollection::ttl) or
+//! clear keys from a timer. Live keys per worker are reported to the operator's
+//! [`StateMetrics`](crate::runtime::metrics::StateMetrics). For at-least-once sources a key's
+//! entry holds back acknowledgement of the inputs from the dataflow time it was created at,
+//! until it is dropped.
+//!
+//! Flink's state primitives are fields of the `State` type: `ValueState<T>` is an `Option<T>`,
+//! `ListState<T>` a `Vec<T>`, `MapState<K, V>` a `BTreeMap<K, V>`; `state.clear()` is
+//! [`Context::clear`] (which also deletes the key's timers) or `*state = Default::default()`.
+//!
+//! # Checkpointing
+//!
+//! The state type is serde data, so that a checkpoint can hold each key's state and timers.
+//! Checkpoints of process functions are not implemented yet.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use differential_dataflow::VecCollection;
+use differential_dataflow::hashable::Hashable;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::runtime::ExchangeData;
+use crate::state::driver::{Holds, Step, TemporalLogic, unary};
+use crate::state::{FastMap, Temporal, temporal_builder};
+use crate::time::{Event, Time, millis};
+
+/// What a process function's per-key state must be: plain serde data (so checkpoints can hold
+/// it) with a default (a key's state before its first event, and after it is cleared) and
+/// equality (a key whose state is back at its default, with no timer set, is released).
+pub trait ProcessState: Serialize + DeserializeOwned + Default + Clone + PartialEq + 'static {}
+impl<T: Serialize + DeserializeOwned + Default + Clone + PartialEq + 'static> ProcessState for T {}
+
+/// User logic with per-key state and event-time timers, applied by [`Process::process`].
+///
+/// When the callbacks run, in which order, and what their output means: see the
+/// [module documentation](self).
+pub trait KeyedProcessFunction<K, V>: 'static {
+    /// The state kept per key (`State::default()` before the key's first event).
+    type State: ProcessState;
+    /// What it emits, on the main output and on side outputs.
+    type Output: ExchangeData;
+
+    /// Applies one event of the key `event.key` to its `state`.
+    fn on_event(&self, event: &Event<K, V>, state: &mut Self::State, ctx: &mut Context<'_, K, Self::Output>);
+
+    /// Runs when the timer `key` set for `at` is due (`at == ctx.time()`). Does nothing by
+    /// default.
+    fn on_timer(&self, at: Time, key: &K, state: &mut Self::State, ctx: &mut Context<'_, K, Self::Output>) {
+        let _ = (at, key, state, ctx);
+    }
+}
+
+/// What a callback of a [`KeyedProcessFunction`] may do besides changing its state: emit, set
+/// and delete timers, clear its key.
+pub struct Context<'a, K, O> {
+    key: &'a K,
+    time: Time,
+    timers: &'a mut BTreeSet<Time>,
+    scheduled: &'a mut Vec<Time>,
+    output: &'a mut Vec<(O, isize)>,
+    side: &'a mut Vec<((String, O), isize)>,
+    cleared: bool,
+}
+
+impl<K, O> Context<'_, K, O> {
+    /// The key being processed.
+    pub fn key(&self) -> &K {
+        self.key
+    }
+
+    /// The current dataflow time `τ`: the arrival time of the events being applied — an
+    /// on-time event's own time, or the watermark at which a record behind it arrived — or the
+    /// time of the timer firing. Everything emitted is emitted at this time.
+    pub fn time(&self) -> Time {
+        self.time
+    }
+
+    /// Emits `value` on the main output, at [`Context::time`].
+    pub fn emit(&mut self, value: O) {
+        self.output.push((value, 1));
+    }
+
+    /// Retracts `value` from the main output, at [`Context::time`]: the output is a changelog,
+    /// and a function may withdraw what it emitted before (e.g. a key's previous summary).
+    pub fn retract(&mut self, value: O) {
+        self.output.push((value, -1));
+    }
+
+    /// Emits `value` on the side output, tagged with `name`, at [`Context::time`]
+    /// ([`ProcessCollection::build_with_side`]).
+    pub fn side(&mut self, name: impl Into<String>, value: O) {
+        self.side.push(((name.into(), value), 1));
+    }
+
+    /// Sets the key's timer for event time `at` (for the current time if `at` is earlier), and
+    /// returns the time it is set for. It fires once the frontier passes that time, after the
+    /// key's events of that time. Setting a timer that is set does nothing.
+    pub fn set_timer(&mut self, at: Time) -> Time {
+        let at = at.max(self.time);
+        if self.timers.insert(at) && at > self.time {
+            self.scheduled.push(at);
+        }
+        at
+    }
+
+    /// Deletes the key's timer for `at` (the time [`Context::set_timer`] returned), if set.
+    pub fn delete_timer(&mut self, at: Time) {
+        self.timers.remove(&at);
+    }
+
+    /// The times of the key's timers that are set, in increasing order.
+    pub fn timers(&self) -> impl Iterator<Item = Time> + '_ {
+        self.timers.iter().copied()
+    }
+
+    /// Forgets the key when the callback returns: its state is reset to `State::default()`,
+    /// its timers are deleted and its TTL clock stopped, so its entry is released. Changes the
+    /// callback makes to the state and timers after `clear` are discarded too; what it emits
+    /// is not.
+    pub fn clear(&mut self) {
+        self.cleared = true;
+    }
+}
+
+/// Keyed process functions on collections of [`Event`]s.
+pub trait Process<'scope, K, V> {
+    /// Applies `function` to each key's events and timers (see the
+    /// [module documentation](self)); configure it and [`build`](ProcessCollection::build).
+    fn process<F: KeyedProcessFunction<K, V>>(self, function: F) -> ProcessCollection<'scope, K, V, F>;
+}
+
+impl<'scope, K, V> Process<'scope, K, V> for VecCollection<'scope, Time, Event<K, V>>
+where
+    K: ExchangeData,
+    V: ExchangeData,
+{
+    fn process<F: KeyedProcessFunction<K, V>>(self, function: F) -> ProcessCollection<'scope, K, V, F> {
+        ProcessCollection { events: self, function, ttl: None, temporal: Temporal::default() }
+    }
+}
+
+/// A keyed process function, configured fluently and then built.
+///
+/// Of the shared options ([`TemporalBuilder`](crate::state::TemporalBuilder)) the name and the
+/// metrics apply; the emission mode, the allowed lateness and the late policy do not (the
+/// function decides what it emits and what it does with records behind the watermark).
+pub struct ProcessCollection<'scope, K: 'static, V: 'static, F> {
+    events: VecCollection<'scope, Time, Event<K, V>>,
+    function: F,
+    ttl: Option<u64>,
+    temporal: Temporal,
+}
+
+temporal_builder!(ProcessCollection<'scope, K, V, F>);
+
+impl<'scope, K, V, F> ProcessCollection<'scope, K, V, F>
+where
+    K: ExchangeData,
+    V: ExchangeData,
+    F: KeyedProcessFunction<K, V>,
+{
+    /// Resets a key's state to `State::default()` once no event of it newer than its latest
+    /// one came for `ttl` of event time: at the first time `τ ≥ latest event time + ttl`,
+    /// after that time's events and timers (the latest event time since the key was last reset,
+    /// cleared or released). Timers still set fire afterwards, with the reset
+    /// state. Without a TTL, state is kept until the function clears it.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(millis(ttl));
+        self
+    }
+
+    /// The main output: everything the function emitted, at the times it emitted it.
+    pub fn build(self) -> VecCollection<'scope, Time, F::Output> {
+        self.build_with_side().0
+    }
+
+    /// The main output, and the side output: what the function emitted with
+    /// [`Context::side`], tagged with the name it gave.
+    #[allow(clippy::type_complexity)]
+    pub fn build_with_side(
+        self,
+    ) -> (VecCollection<'scope, Time, F::Output>, VecCollection<'scope, Time, (String, F::Output)>) {
+        let ProcessCollection { events, function, ttl, temporal } = self;
+        let name = temporal.name_or(|| match ttl {
+            Some(ttl) => format!("Process(ttl={ttl}ms)"),
+            None => "Process".to_string(),
+        });
+        let logic = ProcessLogic {
+            function,
+            ttl,
+            keys: FastMap::default(),
+            holds: Holds::default(),
+            keyed: Vec::new(),
+            scheduled: Vec::new(),
+            output: Vec::new(),
+            side: Vec::new(),
+        };
+        unary(events.inner, temporal.driven(name), |event: &Event<K, V>| event.key.hashed(), logic)
+    }
+}
+
+/// One key's entry.
+struct Entry<S> {
+    state: S,
+    /// The timers set (each has an entry in the driver's timer queue, or is for the time being
+    /// applied).
+    timers: BTreeSet<Time>,
+    /// With a TTL: when the state expires (latest event time + TTL), if it reflects events.
+    expires: Option<Time>,
+    /// The time of the TTL visit queued for the key, if any.
+    ttl_queued: Option<Time>,
+    /// The dataflow time the entry was created at.
+    since: Time,
+}
+
+struct ProcessLogic<K, V, F: KeyedProcessFunction<K, V>> {
+    function: F,
+    ttl: Option<u64>,
+    keys: FastMap<K, Entry<F::State>>,
+    holds: Holds,
+    /// The step's events, and keys to visit (timer entries carry no event).
+    keyed: Vec<(K, Option<Event<K, V>>, isize)>,
+    scheduled: Vec<Time>,
+    output: Vec<(F::Output, isize)>,
+    side: Vec<((String, F::Output), isize)>,
+}
+
+impl<K, V, F> ProcessLogic<K, V, F>
+where
+    K: ExchangeData,
+    V: ExchangeData,
+    F: KeyedProcessFunction<K, V>,
+{
+    /// Applies everything that happens to `key` at `time`: `events` (sorted), its timer, its TTL.
+    fn visit(&mut self, key: &K, events: &[(K, Option<Event<K, V>>, isize)], time: Time, step: &mut Step<'_, Self>) {
+        let ProcessLogic { function, ttl, keys, holds, scheduled, output, side, .. } = self;
+        let has_events = events.iter().any(|(_, event, _)| event.is_some());
+        let entry = if has_events {
+            keys.entry(key.clone()).or_insert_with(|| {
+                holds.hold(time);
+                Entry {
+                    state: F::State::default(),
+                    timers: BTreeSet::new(),
+                    expires: None,
+                    ttl_queued: None,
+                    since: time,
+                }
+            })
+        } else {
+            // A timer or TTL visit: the key may have been released since (a stale visit).
+            match keys.get_mut(key) {
+                Some(entry) => entry,
+                None => return,
+            }
+        };
+        let mut ctx = Context { key, time, timers: &mut entry.timers, scheduled, output, side, cleared: false };
+        // Applies a callback's `clear`.
+        fn settle<S: Default>(
+            state: &mut S,
+            ctx: &mut Context<'_, impl Sized, impl Sized>,
+            expires: &mut Option<Time>,
+        ) {
+            if std::mem::take(&mut ctx.cleared) {
+                *state = S::default();
+                ctx.timers.clear();
+                *expires = None;
+            }
+        }
+        for (_, event, diff) in events {
+            let Some(event) = event else { continue };
+            assert!(*diff >= 0, "a process function takes append-only input: a retraction reached it at {time}");
+            for _ in 0..*diff {
+                if let Some(ttl) = ttl {
+                    let expires = event.time.saturating_add(*ttl);
+                    entry.expires = Some(entry.expires.map_or(expires, |e| e.max(expires)));
+                }
+                function.on_event(event, &mut entry.state, &mut ctx);
+                settle(&mut entry.state, &mut ctx, &mut entry.expires);
+            }
+        }
+        while ctx.timers.remove(&time) {
+            function.on_timer(time, key, &mut entry.state, &mut ctx);
+            settle(&mut entry.state, &mut ctx, &mut entry.expires);
+        }
+        match entry.expires {
+            Some(expires) if expires <= time => {
+                entry.state = F::State::default();
+                entry.expires = None;
+            }
+            // One TTL visit queued per key, re-queued lazily when it finds the key's latest
+            // event moved the expiry on; earlier if the expiry moved back (the state was reset,
+            // and newer events came with earlier times).
+            Some(expires) if entry.ttl_queued.is_none_or(|queued| queued <= time || queued > expires) => {
+                entry.ttl_queued = Some(expires);
+                step.schedule(expires, key.clone());
+            }
+            _ => {}
+        }
+        // Timers deleted (or cleared) in the same visit need no queue entry.
+        for at in scheduled.drain(..) {
+            if entry.timers.contains(&at) {
+                step.schedule(at, key.clone());
+            }
+        }
+        for (value, diff) in output.drain(..) {
+            step.give(value, diff);
+        }
+        for (value, diff) in side.drain(..) {
+            step.side(value, diff);
+        }
+        if entry.timers.is_empty() && entry.state == F::State::default() {
+            holds.release(entry.since);
+            keys.remove(key);
+        }
+    }
+}
+
+impl<K, V, F> TemporalLogic for ProcessLogic<K, V, F>
+where
+    K: ExchangeData,
+    V: ExchangeData,
+    F: KeyedProcessFunction<K, V>,
+{
+    type Input = Event<K, V>;
+    type Timer = K;
+    type Output = F::Output;
+    type Late = (String, F::Output);
+
+    fn step(
+        &mut self,
+        inputs: &mut Vec<(Self::Input, isize)>,
+        timers: &mut Vec<Self::Timer>,
+        step: &mut Step<'_, Self>,
+    ) {
+        let time = step.time();
+        let mut keyed = std::mem::take(&mut self.keyed);
+        keyed.extend(inputs.drain(..).map(|(event, diff)| (event.key.clone(), Some(event), diff)));
+        keyed.extend(timers.drain(..).map(|key| (key, None, 0)));
+        // By key, then (event time, value); a key's timer visits sort last (`None` orders
+        // first, so compare on the reverse) and change nothing about the order of its events.
+        keyed.sort_unstable_by(|(ka, ea, _), (kb, eb, _)| {
+            ka.cmp(kb).then_with(|| match (ea, eb) {
+                (Some(a), Some(b)) => (a.time, &a.value).cmp(&(b.time, &b.value)),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (None, None) => std::cmp::Ordering::Equal,
+            })
+        });
+        let mut start = 0;
+        while start < keyed.len() {
+            let mut end = start + 1;
+            while end < keyed.len() && keyed[end].0 == keyed[start].0 {
+                end += 1;
+            }
+            let key = keyed[start].0.clone();
+            self.visit(&key, &keyed[start..end], time, step);
+            start = end;
+        }
+        keyed.clear();
+        self.keyed = keyed;
+    }
+
+    fn release(&mut self, _frontier: Option<Time>) {}
+
+    fn live_entries(&self) -> usize {
+        self.keys.len()
+    }
+
+    fn oldest(&self) -> Option<Time> {
+        self.holds.oldest()
+    }
+}
