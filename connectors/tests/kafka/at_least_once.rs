@@ -257,7 +257,9 @@ fn sessions_dedup_and_a_join_between_source_and_sink_lose_nothing_across_a_kill(
     let partitions = Arc::new(input);
     let p = Arc::clone(&partitions);
     let expected: BTreeSet<String> = tideline::runtime::collect(2, move |scope| {
-        stateful_pipeline(tideline::source::memory::from_partitions(scope, SourceConfig::new("readings"), Arc::clone(&p)).data)
+        stateful_pipeline(
+            tideline::source::memory::from_partitions(scope, SourceConfig::new("readings"), Arc::clone(&p)).data,
+        )
     })
     .into_iter()
     .map(|(row, _, diff)| {
