@@ -76,6 +76,10 @@ struct PartitionState {
     end: Option<i64>,
     finished: bool,
     ledger: OffsetLedger,
+    /// Where reading started: nothing at or before it is ever committed (the group holds it
+    /// already, or nothing was read). Committing it anyway only made requests that, refused
+    /// and retried by the client after a later commit landed, could set the group back.
+    start: i64,
     /// Confirmed by the group coordinator.
     committed: Option<i64>,
     /// Last sent to the group coordinator.
@@ -223,6 +227,7 @@ impl<D: 'static> KafkaReader<D> {
                     end: f.end,
                     finished,
                     ledger: OffsetLedger::new(f.start),
+                    start: f.start,
                     committed: None,
                     sent: None,
                 },
@@ -415,6 +420,9 @@ impl<D: 'static> KafkaReader<D> {
             if let Some(pending) = self.dead_letters.as_ref().and_then(|d| d.first_pending(*id)) {
                 safe = safe.min(pending);
             }
+            if safe <= state.start {
+                continue; // nothing read past where it started
+            }
             let topic = &self.inner.plan.topics[state.topic];
             let new = state.sent.is_none_or(|s| safe > s);
             let unconfirmed = state.committed.is_none_or(|c| safe > c);
@@ -446,7 +454,7 @@ impl<D: 'static> KafkaReader<D> {
             if let Some(pending) = dead_letters.and_then(|d| d.first_pending(*id)) {
                 safe = safe.min(pending);
             }
-            state.committed.is_some_and(|c| c >= safe)
+            safe <= state.start || state.committed.is_some_and(|c| c >= safe)
         })
     }
 
@@ -642,6 +650,10 @@ impl<D: 'static> SourceReader for KafkaReader<D> {
         self.commit(safe_time, complete || failed);
         let delivered = self.dead_letters.as_ref().is_none_or(|d| d.is_idle()) || failed;
         if (complete || failed) && delivered && self.all_committed(safe_time.unwrap_or(0)) {
+            if complete && !self.verify_committed() {
+                // The group holds less than was confirmed: committed again above, next time.
+                return ReadStatus::Waiting(FINISH_POLL);
+            }
             return ReadStatus::Done;
         }
         if self.finish_started.is_some_and(|at| at.elapsed() >= plan.finish_timeout) {
@@ -658,6 +670,55 @@ impl<D: 'static> SourceReader for KafkaReader<D> {
         // The committer wakes the worker when an outcome is in; the safe time moves without a
         // wake-up, so look often.
         ReadStatus::Waiting(FINISH_POLL.min(plan.poll_interval))
+    }
+}
+
+impl<D: 'static> KafkaReader<D> {
+    /// Whether the group's committed offsets, as the coordinator reports them, are those this
+    /// reader saw confirmed. A commit that failed with a retriable error can still be applied
+    /// by the client's own retry after a later commit succeeded, setting a partition back (seen
+    /// with a coordinator that refuses and times out commits). Where the group holds less, the
+    /// reader forgets the confirmation so that the offset is committed again. If the
+    /// coordinator cannot be asked, the confirmations stand.
+    fn verify_committed(&mut self) -> bool {
+        let Some(consumer) = self.consumer.as_ref() else { return true };
+        let mut list = TopicPartitionList::new();
+        for state in self.partitions.values() {
+            list.add_partition(&self.inner.plan.topics[state.topic], state.partition);
+        }
+        let held = consumer.committed_offsets(list, self.inner.plan.request_timeout);
+        let held: Vec<(String, i32, Option<i64>)> = match held {
+            Ok(list) => list
+                .elements()
+                .iter()
+                .map(|e| {
+                    let offset = match e.offset() {
+                        Offset::Offset(offset) => Some(offset),
+                        _ => None,
+                    };
+                    (e.topic().to_string(), e.partition(), offset)
+                })
+                .collect(),
+            Err(error) => {
+                self.inner.stats.record_error(format!("{}: reading committed offsets: {error}", self.plan().name));
+                return true;
+            }
+        };
+        let mut verified = true;
+        for (topic, partition, offset) in held {
+            let Some(t) = self.inner.plan.topics.iter().position(|x| *x == topic) else { continue };
+            let Some(state) = self.partitions.get_mut(&partition_id(t, partition)) else { continue };
+            if state.committed.is_some_and(|c| offset.is_none_or(|o| o < c)) {
+                tracing::warn!(
+                    source = %self.inner.plan.name, %topic, partition, confirmed = ?state.committed, held = ?offset,
+                    "the group holds an older offset than was confirmed; committing again"
+                );
+                state.committed = offset;
+                state.sent = offset;
+                verified = false;
+            }
+        }
+        verified
     }
 }
 

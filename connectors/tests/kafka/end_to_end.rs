@@ -147,4 +147,11 @@ fn windowed_counts_from_kafka_to_kafka_equal_the_file_based_run() {
     let partitions = |value: i64| (0..3).map(|p| (input.clone(), p, value)).collect::<Vec<_>>();
     assert_eq!(stats.consumer_lag(), partitions(0), "lag when the bounded read finished");
     assert_eq!(stats.committed_offsets(), partitions(3_000));
+    // And what Prometheus scrapes from the metrics endpoint (the source registers its stats).
+    let text = tideline::runtime::metrics::encode_text();
+    for p in 0..3 {
+        let lag = format!("tideline_kafka_consumer_lag{{topic=\"{input}\",partition=\"{p}\"}} 0\n");
+        let committed = format!("tideline_kafka_committed_offset{{topic=\"{input}\",partition=\"{p}\"}} 3000\n");
+        assert!(text.contains(&lag) && text.contains(&committed), "{lag}{committed} in\n{text}");
+    }
 }

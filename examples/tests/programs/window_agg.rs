@@ -897,3 +897,46 @@ fn regression_byte_order_marks_and_huge_malformed_lines() {
         assert!(stderr.contains(&format!("({} bytes in all)", huge.len() + 7)), "{stderr}");
     }
 }
+
+#[test]
+fn regression_sums_past_i64_do_not_overflow() {
+    // Three values of 9e18 summed to 8553255926290448384 (issue 13, item 6): sums are i128.
+    let dir = temp_dir("overflow");
+    let input = dir.join("in.csv");
+    std::fs::write(
+        &input,
+        "event_time_ms,key,value\n1000,a,9000000000000000000\n2000,a,9000000000000000000\n3000,a,9000000000000000000\n\
+         4000,b,-9000000000000000000\n5000,b,-9000000000000000000\n",
+    )
+    .unwrap();
+    for workers in ["1", "2"] {
+        let out = ok(&["--input", input.to_str().unwrap(), "--tumbling", "10s", "-w", workers]);
+        assert_eq!(
+            body(&out),
+            vec![
+                "0,10000,a,3,27000000000000000000,9000000000000000000,9000000000000000000".to_string(),
+                "0,10000,b,2,-18000000000000000000,-9000000000000000000,-9000000000000000000".to_string(),
+            ]
+        );
+    }
+}
+
+#[test]
+fn regression_events_at_the_top_of_the_time_range_are_counted() {
+    // An event at 18446744073709550000 was read and then neither output, late nor malformed
+    // (issue 13, item 7): its window ends at the end of time (saturating) and is output.
+    let dir = temp_dir("top-of-time");
+    let input = dir.join("in.csv");
+    std::fs::write(&input, "event_time_ms,key,value\n1000,a,1\n18446744073709550000,a,2\n18446744073709551615,b,3\n")
+        .unwrap();
+    for workers in ["1", "2"] {
+        let output = run(&["--input", input.to_str().unwrap(), "--tumbling", "10s", "-w", workers]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{stderr}");
+        let rows = body(&String::from_utf8_lossy(&output.stdout));
+        assert_eq!(rows.len(), 3, "every event is in a window: {rows:?} ({stderr})");
+        assert_eq!(rows[0], "0,10000,a,1,1,1,1");
+        assert!(rows[1].starts_with("18446744073709550000,18446744073709551615,a,1,2,"), "{rows:?}");
+        assert!(rows[2].starts_with("18446744073709550000,18446744073709551615,b,1,3,"), "{rows:?}");
+    }
+}
