@@ -1,6 +1,7 @@
 //! The ledger example: read-model answers during a live run are consistent with the frontier
 //! they report, the overdrafts and balances match the log, rebuilds at other worker counts give
-//! the same balances, the binary runs, and the guide quotes the compiled code.
+//! the same balances, a log of v1 and v2 events rebuilds the read models of the all-v2 log
+//! (unknown versions are dead letters), the binary runs, and the guide quotes the compiled code.
 
 use std::path::Path;
 use std::process::Command;
@@ -8,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tideline::table::read_model::{Read, ReadModel};
-use tideline_examples::ledger::{Pace, account, balances_before, event_log, overdrafts_of, run};
+use tideline_examples::ledger::schema::log_lines;
+use tideline_examples::ledger::{Pace, account, balances_before, event_log, overdrafts_of, run, run_lines};
 
 enum Answer {
     Snapshot(Read<Vec<(String, i64)>>),
@@ -90,6 +92,75 @@ fn the_ledger_program_runs_and_rebuilds_identical_balances() {
     assert!(stdout.contains("query: acct-007 = "), "{stdout}");
     assert!(stdout.contains("(the whole log)"), "{stdout}");
     assert!(stdout.contains("rebuilt from the start of the log on 3 workers: identical balances"), "{stdout}");
+}
+
+/// Lines of versions this reader does not know, or without one, spliced into a mixed log at
+/// these line numbers (from 1), with the reason each dead letter must give.
+const UNREADABLE: [(usize, &str, &str); 4] = [
+    (
+        1,
+        r#"{"version":3,"account":"acct-001","time_ms":1767225600000,"credit":{"cents":900}}"#,
+        "unknown event version 3",
+    ),
+    (
+        1_500,
+        r#"{"version":3,"account":"acct-002","time_ms":1767225614980,"debit":{"cents":70000}}"#,
+        "unknown event version 3",
+    ),
+    (
+        2_501,
+        r#"{"account":"acct-003","time_ms":1767225625000,"movement":{"Withdrawal":90000}}"#,
+        "no \"version\" field",
+    ),
+    (4_004, r#"{"version":7,"account":"acct-004","time_ms":1767225640000}"#, "unknown event version 7"),
+];
+
+#[test]
+fn a_log_of_v1_and_v2_events_rebuilds_the_read_models_of_the_all_v2_log() {
+    let log = event_log(4_000, 25);
+    let current = Arc::new(log_lines(&log, None));
+    assert!(current.iter().all(|line| line.starts_with(r#"{"version":2,"#)), "all in the current version");
+    let mut mixed = log_lines(&log, Some(3));
+    let v1 = mixed.iter().filter(|line| line.starts_with(r#"{"version":1,"#)).count();
+    assert_eq!(v1, log.len().div_ceil(3), "every 3rd event in version 1");
+    for (number, line, _reason) in UNREADABLE {
+        mixed.insert(number - 1, line.to_string());
+    }
+    let mixed = Arc::new(mixed);
+    assert_eq!(mixed.len(), log.len() + UNREADABLE.len());
+
+    let expected_balances = balances_before(&log, None);
+    let expected_overdrafts = overdrafts_of(&log);
+    assert!(!expected_overdrafts.is_empty());
+    for workers in [1, 2] {
+        let from_current: ReadModel<String, i64> = ReadModel::new();
+        let current_run =
+            run_lines("current.jsonl", Arc::clone(&current), workers, Pace::Replay, &from_current).unwrap();
+        let from_mixed: ReadModel<String, i64> = ReadModel::new();
+        let mixed_run = run_lines("mixed.jsonl", Arc::clone(&mixed), workers, Pace::Replay, &from_mixed).unwrap();
+
+        let (current_snapshot, mixed_snapshot) = (from_current.snapshot(), from_mixed.snapshot());
+        assert_eq!((current_snapshot.frontier, mixed_snapshot.frontier), (None, None), "{workers} workers");
+        assert_eq!(current_snapshot.value, expected_balances, "all-v2 balances on {workers} workers");
+        assert_eq!(mixed_snapshot.value, current_snapshot.value, "mixed-log balances on {workers} workers");
+        assert_eq!(current_run.overdrafts, expected_overdrafts, "all-v2 overdrafts on {workers} workers");
+        assert_eq!(mixed_run.overdrafts, current_run.overdrafts, "mixed-log overdrafts on {workers} workers");
+        for account in [account(0), account(7), account(24)] {
+            assert_eq!(from_mixed.get(&account).value, from_current.get(&account).value, "{account}");
+        }
+
+        assert!(current_run.dead_letters.is_empty(), "{:?}", current_run.dead_letters);
+        assert_eq!(mixed_run.dead_letters.len(), UNREADABLE.len(), "{:?}", mixed_run.dead_letters);
+        for (letter, (number, line, reason)) in mixed_run.dead_letters.iter().zip(UNREADABLE) {
+            assert_eq!((letter.source.as_str(), letter.position), ("mixed.jsonl", number as u64));
+            assert_eq!(letter.payload_text(), line);
+            assert!(letter.reason.contains(reason), "line {number}: {:?} should say {reason:?}", letter.reason);
+        }
+    }
+    // The in-memory log, never serialized, gives the same read model.
+    let from_events: ReadModel<String, i64> = ReadModel::new();
+    assert_eq!(run(Arc::new(log), 2, Pace::Replay, &from_events).unwrap(), expected_overdrafts);
+    assert_eq!(from_events.snapshot().value, expected_balances);
 }
 
 /// The lines between `// ANCHOR: name` and `// ANCHOR_END: name` in `source`, dedented.
