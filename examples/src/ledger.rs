@@ -6,6 +6,13 @@
 //! while the log streams in. Each withdrawal meets its account's balance as of its own time
 //! (an as-of join), which flags overdrafts. Replaying the log from the start rebuilds the same
 //! balances, whatever the number of workers.
+//!
+//! The log can also be read as serialized events, JSON lines whose schema has evolved: [`schema`]
+//! decodes version-1 and version-2 events and upcasts the old ones, and [`run_lines`] rebuilds
+//! the same read models from a log that mixes them, sending lines it cannot decode (an unknown
+//! version) to the dead letters.
+
+pub mod schema;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -110,9 +117,28 @@ pub enum Pace {
     },
 }
 
+/// What the log reader reads.
+#[derive(Clone)]
+enum Input {
+    /// Decoded events; an event's position is its index.
+    Events(Arc<Vec<LedgerEvent>>),
+    /// Serialized events ([`schema`]), named `name` in dead letters; a line's position is its
+    /// line number (from 1). Empty lines are skipped.
+    Lines { name: Arc<str>, lines: Arc<Vec<String>> },
+}
+
+impl Input {
+    fn len(&self) -> usize {
+        match self {
+            Input::Events(events) => events.len(),
+            Input::Lines { lines, .. } => lines.len(),
+        }
+    }
+}
+
 /// Reads the log in order, as one partition on worker 0.
 struct LogReader {
-    log: Option<Arc<Vec<LedgerEvent>>>,
+    log: Option<Input>,
     next: usize,
     pace: Pace,
 }
@@ -130,8 +156,32 @@ impl SourceReader for LogReader {
             Pace::Live { events, .. } => events.min(ctx.budget()),
         };
         let end = (self.next + batch).min(log.len());
-        for (position, event) in log[self.next..end].iter().enumerate() {
-            ctx.record(0, (self.next + position) as u64, event.time, event.clone());
+        for index in self.next..end {
+            match log {
+                Input::Events(events) => {
+                    let event = &events[index];
+                    ctx.record(0, index as u64, event.time, event.clone());
+                }
+                Input::Lines { name, lines } => {
+                    let (line, position) = (&lines[index], index as u64 + 1);
+                    if line.trim().is_empty() {
+                        continue;
+                    }
+                    match schema::decode(line) {
+                        Ok(event) => {
+                            ctx.record(0, position, event.time, event);
+                        }
+                        Err(error) => ctx.dead_letter(DeadLetter {
+                            source: name.to_string(),
+                            partition: 0,
+                            position,
+                            key: None,
+                            payload: line.clone().into_bytes(),
+                            reason: error.to_string(),
+                        }),
+                    }
+                }
+            }
         }
         self.next = end;
         match self.pace {
@@ -153,10 +203,39 @@ pub fn run(
     pace: Pace,
     balances: &ReadModel<String, i64>,
 ) -> tideline::Result<Vec<(LedgerEvent, i64)>> {
+    Ok(run_input(Input::Events(log), workers, pace, balances)?.overdrafts)
+}
+
+/// What a run over serialized events ([`run_lines`]) gives besides the read model.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinesRun {
+    /// The overdrafts, in order.
+    pub overdrafts: Vec<(LedgerEvent, i64)>,
+    /// The lines that could not be decoded, by line number, each with the reason.
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+/// Runs the ledger over a log of serialized events ([`schema`]: JSON lines of any known
+/// version, upcast to [`LedgerEvent`]) on `workers` threads, like [`run`]. A line that does not
+/// decode — an unknown version, no version, a malformed body — becomes a dead letter from
+/// `name` with its line number (from 1), the raw line and the reason; reading goes on. Empty
+/// lines are skipped.
+pub fn run_lines(
+    name: &str,
+    lines: Arc<Vec<String>>,
+    workers: usize,
+    pace: Pace,
+    balances: &ReadModel<String, i64>,
+) -> tideline::Result<LinesRun> {
+    run_input(Input::Lines { name: name.into(), lines }, workers, pace, balances)
+}
+
+fn run_input(log: Input, workers: usize, pace: Pace, balances: &ReadModel<String, i64>) -> tideline::Result<LinesRun> {
     let overdrafts = Collected::new();
-    let (model, collected) = (balances.clone(), overdrafts.clone());
+    let dead_letters = Collected::new();
+    let (model, collected, dead) = (balances.clone(), overdrafts.clone(), dead_letters.clone());
     execute(&Cluster::threads(workers), move |worker| {
-        let (model, collected, log) = (model.clone(), collected.clone(), Arc::clone(&log));
+        let (model, collected, dead, log) = (model.clone(), collected.clone(), dead.clone(), log.clone());
         worker.dataflow::<Time, _, _>(move |scope| {
             // ANCHOR: publish
             let events = source(scope, SourceConfig::new("ledger"), move |setup| LogReader {
@@ -168,9 +247,14 @@ pub fn run(
             accounts.publish(&model);
             // ANCHOR_END: publish
             overdrafts.collect_into(&collected);
+            events.dead_letters.collect_into(&dead);
         });
     })?;
-    Ok(overdrafts.changelog().into_iter().map(|(overdraft, _time, _diff)| overdraft).collect())
+    let overdrafts = overdrafts.changelog().into_iter().map(|(overdraft, _time, _diff)| overdraft).collect();
+    let mut dead_letters: Vec<DeadLetter> =
+        dead_letters.changelog().into_iter().map(|(letter, _time, _diff)| letter).collect();
+    dead_letters.sort_by_key(|letter| letter.position);
+    Ok(LinesRun { overdrafts, dead_letters })
 }
 
 /// The overdrafts in `log`, computed directly: each withdrawal after which its account's
