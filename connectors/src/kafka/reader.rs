@@ -76,10 +76,6 @@ struct PartitionState {
     end: Option<i64>,
     finished: bool,
     ledger: OffsetLedger,
-    /// Where reading started: nothing at or before it is ever committed (the group holds it
-    /// already, or nothing was read). Committing it anyway only made requests that, refused
-    /// and retried by the client after a later commit landed, could set the group back.
-    start: i64,
     /// Confirmed by the group coordinator.
     committed: Option<i64>,
     /// Last sent to the group coordinator.
@@ -227,7 +223,6 @@ impl<D: 'static> KafkaReader<D> {
                     end: f.end,
                     finished,
                     ledger: OffsetLedger::new(f.start),
-                    start: f.start,
                     committed: None,
                     sent: None,
                 },
@@ -420,9 +415,6 @@ impl<D: 'static> KafkaReader<D> {
             if let Some(pending) = self.dead_letters.as_ref().and_then(|d| d.first_pending(*id)) {
                 safe = safe.min(pending);
             }
-            if safe <= state.start {
-                continue; // nothing read past where it started
-            }
             let topic = &self.inner.plan.topics[state.topic];
             let new = state.sent.is_none_or(|s| safe > s);
             let unconfirmed = state.committed.is_none_or(|c| safe > c);
@@ -454,7 +446,7 @@ impl<D: 'static> KafkaReader<D> {
             if let Some(pending) = dead_letters.and_then(|d| d.first_pending(*id)) {
                 safe = safe.min(pending);
             }
-            safe <= state.start || state.committed.is_some_and(|c| c >= safe)
+            state.committed.is_some_and(|c| c >= safe)
         })
     }
 
@@ -679,7 +671,7 @@ impl<D: 'static> KafkaReader<D> {
     /// by the client's own retry after a later commit succeeded, setting a partition back (seen
     /// with a coordinator that refuses and times out commits). Where the group holds less, the
     /// reader forgets the confirmation so that the offset is committed again. If the
-    /// coordinator cannot be asked, the confirmations stand.
+    /// coordinator cannot be asked now, it is asked again (until the finish timeout).
     fn verify_committed(&mut self) -> bool {
         let Some(consumer) = self.consumer.as_ref() else { return true };
         let mut list = TopicPartitionList::new();
@@ -701,7 +693,7 @@ impl<D: 'static> KafkaReader<D> {
                 .collect(),
             Err(error) => {
                 self.inner.stats.record_error(format!("{}: reading committed offsets: {error}", self.plan().name));
-                return true;
+                return false;
             }
         };
         let mut verified = true;
