@@ -132,13 +132,7 @@ fn partitions(text: &str) -> Result<i32, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Logs (RUST_LOG, --log-format) and the metrics endpoint (--metrics-addr), for the whole run.
-    let _observability = match cli.observe.install() {
-        Ok(observability) => observability,
-        Err(error) => {
-            eprintln!("kafka_pipeline: error: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let Some(_observability) = cli.observe.start("kafka_pipeline") else { return ExitCode::FAILURE };
     let cluster = cli.cluster.to_cluster().unwrap_or_else(|message| usage_error::<Cli>(message));
     let options = cli.options;
     let result = match options.generate {
@@ -293,15 +287,7 @@ fn run(cluster: Cluster, options: &Options) -> Result<(), String> {
                     .name("window-stats")
                     .state_metrics(window_state)
                     .aggregate_with_late(AllStats);
-                let stats = stats.map(|r| OutputRow {
-                    window_start_ms: r.window.start,
-                    window_end_ms: r.window.end,
-                    key: r.key,
-                    count: r.value.count,
-                    sum: r.value.sum,
-                    min: r.value.min,
-                    max: r.value.max,
-                });
+                let stats = stats.map(OutputRow::from);
                 results.write(stats, &sinks[0]);
                 late.write(late_readings.map(InputRow::from_event), &sinks[1]);
             });

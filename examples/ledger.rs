@@ -90,13 +90,7 @@ fn at(frontier: Option<Time>) -> String {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Logs (RUST_LOG, --log-format) and the metrics endpoint (--metrics-addr), for the whole run.
-    let _observability = match cli.observe.install() {
-        Ok(observability) => observability,
-        Err(error) => {
-            eprintln!("ledger: error: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let Some(_observability) = cli.observe.start("ledger") else { return ExitCode::FAILURE };
     let cluster = cli.cluster.to_cluster().unwrap_or_else(|message| usage_error::<Cli>(message));
     if cluster.processes > 1 {
         usage_error::<Cli>("ledger runs in one process (-n 1): its read model is queried in-process");

@@ -72,13 +72,7 @@ struct Cli {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Logs (RUST_LOG, --log-format) and the metrics endpoint (--metrics-addr), for the whole run.
-    let _observability = match cli.observe.install() {
-        Ok(observability) => observability,
-        Err(error) => {
-            eprintln!("nexmark: error: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let Some(_observability) = cli.observe.start("nexmark") else { return ExitCode::FAILURE };
     let cluster = cli.cluster.to_cluster().unwrap_or_else(|message| usage_error::<Cli>(message));
     if !cli.quiet
         && let Some(warning) = cli.cluster.oversubscription_warning()

@@ -216,13 +216,7 @@ impl Cli {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Logs (RUST_LOG, --log-format) and the metrics endpoint (--metrics-addr), for the whole run.
-    let _observability = match cli.observe.install() {
-        Ok(observability) => observability,
-        Err(error) => {
-            eprintln!("window_agg: error: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let Some(_observability) = cli.observe.start("window_agg") else { return ExitCode::FAILURE };
     let cluster = cli.cluster.to_cluster().unwrap_or_else(|message| usage_error::<Cli>(message));
     if !cli.quiet
         && let Some(warning) = cli.cluster.oversubscription_warning()
@@ -446,15 +440,7 @@ fn run(cluster: Cluster, options: Options) -> Result<(), String> {
                     (None, Some(gap)) => events.sessions(gap).options(options).aggregate_with_late(AllStats),
                     (None, None) => unreachable!("a window kind was parsed"),
                 };
-                let results = results.map(|r| OutputRow {
-                    window_start_ms: r.window.start,
-                    window_end_ms: r.window.end,
-                    key: r.key,
-                    count: r.value.count,
-                    sum: r.value.sum,
-                    min: r.value.min,
-                    max: r.value.max,
-                });
+                let results = results.map(OutputRow::from);
                 output.write(results, &sinks[0]);
                 if let Some(late_output) = &late_output {
                     late_output.write(late.map(InputRow::from_event), &sinks[1]);

@@ -61,6 +61,22 @@ pub struct OutputRow {
     pub max: i64,
 }
 
+impl From<tideline::window::WindowResult<String, tideline::window::aggregate::Stats>> for OutputRow {
+    /// The row of a window's (or session's) statistics, as `window_agg` and `kafka_pipeline`
+    /// write it.
+    fn from(result: tideline::window::WindowResult<String, tideline::window::aggregate::Stats>) -> Self {
+        OutputRow {
+            window_start_ms: result.window.start,
+            window_end_ms: result.window.end,
+            key: result.key,
+            count: result.value.count,
+            sum: result.value.sum,
+            min: result.value.min,
+            max: result.value.max,
+        }
+    }
+}
+
 /// A malformed input line of `window_agg`, as a row of its dead-letter output.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct DeadRow {

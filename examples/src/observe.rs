@@ -72,6 +72,18 @@ impl Observability {
 const DEFAULT_FILTER: &str = "warn";
 
 impl ObserveArgs {
+    /// [`install`](Self::install) for a program's `main`: on failure, says so on standard
+    /// error as `PROGRAM: error: …` and returns `None` (exit with a failure then).
+    pub fn start(&self, program: &str) -> Option<Observability> {
+        match self.install() {
+            Ok(observability) => Some(observability),
+            Err(error) => {
+                eprintln!("{program}: error: {error}");
+                None
+            }
+        }
+    }
+
     /// Installs the process's log subscriber (filtered by `RUST_LOG`, in the chosen format,
     /// to standard error) and starts the metrics endpoint if `--metrics-addr` was given.
     ///

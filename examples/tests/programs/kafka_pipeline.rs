@@ -69,15 +69,7 @@ fn in_memory(events: u64, malformed_every: u64) -> (Vec<OutputRow>, Vec<InputRow
             .map(InputRow::into_event)
             .tumbling(Duration::from_secs(10))
             .aggregate(AllStats)
-            .map(|r| OutputRow {
-                window_start_ms: r.window.start,
-                window_end_ms: r.window.end,
-                key: r.key,
-                count: r.value.count,
-                sum: r.value.sum,
-                min: r.value.min,
-                max: r.value.max,
-            })
+            .map(OutputRow::from)
     })
     .into_iter()
     .map(|(row, _, diff)| {
