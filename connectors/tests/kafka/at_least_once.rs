@@ -236,16 +236,18 @@ fn sessions_dedup_and_a_join_between_source_and_sink_lose_nothing_across_a_kill(
     let Some(brokers) = brokers(test) else { return };
     let (topic, group) = (unique("alo-stateful-in"), unique("alo-stateful-group"));
     create(&brokers, &topic, 2);
-    // Increasing times, 10 ms apart per partition; a key holds for 20 records (200 ms), then
-    // the next of 8 keys takes over: sessions close 300 ms after their key's run, and live
-    // state (open sessions, dedup groups, join buffers) always spans the latest records.
-    const RECORDS: i64 = 2_000;
+    // Increasing times, 10 ms apart per partition; a key holds for 100 records (1 s), then the
+    // next of 8 keys takes over: a session lives 1.3 s, much longer than a dedup group (about
+    // 300 ms) or a join buffer (100 ms), so only the sessions' own retention keeps commits
+    // behind their records (with the sessions' retention switched off, this test fails: the
+    // session open at the kill is lost).
+    const RECORDS: i64 = 3_000;
     let input: Vec<Vec<Reading>> = (0..2)
         .map(|p| {
             (0..RECORDS)
                 .map(|i| Reading {
                     time: 1_000_000 + i as u64 * 10 + p,
-                    key: format!("k{}", (i / 20) % 8),
+                    key: format!("k{}", (i / 100) % 8),
                     value: i * 3 + p as i64,
                 })
                 .collect()
@@ -255,6 +257,20 @@ fn sessions_dedup_and_a_join_between_source_and_sink_lose_nothing_across_a_kill(
 
     // Every final row, from the same pipeline over the whole input in memory.
     let partitions = Arc::new(input);
+    // Per session row, the first offset of its records on each partition: once a commit
+    // passes it, the row must already be durable (a restart would not see those records).
+    let first_offsets = |row: &str| -> Option<[i64; 2]> {
+        let parts: Vec<&str> = row.split_whitespace().collect();
+        let (key, start, end) = (parts[1], parts[2].trim_matches(['[', ',']), parts[3].trim_end_matches(')'));
+        let (start, end): (Time, Time) = (start.parse().ok()?, end.parse().ok()?);
+        let first = |p: usize| {
+            partitions[p]
+                .iter()
+                .position(|r| r.key == key && r.time >= start && r.time + GAP_MS <= end)
+                .map_or(i64::MAX, |i| i as i64)
+        };
+        Some([first(0), first(1)])
+    };
     let p = Arc::clone(&partitions);
     let expected: BTreeSet<String> = tideline::runtime::collect(2, move |scope| {
         stateful_pipeline(
@@ -267,8 +283,13 @@ fn sessions_dedup_and_a_join_between_source_and_sink_lose_nothing_across_a_kill(
         row
     })
     .collect();
+    let sessions: Vec<(String, [i64; 2])> = expected
+        .iter()
+        .filter(|row| row.starts_with("session"))
+        .map(|row| (row.clone(), first_offsets(row).expect("a session row parses")))
+        .collect();
     for kind in ["session", "dedup", "join"] {
-        assert!(expected.iter().filter(|r| r.starts_with(kind)).count() > 50, "the input gives {kind} rows");
+        assert!(expected.iter().filter(|r| r.starts_with(kind)).count() >= 30, "the input gives {kind} rows");
     }
 
     // Run 1: unbounded, with the slow sink; killed (its dataflow dropped) once offsets have
@@ -303,9 +324,21 @@ fn sessions_dedup_and_a_join_between_source_and_sink_lose_nothing_across_a_kill(
         .unwrap();
     });
     let deadline = Instant::now() + Duration::from_secs(90);
+    let mut sessions_checked = 0;
     loop {
+        // Commits first, then what is durable: a commit seen was made when at most this much
+        // was durable. A session whose first records are behind a commit is durable already.
         let commits = committed(&brokers, &group, &topic, 2);
-        let written = durable.lock().unwrap().len();
+        let written_rows = durable.lock().unwrap().clone();
+        for (row, first) in &sessions {
+            let behind = (0..2).any(|p| commits[p].is_some_and(|c| first[p] < c));
+            assert!(
+                !behind || written_rows.contains(row),
+                "committed {commits:?} past the first records {first:?} of {row}, which is not durable yet"
+            );
+            sessions_checked += usize::from(behind);
+        }
+        let written = written_rows.len();
         if commits.iter().all(|c| c.is_some_and(|c| c > 0)) && written >= expected.len() / 3 {
             break;
         }
@@ -316,6 +349,7 @@ fn sessions_dedup_and_a_join_between_source_and_sink_lose_nothing_across_a_kill(
     within(Duration::from_secs(30), move || run.join().unwrap());
     let at_kill: Vec<i64> = committed(&brokers, &group, &topic, 2).into_iter().map(|c| c.unwrap_or(0)).collect();
     assert!(at_kill.iter().all(|c| *c > 0 && *c < RECORDS), "killed mid-way: committed {at_kill:?}");
+    assert!(sessions_checked > 0, "commits passed the records of some sessions while the job ran");
     let first: BTreeSet<String> = durable.lock().unwrap().clone();
 
     // Run 2: restart from the committed offsets, read to the end.
