@@ -5,7 +5,8 @@
 //! window_agg [--input FILE.csv|-] [--output OUT.csv] [--late-output LATE.csv]
 //!            (--tumbling 10s | --sliding 10s,2s | --session 30s)
 //!            [--out-of-orderness 5s] [--allowed-lateness 0s] [--late drop|side|accept]
-//!            [--emit final|updates] [-w N] [timely cluster flags]
+//!            [--emit final|updates] [--checkpoint-dir DIR [--checkpoint-interval 10s]]
+//!            [-w N] [timely cluster flags]
 //! ```
 //!
 //! Run `window_agg --help` for every flag.
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
+use tideline::checkpoint::{Checkpointing, LocalDirStore};
 use tideline::prelude::*;
 use tideline::runtime::metrics::{SourceMetrics, StateMetrics};
 use tideline::runtime::{Cluster, execute};
@@ -42,7 +44,8 @@ use tideline_examples::{DeadRow, InputRow, OutputRow, generated_partition};
     override_usage = "window_agg [--input FILE.csv|-] [--output OUT.csv] [--late-output LATE.csv]
                   (--tumbling 10s | --sliding 10s,2s | --session 30s)
                   [--out-of-orderness 5s] [--allowed-lateness 0s] [--late drop|side|accept]
-                  [--emit final|updates] [-w N] [CLUSTER FLAGS]",
+                  [--emit final|updates] [--checkpoint-dir DIR [--checkpoint-interval 10s]]
+                  [-w N] [CLUSTER FLAGS]",
     group(clap::ArgGroup::new("window").args(["tumbling", "sliding", "session"]).multiple(false)),
     after_help = "Durations are a whole number with a unit: ms, s, m or h (e.g. 250ms, 10s, 5m, 1h)."
 )]
@@ -115,6 +118,17 @@ struct Cli {
     #[arg(long, help_heading = "Output")]
     quiet: bool,
 
+    /// Checkpoint into DIR, and resume from its newest checkpoint when started again with the
+    /// same flags: killed at any moment (even with SIGKILL), the run continues where its last
+    /// checkpoint was, and its outputs end up identical to an uninterrupted run's. Needs
+    /// --input FILE and --output FILE (regular files). The checkpoints are removed when the
+    /// run completes
+    #[arg(long, value_name = "DIR", help_heading = "Checkpoints")]
+    checkpoint_dir: Option<String>,
+    /// How often to checkpoint (processing time)
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = positive_duration, help_heading = "Checkpoints")]
+    checkpoint_interval: Duration,
+
     #[command(flatten)]
     cluster: ClusterArgs,
     #[command(flatten)]
@@ -164,6 +178,8 @@ struct Options {
     late: LatePolicy,
     emit: Emit,
     quiet: bool,
+    checkpoint_dir: Option<String>,
+    checkpoint_interval: Duration,
 }
 
 impl Cli {
@@ -187,6 +203,21 @@ impl Cli {
         if self.late_output.is_some() && late == LatePolicy::Drop {
             return Err("--late drop and --late-output contradict each other: use --late side".into());
         }
+        if self.checkpoint_dir.is_some() {
+            match self.input.as_deref() {
+                None | Some("-") => {
+                    return Err("--checkpoint-dir needs --input FILE.csv: a run resumes by reading its input again \
+                                from a checkpointed position (a generated data set or standard input cannot be)"
+                        .into());
+                }
+                Some(_) => {}
+            }
+            if self.output.is_none() {
+                return Err("--checkpoint-dir needs --output OUT.csv: a resumed run rewinds its output to the \
+                            checkpoint, which standard output cannot do"
+                    .into());
+            }
+        }
         if self.late_output.is_none() && late == LatePolicy::SideOutput {
             return Err("--late side needs --late-output LATE.csv to write the late records to (or --late drop to \
                         count and drop them)"
@@ -209,6 +240,8 @@ impl Cli {
                 EmitArg::Updates => Emit::Updates,
             },
             quiet: self.quiet,
+            checkpoint_dir: self.checkpoint_dir,
+            checkpoint_interval: self.checkpoint_interval,
         })
     }
 }
@@ -393,6 +426,30 @@ fn run(cluster: Cluster, options: Options) -> Result<(), String> {
         None => None,
     };
 
+    // Checkpoints: one instance per directory (process 0 holds its lock for the whole run).
+    let (checkpoints, _lock) = match &options.checkpoint_dir {
+        Some(dir) => {
+            let store = LocalDirStore::new(dir).map_err(|e| format!("--checkpoint-dir {dir}: {e}"))?;
+            let lock = match cluster.process {
+                0 => Some(store.lock().map_err(|e| e.to_string())?),
+                _ => None,
+            };
+            let checkpoints = Checkpointing::open(store, options.checkpoint_interval)
+                .map_err(|e| format!("--checkpoint-dir {dir}: {e}"))?;
+            if let Some(restored) = checkpoints.restored()
+                && !options.quiet
+            {
+                eprintln!(
+                    "window_agg: resuming from checkpoint {} in {dir} (taken by {} worker(s); input re-read from event time {} ms)",
+                    restored.id(),
+                    restored.workers(),
+                    restored.replay_from()
+                );
+            }
+            (Some(checkpoints), lock)
+        }
+        None => (None, None),
+    };
     let metrics = SourceMetrics::new(options.input.clone().unwrap_or_else(|| "generated".into()));
     let sinks = [SinkHandle::new("output"), SinkHandle::new("late-output"), SinkHandle::new("dead-letter-output")];
     let dead_letters = tideline::sink::Collected::new();
@@ -403,6 +460,7 @@ fn run(cluster: Cluster, options: Options) -> Result<(), String> {
     let worker_metrics = Arc::clone(&metrics);
     let worker_sinks = sinks.clone();
     let worker_dead = dead_letters.clone();
+    let worker_checkpoints = checkpoints.clone();
     let opts = options.clone();
     let configuration = (cluster.processes > 1).then(|| configuration(&options));
     let guards = std::thread::spawn(move || {
@@ -417,7 +475,11 @@ fn run(cluster: Cluster, options: Options) -> Result<(), String> {
             let (files, output, late_output, dead_output) =
                 (files.clone(), output.clone(), late_output.clone(), dead_output.clone());
             let (sinks, dead_letters, opts) = (worker_sinks.clone(), worker_dead.clone(), opts.clone());
+            let checkpoints = worker_checkpoints.clone();
             worker.dataflow::<Time, _, _>(move |scope| {
+                if let Some(checkpoints) = &checkpoints {
+                    checkpoints.install(scope);
+                }
                 let source = match &files {
                     Some(files) => files.read(scope, config),
                     None => {

@@ -18,6 +18,7 @@
 //! | [`join`] | equi, interval, window and as-of joins |
 //! | [`table`] | upsert tables and tables from aggregations: the stream–table duality; [`table::read_model`]: tables queryable from other threads while the dataflow runs |
 //! | [`sink`] | sinks that write a time once it is complete; the collecting sink |
+//! | [`checkpoint`] | checkpoints and recovery: the checkpoint store, the coordinator, what sources and sinks resume from |
 //! | [`runtime`] | worker / cluster configuration and helpers that run dataflows; control channels ([`runtime::control`]), flow control ([`runtime::flow`]), metrics ([`runtime::metrics`]) |
 //! | [`error`] | the engine's error type |
 //!
@@ -42,6 +43,7 @@
 //! assert_eq!(values, vec![12, 1]);
 //! ```
 
+pub mod checkpoint;
 pub mod error;
 pub mod join;
 pub mod keyed;

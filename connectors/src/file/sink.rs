@@ -3,7 +3,7 @@
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -389,6 +389,48 @@ impl<D: ExchangeData + Serialize> SinkWriter<D> for FileWriter<D> {
         }
         Ok(())
     }
+
+    /// The output synced, and its length: a restore truncates the file to it (as Flink's file
+    /// sink truncates an in-progress part file), so that what a crashed run wrote after the
+    /// checkpoint is written once, by the restored run. A snapshot sink's rows go into the
+    /// checkpoint itself.
+    fn checkpoint(&mut self) -> tideline::Result<Vec<u8>> {
+        let path = self.path();
+        let out = self.out()?;
+        out.flush().map_err(|e| FileError::io(&path, e))?;
+        let length = out.sync_len().map_err(|e| FileError::io(&path, e))?.ok_or_else(|| {
+            tideline::Error::from(FileError::Format {
+                path: path.clone(),
+                message: "cannot be checkpointed: only a regular file can be rewound after a crash (not standard \
+                          output, a FIFO, a device or a link)"
+                    .into(),
+            })
+        })?;
+        let snapshot: Vec<(&D, isize)> = self.snapshot.iter().map(|(row, diff)| (row, *diff)).collect();
+        let state = WriterState { length, wrote_header: self.wrote_header, snapshot };
+        serde_json::to_vec(&state).map_err(|e| self.error(e))
+    }
+
+    fn restore(&mut self, state: &[u8]) -> tideline::Result<()> {
+        let state: WriterState<D> = serde_json::from_slice(state).map_err(|e| self.error(e))?;
+        let Some(path) = self.sink.path.clone() else {
+            return Err(self.error("standard output cannot resume from a checkpoint"));
+        };
+        self.out = Some(Output::resume(&path, state.length)?);
+        self.wrote_header = state.wrote_header;
+        self.snapshot = state.snapshot.into_iter().collect();
+        Ok(())
+    }
+}
+
+/// A [`FileWriter`]'s part of a checkpoint.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct WriterState<R> {
+    /// The output's length: everything before it is durable.
+    length: u64,
+    wrote_header: bool,
+    /// A [`SinkMode::Snapshot`] sink's rows so far.
+    snapshot: Vec<(R, isize)>,
 }
 
 /// Where a [`FileWriter`] writes.
@@ -424,6 +466,56 @@ impl Output {
             let file = File::create(path).map_err(io)?;
             let regular = file.metadata().map_err(io)?.is_file();
             Ok(Output::InPlace { file: BufWriter::with_capacity(1 << 16, file), regular })
+        }
+    }
+
+    /// Continues the partial output of `path` from a checkpoint: truncated to `length`, written
+    /// from there. If the partial file is gone because the run had completed and renamed it
+    /// (the crash came before its checkpoints were removed), the complete file is taken back.
+    fn resume(path: &Path, length: u64) -> tideline::Result<Output> {
+        let partial = partial_path(path);
+        let io = |e| tideline::Error::from(FileError::io(&partial, e));
+        if !partial.exists() && path.is_file() {
+            std::fs::rename(path, &partial).map_err(io)?;
+        }
+        let mut file = OpenOptions::new().write(true).open(&partial).map_err(|e| {
+            tideline::Error::from(FileError::Format {
+                path: partial.clone(),
+                message: format!(
+                    "cannot resume the output from its checkpoint ({e}): the partial output was removed; \
+                     start again with an empty checkpoint directory"
+                ),
+            })
+        })?;
+        let current = file.metadata().map_err(io)?.len();
+        if current < length {
+            return Err(FileError::Format {
+                path: partial.clone(),
+                message: format!(
+                    "is shorter ({current} bytes) than its checkpoint says it was ({length}): it was changed since; \
+                     start again with an empty checkpoint directory"
+                ),
+            }
+            .into());
+        }
+        file.set_len(length).map_err(io)?;
+        file.seek(SeekFrom::End(0)).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        let file = BufWriter::with_capacity(1 << 16, file);
+        Ok(Output::Replace { file, partial, path: path.to_path_buf(), done: false })
+    }
+
+    /// Syncs a flushed output and returns its length, for a checkpoint; `None` for outputs that
+    /// cannot be rewound (standard output, FIFOs, devices, links).
+    fn sync_len(&mut self) -> std::io::Result<Option<u64>> {
+        match self {
+            Output::Replace { file, done: false, .. } => {
+                let file = file.get_ref();
+                file.sync_data()?;
+                Ok(Some(file.metadata()?.len()))
+            }
+            Output::Replace { done: true, path, .. } => Ok(Some(std::fs::metadata(path)?.len())),
+            Output::InPlace { .. } | Output::Stdout(_) => Ok(None),
         }
     }
 

@@ -355,6 +355,8 @@ struct Split<D> {
     max: Option<Time>,
     /// Where own chunks start, recorded while folding summaries.
     starts: BTreeMap<usize, (u64, Option<Time>)>,
+    /// How many chunks the file has.
+    chunks: usize,
 }
 
 /// A file read whole by this worker: a regular file from its start, or a stream through its
@@ -363,6 +365,37 @@ struct Whole {
     file: usize,
     source: WholeSource,
     line: u64,
+    /// Where the next line starts in the file.
+    offset: u64,
+    /// The largest event time read so far.
+    max: Option<Time>,
+    /// The next chunk boundary a line start has not passed yet (see [`Mark`]).
+    next_chunk: u64,
+    /// Restored from a checkpoint: where reading starts.
+    resume: Option<Mark>,
+}
+
+/// A place a file can be read again from, for checkpoints: the first line of chunk `chunk`
+/// (the first line starting at or after `chunk × chunk_bytes`, as a split read defines it),
+/// its line number, and the largest event time before it — which restores the watermark
+/// there. Every record before it was given at a dataflow time of at most `max_before`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Mark {
+    chunk: u64,
+    line: u64,
+    max_before: Option<Time>,
+}
+
+impl Mark {
+    const START: Mark = Mark { chunk: 0, line: 1, max_before: None };
+}
+
+/// A file reader's part of a checkpoint: per file it reads, where to read again.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct ReaderCheckpoint {
+    chunk_bytes: u64,
+    /// `(file index, path, size, mark)`.
+    files: Vec<(usize, PathBuf, u64, Mark)>,
 }
 
 enum WholeSource {
@@ -391,6 +424,10 @@ struct FileReader<D> {
     buffer: Vec<u8>,
     next_turn: usize,
     error: Option<FileError>,
+    /// Per file, the places it can be read again from, oldest first (see [`Mark`]); the files
+    /// this worker reads (whole, or its share of a split) are `mine`.
+    marks: Vec<VecDeque<Mark>>,
+    mine: Vec<bool>,
 }
 
 impl<D: DeserializeOwned + 'static> FileReader<D> {
@@ -414,19 +451,26 @@ impl<D: DeserializeOwned + 'static> FileReader<D> {
                     lines: 0,
                     max: None,
                     starts: BTreeMap::new(),
+                    chunks,
                 });
             } else if file % peers == index {
                 let source = match info.kind {
                     Kind::Regular(_) => WholeSource::File(None),
                     Kind::Stream => WholeSource::Stream { lines: None, idle_polls: 0 },
                 };
-                wholes.push(Whole { file, source, line: 0 });
+                wholes.push(Whole { file, source, line: 0, offset: 0, max: None, next_chunk: 1, resume: None });
             }
         }
         // Every worker allocates the same channels: whether a file is split does not depend
         // on the worker.
         let any_split = inner.files.iter().any(split_file);
+        let mut mine = vec![false; inner.files.len()];
+        for file in splits.iter().map(|s| s.file).chain(wholes.iter().map(|w| w.file)) {
+            mine[file] = true;
+        }
         FileReader {
+            marks: vec![VecDeque::from([Mark::START]); inner.files.len()],
+            mine,
             channel: any_split.then(|| setup.broadcast()),
             headers: inner.files.iter().map(|f| f.headers.clone()).collect(),
             inner,
@@ -511,6 +555,10 @@ impl<D: DeserializeOwned + 'static> FileReader<D> {
         }
         for whole in &self.wholes {
             ctx.add_partition(whole.file as PartitionId);
+            if let Some(max_before) = whole.resume.and_then(|m| m.max_before) {
+                // Restored: the watermark where reading resumes.
+                ctx.observe(whole.file as PartitionId, max_before);
+            }
         }
         self.started = true;
     }
@@ -580,6 +628,10 @@ impl<D: DeserializeOwned + 'static> FileReader<D> {
         for split in &mut self.splits {
             while let Some((lines, max)) = split.summaries.remove(&split.next) {
                 let start = (1 + split.lines, split.max);
+                let marks = &mut self.marks[split.file];
+                if marks.back().is_none_or(|m| m.chunk < split.next as u64) {
+                    marks.push_back(Mark { chunk: split.next as u64, line: start.0, max_before: start.1 });
+                }
                 if let Some(decoded) = split.decoded.iter_mut().find(|d| d.chunk == split.next) {
                     decoded.start = Some(start);
                 }
@@ -592,6 +644,10 @@ impl<D: DeserializeOwned + 'static> FileReader<D> {
                     (a, b) => a.or(b),
                 };
                 split.next += 1;
+                if split.next == split.chunks {
+                    // The end of the file: everything in it is before this mark.
+                    marks.push_back(Mark { chunk: split.chunks as u64, line: 1 + split.lines, max_before: split.max });
+                }
             }
         }
     }
@@ -689,16 +745,34 @@ impl<D: DeserializeOwned + 'static> FileReader<D> {
             WholeSource::File(reader) => {
                 let reader = match reader {
                     Some(reader) => reader,
-                    None => reader.insert(BufReader::with_capacity(
-                        1 << 20,
-                        File::open(path).map_err(|e| FileError::io(path, e))?,
-                    )),
+                    None => {
+                        let mut file =
+                            BufReader::with_capacity(1 << 20, File::open(path).map_err(|e| FileError::io(path, e))?);
+                        if let Some(mark) = self.wholes[w].resume.filter(|m| m.chunk > 0) {
+                            // Restored: skip to the first line of the chunk (the line that
+                            // straddles its start belongs to the chunk before).
+                            let start = mark.chunk * self.inner.chunk_bytes;
+                            file.seek(SeekFrom::Start(start - 1)).map_err(|e| FileError::io(path, e))?;
+                            let mut skipped = Vec::new();
+                            let n = file.read_until(b'\n', &mut skipped).map_err(|e| FileError::io(path, e))?;
+                            self.wholes[w].offset = start - 1 + n as u64;
+                        }
+                        reader.insert(file)
+                    }
                 };
                 let mut buffer = std::mem::take(&mut self.buffer);
                 while ctx.budget() > 0 {
                     buffer.clear();
                     if reader.read_until(b'\n', &mut buffer).map_err(|e| FileError::io(path, e))? == 0 {
                         self.buffer = buffer;
+                        let whole = &self.wholes[w];
+                        if let Kind::Regular(size) = self.inner.files[whole.file].kind {
+                            let chunks = size.div_ceil(self.inner.chunk_bytes).max(1);
+                            let marks = &mut self.marks[whole.file];
+                            if marks.back().is_none_or(|m| m.chunk < chunks) {
+                                marks.push_back(Mark { chunk: chunks, line: whole.line + 1, max_before: whole.max });
+                            }
+                        }
                         return Ok((progress, true));
                     }
                     self.whole_line(w, &buffer, ctx)?;
@@ -737,11 +811,22 @@ impl<D: DeserializeOwned + 'static> FileReader<D> {
     /// The next line of whole file `w`.
     fn whole_line(&mut self, w: usize, raw: &[u8], ctx: &mut ReadContext<'_, D>) -> Result<(), FileError> {
         let file = self.wholes[w].file;
-        self.wholes[w].line += 1;
-        let number = self.wholes[w].line;
+        let whole = &mut self.wholes[w];
+        whole.line += 1;
+        let number = whole.line;
+        let start = whole.offset;
+        whole.offset += raw.len() as u64;
+        if start >= whole.next_chunk * self.inner.chunk_bytes {
+            // The first line of a chunk: a place to read again from.
+            let chunk = start / self.inner.chunk_bytes;
+            self.marks[file].push_back(Mark { chunk, line: number, max_before: whole.max });
+            whole.next_chunk = chunk + 1;
+        }
         match self.decode_line(file, number, raw)? {
             Line::Skip => {}
             Line::Record(time, record) => {
+                let whole = &mut self.wholes[w];
+                whole.max = Some(whole.max.map_or(time, |m| m.max(time)));
                 ctx.record(file as PartitionId, number, time, record);
             }
             Line::Dead(payload, reason) => {
@@ -810,6 +895,85 @@ impl<D: DeserializeOwned + 'static> FileReader<D> {
 
 impl<D: DeserializeOwned + 'static> SourceReader for FileReader<D> {
     type Item = D;
+
+    fn checkpoint(&mut self, replay_from: Time) -> Result<Vec<u8>, String> {
+        if let Some(stream) = self.wholes.iter().find(|w| matches!(w.source, WholeSource::Stream { .. })) {
+            return Err(format!(
+                "{} is a stream: it cannot be read again after a crash (give a regular file)",
+                self.inner.files[stream.file].path.display()
+            ));
+        }
+        let mut files = Vec::new();
+        for (file, info) in self.inner.files.iter().enumerate() {
+            if !self.mine[file] {
+                continue;
+            }
+            let Kind::Regular(size) = info.kind else {
+                return Err(format!("{} is a stream: it cannot be read again after a crash", info.path.display()));
+            };
+            // The latest place before which every record was given below the replay time;
+            // the marks before it are needed by no later checkpoint (the replay time only
+            // grows).
+            let marks = &mut self.marks[file];
+            let before = |m: &Mark| m.max_before.is_none_or(|t| t < replay_from);
+            while marks.len() > 1 && before(&marks[1]) {
+                marks.pop_front();
+            }
+            let mark = marks.front().copied().unwrap_or(Mark::START);
+            files.push((file, info.path.clone(), size, mark));
+        }
+        let state = ReaderCheckpoint { chunk_bytes: self.inner.chunk_bytes, files };
+        serde_json::to_vec(&state).map_err(|e| e.to_string())
+    }
+
+    fn restore(&mut self, parts: &[Vec<u8>]) -> Result<(), String> {
+        let mut resume: BTreeMap<usize, Mark> = BTreeMap::new();
+        for part in parts {
+            let state: ReaderCheckpoint = serde_json::from_slice(part).map_err(|e| e.to_string())?;
+            if state.chunk_bytes != self.inner.chunk_bytes {
+                return Err(format!(
+                    "it was read in chunks of {} bytes, now {}: use the same chunk size",
+                    state.chunk_bytes, self.inner.chunk_bytes
+                ));
+            }
+            for (file, path, size, mark) in state.files {
+                let Some(info) = self.inner.files.get(file).filter(|info| info.path == path) else {
+                    return Err(format!("it read {} as file {file}, which is not an input now", path.display()));
+                };
+                if info.kind != Kind::Regular(size) {
+                    return Err(format!("{} changed since the checkpoint (it had {size} bytes)", path.display()));
+                }
+                // Workers that share a split file may know more or less of it: any of their
+                // marks is a valid place to resume; the latest re-reads least.
+                let entry = resume.entry(file).or_insert(mark);
+                if mark.chunk > entry.chunk {
+                    *entry = mark;
+                }
+            }
+        }
+        for (file, info) in self.inner.files.iter().enumerate() {
+            if self.mine[file] && !resume.contains_key(&file) {
+                return Err(format!("it has no position for {}", info.path.display()));
+            }
+        }
+        for split in &mut self.splits {
+            let mark = resume[&split.file];
+            split.own.retain(|chunk| *chunk as u64 >= mark.chunk);
+            split.next = mark.chunk as usize;
+            split.lines = mark.line - 1;
+            split.max = mark.max_before;
+            self.marks[split.file] = VecDeque::from([mark]);
+        }
+        for whole in &mut self.wholes {
+            let mark = resume[&whole.file];
+            whole.line = mark.line - 1;
+            whole.max = mark.max_before;
+            whole.next_chunk = mark.chunk + 1;
+            whole.resume = Some(mark);
+            self.marks[whole.file] = VecDeque::from([mark]);
+        }
+        Ok(())
+    }
 
     fn poll(&mut self, ctx: &mut ReadContext<'_, D>) -> ReadStatus {
         if self.error.is_some() {

@@ -144,12 +144,20 @@ pub struct FlowGroup {
     sinks: RefCell<Vec<Rc<SinkProgress>>>,
     retention: RefCell<Vec<Retention>>,
     sink_failed: Cell<bool>,
+    /// The dataflow's checkpoint participants on this worker, once checkpointing is installed
+    /// ([`crate::checkpoint::Checkpointing::install`]).
+    pub(crate) checkpoints: RefCell<Option<crate::checkpoint::Hooks>>,
 }
 
 impl FlowGroup {
     /// Registers a sink's durability account.
     pub(crate) fn register_sink(&self, progress: Rc<SinkProgress>) {
         self.sinks.borrow_mut().push(progress);
+    }
+
+    /// Whether any sink has registered.
+    pub(crate) fn has_sinks(&self) -> bool {
+        !self.sinks.borrow().is_empty()
     }
 
     /// Declares an operator's retention. Register in build order: upstream operators first.

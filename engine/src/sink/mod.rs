@@ -19,6 +19,7 @@
 //! worker's part completed (or one failed), so every worker learns that the whole output is
 //! durable before the dataflow shuts down.
 
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,6 +31,7 @@ use std::rc::Rc;
 use timely::communication::Pull;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
+use crate::checkpoint::SinkSnapshot;
 use crate::runtime::control::Broadcast;
 use crate::runtime::flow::{FlowGroup, SinkProgress, min_frontier};
 use timely::dataflow::channels::Message;
@@ -63,6 +65,23 @@ pub trait SinkWriter<D>: 'static {
     /// sources' commits (see [`crate::runtime::flow`]). The worker keeps computing meanwhile.
     fn durable(&mut self) -> Result<Durability> {
         Ok(Durability::Flushed)
+    }
+
+    /// For a checkpoint ([`crate::checkpoint`]): makes everything written so far durable (a
+    /// file synced) and returns what [`restore`](Self::restore) needs to continue from exactly
+    /// here — e.g. the file's length. Called between writes, when every time before the last
+    /// frontier given to [`advance`](Self::advance) is written. The default cannot: a dataflow
+    /// with this sink cannot be checkpointed.
+    fn checkpoint(&mut self) -> Result<Vec<u8>> {
+        Err(Error::Config("this sink cannot be checkpointed".into()))
+    }
+
+    /// Continues from a checkpoint, before the first write: `state` is what
+    /// [`checkpoint`](Self::checkpoint) returned (e.g. truncate the file to the length it had).
+    /// The sink then gives this writer only the times from the frontier it had written.
+    fn restore(&mut self, state: &[u8]) -> Result<()> {
+        let _ = state;
+        Err(Error::Config("this sink cannot resume from a checkpoint".into()))
     }
 }
 
@@ -225,16 +244,22 @@ impl<D: ExchangeData> Sink<D> for VecCollection<'_, Time, D> {
         flow.register_sink(Rc::clone(&progress));
         let mut builder = OperatorBuilder::new(name, scope);
         let info = builder.operator_info();
+        let writer = Rc::new(RefCell::new(make_writer(index, peers)));
+        let written = Rc::new(Cell::new(None));
+        let failed = Rc::new(Cell::new(false));
+        let resume = checkpointed::<D, W>(&flow, handle.name(), index, &writer, &written, &failed);
         let mut core = SinkCore {
             index,
-            writer: make_writer(index, peers),
+            writer,
+            written,
+            resume,
             handle: handle.clone(),
             pending: Vec::new(),
             pending_min: None,
             ready: Vec::new(),
             updates: Vec::new(),
             last_frontier: None,
-            failed: false,
+            failed,
             progress,
             flow,
             announcements: Broadcast::new(scope.worker(), Rc::clone(&info.address)),
@@ -263,9 +288,76 @@ impl<D: ExchangeData> Sink<D> for VecCollection<'_, Time, D> {
     }
 }
 
+/// Registers a sink's writer with the dataflow's checkpoints, if it has any, and restores it
+/// from the checkpoint the job resumes from. Returns the frontier the restored writer had
+/// written (updates before it are dropped): `None` without a restore.
+fn checkpointed<D, W: SinkWriter<D>>(
+    flow: &FlowGroup,
+    name: &str,
+    index: usize,
+    writer: &Rc<RefCell<Option<W>>>,
+    written: &Rc<Cell<Option<Option<Time>>>>,
+    failed: &Rc<Cell<bool>>,
+) -> Option<Option<Time>> {
+    let mut hooks = flow.checkpoints.borrow_mut();
+    let hooks = hooks.as_mut()?;
+    let mut resume = None;
+    if let Some(restored) = hooks.restored.clone()
+        && let Some(w) = writer.borrow_mut().as_mut()
+    {
+        let Some((frontier, state)) = restored.sink_part(name, index) else {
+            panic!(
+                "checkpoint {} has no state for sink {name:?}: the pipeline changed since it was taken; \
+                 start it with an empty checkpoint directory to run from the beginning",
+                restored.id()
+            )
+        };
+        if let Some(state) = state
+            && let Err(error) = w.restore(state)
+        {
+            panic!("sink {name:?} cannot resume from checkpoint {}: {error}", restored.id());
+        }
+        tracing::info!(sink = %name, worker = index, checkpoint = restored.id(), written = ?frontier, "sink resumes from a checkpoint");
+        resume = Some(frontier);
+    }
+    let (writer, written, failed) = (Rc::clone(writer), Rc::clone(written), Rc::clone(failed));
+    let restored = resume;
+    hooks.add_sink(
+        name,
+        Box::new(move || {
+            let mut writer = writer.borrow_mut();
+            let Some(writer) = writer.as_mut() else { return SinkSnapshot::NoWriter };
+            if failed.get() {
+                return SinkSnapshot::Unsupported("its writer failed".into());
+            }
+            let Some(mut frontier) = written.get() else {
+                return SinkSnapshot::Unsupported("it has not started".into());
+            };
+            // A restored writer holds everything before the frontier it was restored at, even
+            // while the restored run's frontier is still behind it.
+            if let Some(restored) = restored {
+                frontier = match (frontier, restored) {
+                    (None, _) | (_, None) => None,
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                };
+            }
+            match writer.checkpoint() {
+                Ok(state) => SinkSnapshot::Saved { written: frontier, state },
+                Err(error) => SinkSnapshot::Unsupported(error.to_string()),
+            }
+        }),
+    );
+    resume
+}
+
 struct SinkCore<D, W> {
     index: usize,
-    writer: Option<W>,
+    /// Shared with the checkpoint hook (see [`checkpointed`]).
+    writer: Rc<RefCell<Option<W>>>,
+    /// The last frontier given to the writer's `advance`: every time before it is written.
+    written: Rc<Cell<Option<Option<Time>>>>,
+    /// Restored from a checkpoint: the writer already holds every time before this frontier.
+    resume: Option<Option<Time>>,
     handle: SinkHandle,
     /// Updates whose time the frontier has not passed, in arrival order.
     pending: Vec<(D, Time, isize)>,
@@ -275,7 +367,7 @@ struct SinkCore<D, W> {
     /// One time's updates, for the writer.
     updates: Vec<(D, isize)>,
     last_frontier: Option<Option<Time>>,
-    failed: bool,
+    failed: Rc<Cell<bool>>,
     /// What every worker's part of this sink has durably written, and what their operators
     /// still retain, for the flow group (see [`crate::runtime::flow`]).
     progress: Rc<SinkProgress>,
@@ -345,7 +437,12 @@ impl<D: ExchangeData, W: SinkWriter<D>> SinkCore<D, W> {
             }
             self.ready.extend(self.pending.drain(kept..).map(|(d, t, r)| ((t, d), r)));
             self.pending_min = min;
+            if let Some(resume) = self.resume {
+                // Restored: the writer holds every time before the frontier it had written.
+                self.ready.retain(|((t, _), _)| resume.is_some_and(|f| *t >= f));
+            }
             consolidate_unstable(&mut self.ready);
+            let mut writer = self.writer.borrow_mut();
             let mut ready = self.ready.drain(..).peekable();
             while let Some(((time, datum), diff)) = ready.next() {
                 self.updates.clear();
@@ -353,35 +450,40 @@ impl<D: ExchangeData, W: SinkWriter<D>> SinkCore<D, W> {
                 while let Some(((_, datum), diff)) = ready.next_if(|((t, _), _)| *t == time) {
                     self.updates.push((datum, diff));
                 }
-                if self.failed {
+                if self.failed.get() {
                     continue;
                 }
-                if let Some(writer) = self.writer.as_mut() {
+                if let Some(writer) = writer.as_mut() {
                     match writer.write(time, &self.updates) {
                         Ok(()) => self.handle.record_written(self.updates.len()),
                         Err(error) => {
                             self.handle.record_error(self.index, error);
-                            self.failed = true;
+                            self.failed.set(true);
                         }
                     }
                 }
             }
         }
+        let mut writer = self.writer.borrow_mut();
         if self.last_frontier != Some(current) {
             self.last_frontier = Some(current);
-            if !self.failed
-                && let Some(writer) = self.writer.as_mut()
-                && let Err(error) = writer.advance(current)
+            if !self.failed.get()
+                && let Some(writer) = writer.as_mut()
             {
-                self.handle.record_error(self.index, error);
-                self.failed = true;
+                match writer.advance(current) {
+                    Ok(()) => self.written.set(Some(current)),
+                    Err(error) => {
+                        self.handle.record_error(self.index, error);
+                        self.failed.set(true);
+                    }
+                }
             }
             self.handle.record_frontier(self.index, current);
         }
         // How far this worker's output is durable: everything written, for writers that flush
         // in `advance`; what has been acknowledged, for those that flush asynchronously.
-        let durable = match self.writer.as_mut() {
-            Some(writer) if !self.failed => match writer.durable() {
+        let durable = match writer.as_mut() {
+            Some(writer) if !self.failed.get() => match writer.durable() {
                 Ok(Durability::Flushed) => current,
                 Ok(Durability::Behind(time)) => {
                     self.activator.activate_after(std::time::Duration::from_millis(1));
@@ -389,18 +491,19 @@ impl<D: ExchangeData, W: SinkWriter<D>> SinkCore<D, W> {
                 }
                 Err(error) => {
                     self.handle.record_error(self.index, error);
-                    self.failed = true;
+                    self.failed.set(true);
                     current
                 }
             },
             _ => current,
         };
-        if self.failed && !self.announced_failure {
+        drop(writer);
+        if self.failed.get() && !self.announced_failure {
             self.announcements.send((self.index, Durable::Failed));
             self.announced_failure = true;
             self.flow.record_sink_failure();
         }
-        if !self.failed {
+        if !self.failed.get() {
             // Everything before `durable` is durable. Tell the peers, with what this worker's
             // operators still retain given the durability it knows of.
             let written = self.flow.durable().unwrap_or(Some(0));
@@ -435,7 +538,7 @@ impl<D: ExchangeData, W: SinkWriter<D>> SinkCore<D, W> {
         self.progress.retained.set(all.map(|(_, r)| r));
         let done = current.is_none()
             && (all.is_some_and(|(d, r)| d.is_none() && r.is_none())
-                || self.failed
+                || self.failed.get()
                 || self.peer_failed
                 // Another sink of the dataflow failed: nothing will be safe to the end any more.
                 || self.flow.sink_failed());
@@ -531,6 +634,16 @@ impl<D: ExchangeData> SinkWriter<D> for Collected<D> {
     }
 
     fn advance(&mut self, _frontier: Option<Time>) -> Result<()> {
+        Ok(())
+    }
+
+    /// An in-memory collector keeps nothing across a restart: restored, it holds only what
+    /// comes after the checkpoint.
+    fn checkpoint(&mut self) -> Result<Vec<u8>> {
+        Ok(Vec::new())
+    }
+
+    fn restore(&mut self, _state: &[u8]) -> Result<()> {
         Ok(())
     }
 }

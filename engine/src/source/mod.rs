@@ -30,6 +30,7 @@
 mod logging;
 pub mod memory;
 
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -134,6 +135,25 @@ pub trait SourceReader: 'static {
         let _ = ctx;
         ReadStatus::Done
     }
+
+    /// For a checkpoint ([`crate::checkpoint`]): where this reader would read again so that
+    /// every record it has given whose dataflow time is at least `replay_from` comes again,
+    /// at the same dataflow time — positions, and the watermark state there. Called between
+    /// polls. The default cannot: a dataflow with this source cannot be checkpointed.
+    fn checkpoint(&mut self, replay_from: Time) -> Result<Vec<u8>, String> {
+        let _ = replay_from;
+        Err("this source cannot be checkpointed".into())
+    }
+
+    /// Resumes from a checkpoint, before the first poll: `parts` are the states every worker
+    /// of the checkpointed run returned from [`checkpoint`](Self::checkpoint) (the number of
+    /// workers may have changed: take the partitions this worker reads now). The source
+    /// operator drops re-read records whose dataflow time is below the checkpoint's replay
+    /// time.
+    fn restore(&mut self, parts: &[Vec<u8>]) -> Result<(), String> {
+        let _ = parts;
+        Err("this source cannot resume from a checkpoint".into())
+    }
 }
 
 /// What a [`SourceReader`] sees after it is done: how far its input is durably processed.
@@ -184,6 +204,9 @@ pub struct ReadContext<'a, D> {
     last: Option<(PartitionId, usize)>,
     metrics: &'a SourceMetrics,
     flow: &'a crate::runtime::flow::FlowGroup,
+    /// Resuming from a checkpoint: records (and dead letters) whose dataflow time is below
+    /// this are re-read only to restore positions and watermarks, and dropped.
+    replay_from: Time,
 }
 
 impl<D> ReadContext<'_, D> {
@@ -263,15 +286,21 @@ impl<D> ReadContext<'_, D> {
         self.budget = self.budget.saturating_sub(1);
         let generator = self.tracker.touch(slot, self.now, self.floor);
         let watermark = generator.watermark();
-        let stats = &mut self.stats[slot];
-        stats.records += 1;
         let at = if time >= watermark {
             generator.observe(time);
             time
         } else {
-            stats.behind_watermark += 1;
             watermark
         };
+        if at < self.replay_from {
+            // Re-read after a restore: its effects are complete (see `crate::checkpoint`).
+            return at;
+        }
+        let stats = &mut self.stats[slot];
+        stats.records += 1;
+        if at != time {
+            stats.behind_watermark += 1;
+        }
         self.data.push((item, at, 1));
         at
     }
@@ -298,12 +327,20 @@ impl<D> ReadContext<'_, D> {
     }
 
     /// Gives a record that failed to decode.
+    ///
+    /// It enters at its partition's watermark (at least the worker's): a deterministic time,
+    /// like a record's, so that a restored run gives the same dead letters at the same times.
     pub fn dead_letter(&mut self, letter: DeadLetter) {
         self.budget = self.budget.saturating_sub(1);
-        if let Some(slot) = self.tracker.slot(letter.partition) {
+        let slot = self.tracker.slot(letter.partition);
+        let at = slot.map_or(self.floor, |slot| self.tracker.generator(slot).watermark().max(self.floor));
+        if at < self.replay_from {
+            return;
+        }
+        if let Some(slot) = slot {
             self.stats[slot].dead_letters += 1;
         }
-        self.dead.push((letter, self.floor, 1));
+        self.dead.push((letter, at, 1));
     }
 }
 
@@ -376,9 +413,10 @@ where
 
     let setup = SourceSetup { worker: scope.worker(), address: Rc::clone(&info.address), index, peers };
     let mut announcements: Broadcast<(usize, Option<Time>)> = setup.broadcast();
-    let mut reader = make_reader(&setup);
+    let reader = Rc::new(RefCell::new(make_reader(&setup)));
     let activator = scope.activator_for(info.address);
     let flow = crate::runtime::flow::group(scope);
+    let replay_from = checkpointed(&flow, &config.name, index, &reader);
     let report_to = Arc::clone(&metrics);
     let idle_timeout = config.watermarks.idle_timeout();
     // The operator says it is incomplete until the reader has finished (see
@@ -408,7 +446,7 @@ where
                 // final positions once they are durable) before the dataflow may complete.
                 if !finished {
                     let mut ctx = FinishContext { flow: &flow, metrics: &report_to };
-                    match reader.finish(&mut ctx) {
+                    match reader.borrow_mut().finish(&mut ctx) {
                         ReadStatus::Done => {
                             finished = true;
                             tracing::info!(source = %config.name, worker = index, "source finished");
@@ -442,8 +480,9 @@ where
                 last: None,
                 metrics: &report_to,
                 flow: &flow,
+                replay_from,
             };
-            let status = reader.poll(&mut ctx);
+            let status = reader.borrow_mut().poll(&mut ctx);
             emitted += data.len() as u64;
             if !data.is_empty() {
                 data_output.activate().session(&held[0]).give_container(&mut data);
@@ -521,6 +560,36 @@ where
     });
 
     SourceStreams { data: data_stream.as_collection(), dead_letters: dead_stream.as_collection(), metrics }
+}
+
+/// Registers a source's reader with the dataflow's checkpoints, if it has any, and restores it
+/// from the checkpoint the job resumes from. Returns the replay time (0 without a restore).
+fn checkpointed<R: SourceReader>(
+    flow: &crate::runtime::flow::FlowGroup,
+    name: &str,
+    index: usize,
+    reader: &Rc<RefCell<R>>,
+) -> Time {
+    let mut hooks = flow.checkpoints.borrow_mut();
+    let Some(hooks) = hooks.as_mut() else { return 0 };
+    let mut replay_from = 0;
+    if let Some(restored) = hooks.restored.clone() {
+        let parts = restored.source_parts(name).unwrap_or_else(|| {
+            panic!(
+                "checkpoint {} has no state for source {name:?}: the pipeline changed since it was taken; \
+                 start it with an empty checkpoint directory to run from the beginning",
+                restored.id()
+            )
+        });
+        if let Err(error) = reader.borrow_mut().restore(parts) {
+            panic!("source {name:?} cannot resume from checkpoint {}: {error}", restored.id());
+        }
+        replay_from = restored.replay_from();
+        tracing::info!(source = %name, worker = index, checkpoint = restored.id(), replay_from, "source resumes from a checkpoint");
+    }
+    let reader = Rc::clone(reader);
+    hooks.add_source(name, Box::new(move |from| reader.borrow_mut().checkpoint(from)));
+    replay_from
 }
 
 fn pairs(

@@ -1,0 +1,503 @@
+//! Checkpoints and recovery (DESIGN §8): a pipeline killed at any moment resumes from its last
+//! checkpoint, and its sinks' output is what an uninterrupted run writes.
+//!
+//! # What a checkpoint holds
+//!
+//! State is a deterministic function of the timestamped input. A checkpoint does not copy the
+//! operators' state; it records how to *rebuild* it:
+//!
+//! - the **replay time** `R`: every stateful operator, on every worker, has told the flow group
+//!   ([`crate::runtime::flow`]) the oldest input its state still refers to; `R` is at most that,
+//!   over all operators and workers, as of a frontier every sink has written;
+//! - for every **source**, where to read again so that every record whose dataflow time is at
+//!   least `R` comes again, at the same dataflow time (e.g. a file chunk with the largest event
+//!   time before it, which restores the watermark; Kafka offsets with theirs);
+//! - for every **sink** writer, the frontier it had written and what it needs to continue (a
+//!   file's length).
+//!
+//! On restore, sources read again from their recorded positions and drop records whose
+//! dataflow time is below `R` (their effects are complete: no state refers to them, and the
+//! sinks hold their outputs); operators rebuild their state from the rest, exactly as it was,
+//! because every decision they make (a window closing, a record being late) depends only on
+//! dataflow times; and each sink drops the updates before the frontier it had written, which
+//! it already holds, and continues after them. A checkpoint's size follows the number of
+//! partitions and sinks, not the state; what a restart re-reads follows the live state: the
+//! records from the oldest one still in an open window, session or join buffer. Operators that
+//! keep state forever (equi-joins, tables: [`Retention::Unbounded`](crate::runtime::flow::Retention))
+//! hold the replay time at the start, so a restart re-reads everything — correct, not fast.
+//!
+//! Records dropped on replay are exact only for operators whose state is a function of the
+//! inputs their retention covers: windows, sessions, interval, window and as-of joins, top-N
+//! per window. Operators whose state depends on a chain of earlier inputs (dedup, whose
+//! horizon follows the first of a run of duplicates; keyed process functions with user state)
+//! report a retention that makes replay exact, or [`Retention::Unbounded`].
+//!
+//! # The protocol
+//!
+//! [`Checkpointing::install`] adds a coordinator to a dataflow. Every `interval`, worker 0 takes
+//! the replay time `R` (the flow group's safe time) and asks every worker, over a control
+//! channel, for its part: each worker asks its sources where to read again for `R` and its sink
+//! writers to make their output durable and say how far it goes, writes its part (checksummed)
+//! to the [`CheckpointStore`], and says so; once every worker's part is written, worker 0
+//! writes the manifest, and the checkpoint counts. The dataflow keeps running meanwhile:
+//! a worker stops only for as long as its sinks take to sync and its part takes to write.
+//!
+//! On start, [`Checkpointing::open`] loads the newest checkpoint whose manifest and parts
+//! are intact (a damaged one is reported in one log line and the one before it used). A
+//! checkpoint written by `N` workers restores with any number: sources re-divide their
+//! partitions, and single-writer sinks (files) write on worker 0 whatever the count.
+//!
+//! When every sink has written its complete input, worker 0 removes the checkpoints: the next
+//! run with the same store starts from the beginning.
+
+mod store;
+
+pub use store::{CheckpointStore, LocalDirStore};
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use timely::dataflow::Scope;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+
+use crate::runtime::control::Broadcast;
+use crate::runtime::flow::FlowGroup;
+use crate::runtime::metrics::CheckpointMetrics;
+use crate::time::Time;
+
+/// What a worker's part of a checkpoint holds.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct WorkerPart {
+    worker: usize,
+    /// Per source (by name): the reader's state.
+    sources: Vec<(String, Vec<u8>)>,
+    /// Per sink writer on this worker (by name).
+    sinks: Vec<SinkPart>,
+}
+
+/// A sink writer's part of a checkpoint.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct SinkPart {
+    pub(crate) name: String,
+    pub(crate) worker: usize,
+    /// The frontier the writer had written (`None`: all of its input).
+    pub(crate) written: Option<Time>,
+    pub(crate) state: Vec<u8>,
+}
+
+/// What makes a checkpoint count: its parts, with their checksums.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Manifest {
+    id: u64,
+    replay_from: Time,
+    workers: usize,
+    /// Per worker: the part's CRC-32 and size.
+    parts: Vec<(u32, u64)>,
+    created_unix_ms: u64,
+}
+
+/// Appends a CRC-32 of `body` to it.
+fn sealed(mut body: Vec<u8>) -> Vec<u8> {
+    let crc = crc32fast::hash(&body);
+    body.extend_from_slice(&crc.to_le_bytes());
+    body
+}
+
+/// The body of a sealed file, if its checksum holds.
+fn unseal(bytes: &[u8]) -> Result<&[u8], String> {
+    if bytes.len() < 4 {
+        return Err(format!("truncated ({} bytes)", bytes.len()));
+    }
+    let (body, crc) = bytes.split_at(bytes.len() - 4);
+    let expected = u32::from_le_bytes(crc.try_into().expect("four bytes"));
+    if crc32fast::hash(body) != expected {
+        return Err("checksum mismatch".into());
+    }
+    Ok(body)
+}
+
+/// A checkpoint loaded at start: what sources and sinks resume from.
+#[derive(Debug)]
+pub struct Restored {
+    id: u64,
+    replay_from: Time,
+    workers: usize,
+    sources: BTreeMap<String, Vec<Vec<u8>>>,
+    sinks: Vec<SinkPart>,
+}
+
+impl Restored {
+    /// The checkpoint's id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The replay time: sources drop re-read records whose dataflow time is below it.
+    pub fn replay_from(&self) -> Time {
+        self.replay_from
+    }
+
+    /// How many workers wrote it.
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// Every worker's state of the source `name` (empty if the checkpoint has none).
+    pub(crate) fn source_parts(&self, name: &str) -> Option<&[Vec<u8>]> {
+        self.sources.get(name).map(Vec::as_slice)
+    }
+
+    /// The sink `name`'s part for writer `worker`, or if that worker had none (the worker
+    /// count changed), the lowest written frontier of its parts without state.
+    pub(crate) fn sink_part(&self, name: &str, worker: usize) -> Option<(Option<Time>, Option<&[u8]>)> {
+        let parts: Vec<&SinkPart> = self.sinks.iter().filter(|p| p.name == name).collect();
+        if let Some(part) = parts.iter().find(|p| p.worker == worker) {
+            return Some((part.written, Some(&part.state)));
+        }
+        let lowest = parts.iter().map(|p| p.written).min_by(|a, b| match (a, b) {
+            (None, None) => std::cmp::Ordering::Equal,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (Some(a), Some(b)) => a.cmp(b),
+        })?;
+        Some((lowest, None))
+    }
+}
+
+/// What a sink writer's checkpoint hook reports.
+pub(crate) enum SinkSnapshot {
+    /// This worker has no writer for the sink.
+    NoWriter,
+    /// Durable up to `written`; `state` continues it.
+    Saved { written: Option<Time>, state: Vec<u8> },
+    /// The writer cannot be checkpointed (or failed): why.
+    Unsupported(String),
+}
+
+type SourceHook = Box<dyn FnMut(Time) -> Result<Vec<u8>, String>>;
+type SinkHook = Box<dyn FnMut() -> SinkSnapshot>;
+
+/// A worker's checkpoint participants in one dataflow, kept by its flow group.
+#[derive(Default)]
+pub(crate) struct Hooks {
+    pub(crate) restored: Option<Arc<Restored>>,
+    sources: Vec<(String, SourceHook)>,
+    sinks: Vec<(String, SinkHook)>,
+}
+
+impl Hooks {
+    /// Registers a source's checkpoint hook: given the replay time, the reader's state.
+    pub(crate) fn add_source(&mut self, name: &str, hook: SourceHook) {
+        assert!(
+            self.sources.iter().all(|(n, _)| n != name),
+            "two sources named {name:?} in a checkpointed dataflow: name them apart (SourceConfig::new)"
+        );
+        self.sources.push((name.to_string(), hook));
+    }
+
+    /// Registers a sink's checkpoint hook.
+    pub(crate) fn add_sink(&mut self, name: &str, hook: SinkHook) {
+        assert!(
+            self.sinks.iter().all(|(n, _)| n != name),
+            "two sinks named {name:?} in a checkpointed dataflow: name them apart (SinkHandle::new)"
+        );
+        self.sinks.push((name.to_string(), hook));
+    }
+
+    fn snapshot(&mut self, worker: usize, replay_from: Time) -> Result<WorkerPart, String> {
+        let mut part = WorkerPart { worker, ..WorkerPart::default() };
+        for (name, hook) in &mut self.sources {
+            let state = hook(replay_from).map_err(|e| format!("source {name:?}: {e}"))?;
+            part.sources.push((name.clone(), state));
+        }
+        for (name, hook) in &mut self.sinks {
+            match hook() {
+                SinkSnapshot::NoWriter => {}
+                SinkSnapshot::Saved { written, state } => {
+                    part.sinks.push(SinkPart { name: name.clone(), worker, written, state })
+                }
+                SinkSnapshot::Unsupported(why) => return Err(format!("sink {name:?}: {why}")),
+            }
+        }
+        Ok(part)
+    }
+}
+
+/// Checkpointing for a job: where checkpoints go, how often, and what was restored.
+///
+/// Open it once per process, before building dataflows, and call
+/// [`install`](Self::install) first thing in every worker's dataflow, before its sources and
+/// sinks are built:
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use tideline::checkpoint::{Checkpointing, LocalDirStore};
+///
+/// let checkpoints = Checkpointing::open(LocalDirStore::new("/var/lib/job/checkpoints")?, Duration::from_secs(10))?;
+/// if let Some(restored) = checkpoints.restored() {
+///     eprintln!("resuming from checkpoint {}", restored.id());
+/// }
+/// // In each worker: worker.dataflow(|scope| { checkpoints.install(scope); /* sources, operators, sinks */ });
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct Checkpointing {
+    store: Arc<dyn CheckpointStore>,
+    interval: Duration,
+    keep: usize,
+    restored: Option<Arc<Restored>>,
+    metrics: Arc<CheckpointMetrics>,
+}
+
+impl std::fmt::Debug for Checkpointing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkpointing")
+            .field("store", &self.store.describe())
+            .field("interval", &self.interval)
+            .field("keep", &self.keep)
+            .field("restored", &self.restored.as_ref().map(|r| r.id))
+            .finish()
+    }
+}
+
+impl Checkpointing {
+    /// Checkpoints into `store` every `interval` (of processing time), resuming from the newest
+    /// intact checkpoint it holds. A damaged checkpoint (a missing or corrupt part or manifest)
+    /// is reported in one warning and the one before it used; none usable: the job starts from
+    /// the beginning. Fails only if the store cannot be listed.
+    pub fn open(store: impl CheckpointStore, interval: Duration) -> std::io::Result<Self> {
+        let store: Arc<dyn CheckpointStore> = Arc::new(store);
+        let mut restored = None;
+        for id in store.committed()? {
+            match load(store.as_ref(), id) {
+                Ok(checkpoint) => {
+                    tracing::info!(
+                        store = %store.describe(),
+                        checkpoint = id,
+                        replay_from = checkpoint.replay_from,
+                        workers = checkpoint.workers,
+                        "resuming from checkpoint"
+                    );
+                    restored = Some(Arc::new(checkpoint));
+                    break;
+                }
+                Err(reason) => tracing::warn!(
+                    store = %store.describe(),
+                    checkpoint = id,
+                    %reason,
+                    "checkpoint is damaged; trying the one before it"
+                ),
+            }
+        }
+        Ok(Checkpointing { store, interval, keep: 3, restored, metrics: CheckpointMetrics::new() })
+    }
+
+    /// Keeps the `keep` newest checkpoints (default 3, at least 1).
+    pub fn keep(mut self, keep: usize) -> Self {
+        self.keep = keep.max(1);
+        self
+    }
+
+    /// The checkpoint this job resumes from, if any.
+    pub fn restored(&self) -> Option<&Restored> {
+        self.restored.as_deref()
+    }
+
+    /// Statistics of the checkpoints this process completed (exported as metrics).
+    pub fn metrics(&self) -> &Arc<CheckpointMetrics> {
+        &self.metrics
+    }
+
+    /// Adds checkpointing to the dataflow `scope` belongs to: call it before building the
+    /// dataflow's sources and sinks (they register with it, and restore from it, as they are
+    /// built). Every source and sink of the dataflow must support checkpoints; one that does
+    /// not makes every checkpoint fail, with a warning naming it.
+    pub fn install(&self, scope: Scope<'_, Time>) {
+        let flow = crate::runtime::flow::group(scope);
+        *flow.checkpoints.borrow_mut() = Some(Hooks { restored: self.restored.clone(), ..Hooks::default() });
+        coordinator(scope, self.clone(), flow);
+    }
+}
+
+/// Reads and checks checkpoint `id`.
+fn load(store: &dyn CheckpointStore, id: u64) -> Result<Restored, String> {
+    let bytes = store.read_manifest(id).map_err(|e| format!("manifest: {e}"))?;
+    let manifest: Manifest = bincode::deserialize(unseal(&bytes).map_err(|e| format!("manifest: {e}"))?)
+        .map_err(|e| format!("manifest: {e}"))?;
+    if manifest.id != id || manifest.parts.len() != manifest.workers {
+        return Err("manifest does not describe this checkpoint".into());
+    }
+    let mut sources: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
+    let mut sinks = Vec::new();
+    for (worker, (crc, size)) in manifest.parts.iter().enumerate() {
+        let bytes = store.read_part(id, worker).map_err(|e| format!("part {worker}: {e}"))?;
+        if bytes.len() as u64 != *size || crc32fast::hash(&bytes) != *crc {
+            return Err(format!("part {worker}: not the part the manifest lists (size or checksum)"));
+        }
+        let body = unseal(&bytes).map_err(|e| format!("part {worker}: {e}"))?;
+        let part: WorkerPart = bincode::deserialize(body).map_err(|e| format!("part {worker}: {e}"))?;
+        for (name, state) in part.sources {
+            sources.entry(name).or_default().push(state);
+        }
+        sinks.extend(part.sinks);
+    }
+    Ok(Restored { id, replay_from: manifest.replay_from, workers: manifest.workers, sources, sinks })
+}
+
+/// What the coordinators of a dataflow tell each other.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+enum Message {
+    /// Worker 0 asks for every worker's part of checkpoint `id` with replay time `from`.
+    Begin { id: u64, from: Time },
+    /// A worker wrote its part: its checksum and size.
+    Written { id: u64, worker: usize, crc: u32, size: u64 },
+    /// A worker could not write its part.
+    Failed { id: u64, worker: usize, reason: String },
+}
+
+/// A round worker 0 has started.
+struct Round {
+    id: u64,
+    from: Time,
+    started: Instant,
+    parts: Vec<Option<(u32, u64)>>,
+    failed: bool,
+}
+
+/// Builds the operator that runs the checkpoint protocol on this worker.
+fn coordinator(scope: Scope<'_, Time>, config: Checkpointing, flow: Rc<FlowGroup>) {
+    let (index, peers) = (scope.index(), scope.peers());
+    let builder = OperatorBuilder::new("Checkpoints".to_string(), scope);
+    let info = builder.operator_info();
+    let mut channel: Broadcast<Message> = Broadcast::new(scope.worker(), Rc::clone(&info.address));
+    let activator = scope.activator_for(Rc::clone(&info.address));
+    let restored_from = config.restored.as_ref().map_or(0, |r| r.replay_from);
+    let mut next_id = config.restored.as_ref().map_or(1, |r| r.id + 1);
+    let mut round: Option<Round> = None;
+    let mut last_round = Instant::now();
+    let warned = Cell::new(false);
+    let poll = config.interval.min(Duration::from_millis(100));
+    builder.build_reschedule(move |_capabilities| {
+        move |_frontiers| {
+            while let Some(message) = channel.recv() {
+                match message {
+                    Message::Begin { id, from } => {
+                        let started = Instant::now();
+                        let from = from.max(restored_from);
+                        let snapshot = match flow.checkpoints.borrow_mut().as_mut() {
+                            Some(hooks) => hooks.snapshot(index, from),
+                            None => Err("checkpointing was not installed on this worker".into()),
+                        };
+                        let written = snapshot.and_then(|part| {
+                            let bytes = sealed(bincode::serialize(&part).map_err(|e| e.to_string())?);
+                            config.store.write_part(id, index, &bytes).map_err(|e| e.to_string())?;
+                            Ok((crc32fast::hash(&bytes), bytes.len() as u64))
+                        });
+                        match written {
+                            Ok((crc, size)) => {
+                                tracing::debug!(checkpoint = id, worker = index, size, took = ?started.elapsed(), "checkpoint part written");
+                                channel.send(Message::Written { id, worker: index, crc, size });
+                            }
+                            Err(reason) => channel.send(Message::Failed { id, worker: index, reason }),
+                        }
+                    }
+                    Message::Written { id, worker, crc, size } => {
+                        if let Some(round) = round.as_mut().filter(|r| r.id == id) {
+                            round.parts[worker] = Some((crc, size));
+                        }
+                    }
+                    Message::Failed { id, worker, reason } => {
+                        if let Some(round) = round.as_mut().filter(|r| r.id == id) {
+                            round.failed = true;
+                            if !warned.replace(true) {
+                                tracing::warn!(checkpoint = id, worker, %reason, "checkpoint failed; the job goes on without it");
+                            }
+                        }
+                    }
+                }
+            }
+            let complete = flow.durable() == Some(None) || flow.sink_failed() || !flow.has_sinks();
+            if index == 0 {
+                if let Some(r) = round.take() {
+                    if r.failed {
+                        last_round = Instant::now();
+                    } else if r.parts.iter().all(Option::is_some) {
+                        let parts: Vec<(u32, u64)> = r.parts.iter().map(|p| p.expect("all written")).collect();
+                        let size: u64 = parts.iter().map(|(_, s)| *s).sum();
+                        let manifest = Manifest {
+                            id: r.id,
+                            replay_from: r.from,
+                            workers: peers,
+                            parts,
+                            created_unix_ms: SystemTime::now()
+                                .duration_since(SystemTime::UNIX_EPOCH)
+                                .map_or(0, |d| d.as_millis() as u64),
+                        };
+                        let committed = bincode::serialize(&manifest)
+                            .map_err(|e| e.to_string())
+                            .and_then(|body| config.store.commit(r.id, &sealed(body)).map_err(|e| e.to_string()))
+                            .and_then(|()| config.store.prune(config.keep).map_err(|e| e.to_string()));
+                        match committed {
+                            Ok(()) => {
+                                config.metrics.record(r.started.elapsed(), size, SystemTime::now());
+                                tracing::info!(checkpoint = r.id, replay_from = r.from, size, took = ?r.started.elapsed(), "checkpoint complete");
+                            }
+                            Err(reason) => tracing::warn!(checkpoint = r.id, %reason, "checkpoint could not be committed"),
+                        }
+                        last_round = Instant::now();
+                    } else {
+                        round = Some(r);
+                    }
+                }
+                if complete {
+                    if flow.durable() == Some(None) {
+                        // Every sink wrote all of its input: the job is done, and a new run
+                        // with this store starts from the beginning.
+                        match config.store.clear() {
+                            Ok(()) => tracing::info!(store = %config.store.describe(), "job complete; checkpoints removed"),
+                            Err(error) => tracing::warn!(store = %config.store.describe(), %error, "job complete, but its checkpoints could not be removed"),
+                        }
+                    }
+                    return false;
+                }
+                if round.is_none()
+                    && last_round.elapsed() >= config.interval
+                    && let Some(from) = flow.safe_time()
+                {
+                    let id = next_id;
+                    next_id += 1;
+                    round = Some(Round { id, from, started: Instant::now(), parts: vec![None; peers], failed: false });
+                    channel.send(Message::Begin { id, from });
+                }
+                let wait = config.interval.saturating_sub(last_round.elapsed()).max(Duration::from_millis(1));
+                activator.activate_after(if round.is_some() { Duration::from_millis(1) } else { wait.min(poll) });
+                true
+            } else {
+                if complete {
+                    return false;
+                }
+                activator.activate_after(poll);
+                true
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sealed_file_with_a_changed_byte_is_refused() {
+        let bytes = sealed(b"checkpoint body".to_vec());
+        assert_eq!(unseal(&bytes).unwrap(), b"checkpoint body");
+        let mut damaged = bytes.clone();
+        damaged[3] ^= 1;
+        assert!(unseal(&damaged).is_err());
+        assert!(unseal(&bytes[..2]).is_err());
+    }
+}
