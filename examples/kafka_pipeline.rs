@@ -6,7 +6,8 @@
 //! kafka_pipeline --brokers HOST:PORT --generate N [--input readings] [--partitions 4]
 //! kafka_pipeline --brokers HOST:PORT [--input readings] [--output window-stats]
 //!                [--late late-readings] [--dead-letters readings-dead-letters]
-//!                [--tumbling 10s] [--out-of-orderness 5s] [--bounded] [-w N]
+//!                [--tumbling 10s] [--out-of-orderness 5s] [--bounded]
+//!                [--checkpoint-dir DIR [--checkpoint-interval 10s]] [-w N]
 //! ```
 //!
 //! Run `kafka_pipeline --help` for every flag.
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use tideline::checkpoint::{Checkpointing, LocalDirStore};
 use tideline::prelude::*;
 use tideline::runtime::metrics::{SourceMetrics, StateMetrics};
 use tideline::runtime::{Cluster, execute};
@@ -116,6 +118,16 @@ struct Options {
     /// No progress on stderr
     #[arg(long)]
     quiet: bool,
+    /// Checkpoint into DIR, and resume from its newest checkpoint when started again: killed
+    /// at any moment, the job reads its partitions again from the checkpointed offsets with the
+    /// watermarks they had, so that every window result it sends again has the value of an
+    /// uninterrupted run (at least once: results after the checkpoint may be sent twice, never
+    /// partial). The checkpoints are removed when a --bounded run completes
+    #[arg(long, value_name = "DIR", help_heading = "Checkpoints")]
+    checkpoint_dir: Option<String>,
+    /// How often to checkpoint (processing time)
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = positive_duration, help_heading = "Checkpoints")]
+    checkpoint_interval: Duration,
 }
 
 /// `--set KEY=VALUE`.
@@ -267,6 +279,25 @@ fn run(cluster: Cluster, options: &Options) -> Result<(), String> {
     if let Some(timeout) = options.idle_timeout {
         watermarks = watermarks.with_idle_timeout(timeout);
     }
+    // Checkpoints: one instance per directory (process 0 holds its lock for the whole run).
+    let (checkpoints, _lock) = match &options.checkpoint_dir {
+        Some(dir) => {
+            let store = LocalDirStore::new(dir).map_err(|e| format!("--checkpoint-dir {dir}: {e}"))?;
+            let lock = match cluster.process {
+                0 => Some(store.lock().map_err(|e| e.to_string())?),
+                _ => None,
+            };
+            let checkpoints = Checkpointing::open(store, options.checkpoint_interval)
+                .map_err(|e| format!("--checkpoint-dir {dir}: {e}"))?;
+            if let Some(restored) = checkpoints.restored()
+                && !options.quiet
+            {
+                eprintln!("kafka_pipeline: resuming from checkpoint {} in {dir}", restored.id());
+            }
+            (Some(checkpoints), lock)
+        }
+        None => (None, None),
+    };
     let metrics = SourceMetrics::new(options.input.clone());
     let sinks = [SinkHandle::new(options.output.clone()), SinkHandle::new(options.late.clone())];
 
@@ -278,7 +309,11 @@ fn run(cluster: Cluster, options: &Options) -> Result<(), String> {
             let config =
                 SourceConfig::new("readings").watermarks(watermarks.clone()).metrics(Arc::clone(&worker_metrics));
             let window_state = Arc::clone(&worker_state);
+            let checkpoints = checkpoints.clone();
             worker.dataflow::<Time, _, _>(move |scope| {
+                if let Some(checkpoints) = &checkpoints {
+                    checkpoints.install(scope);
+                }
                 let readings = source.read(scope, config);
                 let (stats, late_readings) = readings
                     .data

@@ -28,6 +28,8 @@ const MAX_ENTRIES: usize = 1024;
 pub(crate) struct OffsetLedger {
     /// Every record before this offset is safe.
     safe: i64,
+    /// The largest time assigned to a record before `safe`, if known.
+    safe_max: Option<Time>,
     /// `(next offset, largest time assigned to the records before it)`, times increasing.
     pending: VecDeque<(i64, Time)>,
 }
@@ -35,8 +37,30 @@ pub(crate) struct OffsetLedger {
 impl OffsetLedger {
     /// A ledger for a partition read from `start`: nothing before `start` is this reader's
     /// business, so committing `start` is always safe.
+    #[cfg(test)]
     pub(crate) fn new(start: i64) -> Self {
-        OffsetLedger { safe: start, pending: VecDeque::new() }
+        OffsetLedger::resumed(start, None)
+    }
+
+    /// A ledger for a partition read again from `start` (a checkpoint's position), where the
+    /// largest time assigned before it was `max_before`.
+    pub(crate) fn resumed(start: i64, max_before: Option<Time>) -> Self {
+        OffsetLedger { safe: start, safe_max: max_before, pending: VecDeque::new() }
+    }
+
+    /// For a checkpoint: the latest offset before which every record was assigned a time
+    /// below `time`, and the largest time assigned before it (the partition's largest event
+    /// time there, which restores its watermark). Never before the safe point: what a commit
+    /// may pass, a checkpoint's replay may skip.
+    pub(crate) fn resume_point(&self, time: Time) -> (i64, Option<Time>) {
+        let (mut offset, mut max) = (self.safe, self.safe_max);
+        for &(next, t) in &self.pending {
+            if t >= time {
+                break;
+            }
+            (offset, max) = (next, Some(t));
+        }
+        (offset, max)
     }
 
     /// Records the message at `offset`, whose derived updates are at `time` or later (`None`:
@@ -85,6 +109,7 @@ impl OffsetLedger {
                 break;
             }
             self.safe = next;
+            self.safe_max = Some(time);
             self.pending.pop_front();
         }
         self.safe
@@ -116,6 +141,23 @@ mod tests {
         assert_eq!(ledger.advance(201), 15, "12..=14 are at most 200");
         ledger.record(15, None);
         assert_eq!(ledger.advance(201), 16, "nothing derived from 15");
+    }
+
+    #[test]
+    fn a_resume_point_is_the_last_offset_with_everything_before_it_below_the_time() {
+        let mut ledger = OffsetLedger::new(10);
+        assert_eq!(ledger.resume_point(0), (10, None));
+        ledger.record(10, Some(100));
+        ledger.record(11, Some(50));
+        ledger.record(12, Some(200));
+        ledger.record(13, Some(150));
+        assert_eq!(ledger.resume_point(100), (10, None));
+        assert_eq!(ledger.resume_point(101), (12, Some(100)));
+        assert_eq!(ledger.resume_point(201), (14, Some(200)));
+        assert_eq!(ledger.advance(101), 12);
+        assert_eq!(ledger.resume_point(50), (12, Some(100)), "the safe point, with its largest time");
+        let resumed = OffsetLedger::resumed(12, Some(100));
+        assert_eq!(resumed.resume_point(0), (12, Some(100)));
     }
 
     #[test]

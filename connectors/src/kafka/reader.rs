@@ -114,7 +114,17 @@ pub(super) struct KafkaReader<D> {
     /// Stopping gracefully: since when, and the safe time last seen with when it last moved.
     stopping: Option<Stopping>,
     dead_letters: Option<DeadLetterProducer>,
+    /// Restored from a checkpoint: where each partition is read again from, and its largest
+    /// event time there.
+    restored: BTreeMap<(String, i32), (i64, Option<Time>)>,
     consumer: Option<BaseConsumer<ReaderContext>>,
+}
+
+/// A Kafka reader's part of a checkpoint: per partition it reads, `(topic, partition, offset,
+/// largest event time before it)`.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct ReaderCheckpoint {
+    partitions: Vec<(String, i32, i64, Option<Time>)>,
 }
 
 /// A reader stopping gracefully ([`KafkaSource::stop`](super::KafkaSource::stop)).
@@ -147,6 +157,7 @@ impl<D: 'static> KafkaReader<D> {
             finish_started: None,
             stopping: None,
             dead_letters: None,
+            restored: BTreeMap::new(),
             consumer: None,
         }
     }
@@ -203,10 +214,19 @@ impl<D: 'static> KafkaReader<D> {
             }
         }
         let mut assign = TopicPartitionList::new();
-        for f in found {
+        for mut f in found {
             let id = partition_id(f.topic, f.partition);
-            ctx.add_partition(id);
             let topic = &self.inner.plan.topics[f.topic];
+            let resumed = self.restored.get(&(topic.clone(), f.partition)).copied();
+            match resumed {
+                Some((offset, max_before)) => {
+                    // Restored from a checkpoint: read again from its position, with the
+                    // watermark the partition had there.
+                    f.start = offset;
+                    ctx.add_partition_with(id, ctx.strategy().generator_after(max_before));
+                }
+                None => ctx.add_partition(id),
+            }
             self.inner.stats.record_assignment(topic, f.partition, self.index);
             let finished = f.end.is_some_and(|end| f.start >= end);
             if finished {
@@ -222,7 +242,7 @@ impl<D: 'static> KafkaReader<D> {
                     next: f.start,
                     end: f.end,
                     finished,
-                    ledger: OffsetLedger::new(f.start),
+                    ledger: OffsetLedger::resumed(f.start, resumed.and_then(|(_, max)| max)),
                     committed: None,
                     sent: None,
                 },
@@ -593,6 +613,41 @@ impl<D> Drop for KafkaReader<D> {
 
 impl<D: 'static> SourceReader for KafkaReader<D> {
     type Item = D;
+
+    fn checkpoint(&mut self, replay_from: Time) -> Result<Vec<u8>, String> {
+        let mut state = ReaderCheckpoint::default();
+        for p in self.partitions.values() {
+            let (offset, max_before) = p.ledger.resume_point(replay_from);
+            state.partitions.push((self.inner.plan.topics[p.topic].clone(), p.partition, offset, max_before));
+        }
+        // Partitions restored but not discovered again yet keep their restored positions.
+        for ((topic, partition), (offset, max_before)) in &self.restored {
+            let known = self
+                .partitions
+                .values()
+                .any(|p| p.partition == *partition && self.inner.plan.topics[p.topic] == *topic);
+            if !known {
+                state.partitions.push((topic.clone(), *partition, *offset, *max_before));
+            }
+        }
+        serde_json::to_vec(&state).map_err(|e| e.to_string())
+    }
+
+    fn restore(&mut self, parts: &[Vec<u8>]) -> Result<(), String> {
+        for part in parts {
+            let state: ReaderCheckpoint = serde_json::from_slice(part).map_err(|e| e.to_string())?;
+            for (topic, partition, offset, max_before) in state.partitions {
+                // A partition's reader moves its position only forward from where it was
+                // restored; other workers may still list that restored position: the
+                // furthest is the newest.
+                let entry = self.restored.entry((topic, partition)).or_insert((offset, max_before));
+                if offset > entry.0 {
+                    *entry = (offset, max_before);
+                }
+            }
+        }
+        Ok(())
+    }
 
     fn poll(&mut self, ctx: &mut ReadContext<'_, D>) -> ReadStatus {
         if self.phase == Phase::Failed {

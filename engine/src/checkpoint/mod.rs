@@ -26,11 +26,12 @@
 //! keep state forever (equi-joins, tables: [`Retention::Unbounded`](crate::runtime::flow::Retention))
 //! hold the replay time at the start, so a restart re-reads everything — correct, not fast.
 //!
-//! Records dropped on replay are exact only for operators whose state is a function of the
-//! inputs their retention covers: windows, sessions, interval, window and as-of joins, top-N
-//! per window. Operators whose state depends on a chain of earlier inputs (dedup, whose
-//! horizon follows the first of a run of duplicates; keyed process functions with user state)
-//! report a retention that makes replay exact, or [`Retention::Unbounded`].
+//! Dropping the records before `R` is exact for operators whose state is a function of the
+//! inputs their retention covers: windows, sessions, interval, window and as-of joins, tables,
+//! top-N. Two operators' state depends on a chain of earlier inputs — dedup (a horizon group
+//! starts where the key's previous one ended) and keyed process functions (user state) — and
+//! in a checkpointed dataflow they hold the replay time at the start: their restarts re-read
+//! everything. Snapshotting their state instead is future work.
 //!
 //! # The protocol
 //!
@@ -470,6 +471,7 @@ fn coordinator(scope: Scope<'_, Time>, config: Checkpointing, flow: Rc<FlowGroup
                 {
                     let id = next_id;
                     next_id += 1;
+                    tracing::debug!(checkpoint = id, from, durable = ?flow.durable(), "checkpoint starts");
                     round = Some(Round { id, from, started: Instant::now(), parts: vec![None; peers], failed: false });
                     channel.send(Message::Begin { id, from });
                 }
@@ -499,5 +501,52 @@ mod tests {
         damaged[3] ^= 1;
         assert!(unseal(&damaged).is_err());
         assert!(unseal(&bytes[..2]).is_err());
+    }
+
+    /// Writes checkpoint `id` as the coordinator does, with one part whose source state is
+    /// `state`.
+    fn write_checkpoint(store: &LocalDirStore, id: u64, state: &[u8]) {
+        let part = WorkerPart { worker: 0, sources: vec![("input".into(), state.to_vec())], sinks: vec![] };
+        let bytes = sealed(bincode::serialize(&part).unwrap());
+        store.write_part(id, 0, &bytes).unwrap();
+        let manifest = Manifest {
+            id,
+            replay_from: id * 100,
+            workers: 1,
+            parts: vec![(crc32fast::hash(&bytes), bytes.len() as u64)],
+            created_unix_ms: 0,
+        };
+        store.commit(id, &sealed(bincode::serialize(&manifest).unwrap())).unwrap();
+    }
+
+    #[test]
+    fn a_damaged_or_incomplete_checkpoint_gives_way_to_the_one_before_it() {
+        let dir = std::env::temp_dir().join(format!("tideline-restore-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = LocalDirStore::new(&dir).unwrap();
+        for id in 1..=3 {
+            write_checkpoint(&store, id, format!("state {id}").as_bytes());
+        }
+        let open = || Checkpointing::open(store.clone(), Duration::from_secs(1)).unwrap();
+        let restored = open();
+        let restored = restored.restored().unwrap();
+        assert_eq!((restored.id(), restored.replay_from()), (3, 300));
+        assert_eq!(restored.source_parts("input").unwrap(), &[b"state 3".to_vec()]);
+
+        // A flipped byte in the newest part: checkpoint 2 is used.
+        let part = dir.join("chk-0000000003/part-0");
+        let mut bytes = std::fs::read(&part).unwrap();
+        bytes[5] ^= 1;
+        std::fs::write(&part, bytes).unwrap();
+        assert_eq!(open().restored().unwrap().id(), 2);
+
+        // A truncated manifest in checkpoint 2 and a missing part in 1: nothing usable.
+        let manifest = dir.join("chk-0000000002/MANIFEST");
+        let bytes = std::fs::read(&manifest).unwrap();
+        std::fs::write(&manifest, &bytes[..bytes.len() - 3]).unwrap();
+        assert_eq!(open().restored().unwrap().id(), 1);
+        std::fs::remove_file(dir.join("chk-0000000001/part-0")).unwrap();
+        assert!(open().restored().is_none(), "no intact checkpoint: start from the beginning");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -65,7 +65,9 @@
 //!
 //! # Checkpointing
 //!
-//! The state is the table's contents and recent history per key; a checkpoint records them.
+//! The state is the table's contents and recent history per key. A checkpoint does not copy
+//! it: a restore re-reads the input from the oldest record it holds, the current value of each
+//! key included (see [`crate::checkpoint`]).
 
 use std::collections::{BTreeMap, VecDeque};
 

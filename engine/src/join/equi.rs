@@ -52,7 +52,9 @@
 //!
 //! # Checkpointing
 //!
-//! The state is the input collections as they stand at the checkpoint's frontier.
+//! The state is the input collections, kept for as long as the join lives: a checkpoint does
+//! not copy them, and in a checkpointed dataflow an equi-join holds the replay time at the
+//! start (see [`crate::checkpoint`]).
 
 use differential_dataflow::VecCollection;
 use differential_dataflow::collection::concatenate;

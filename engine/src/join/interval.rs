@@ -80,7 +80,8 @@
 //!
 //! # Checkpointing
 //!
-//! The state is each side's held records; a checkpoint records them per key.
+//! The state is each side's held records. A checkpoint does not copy them: a restore re-reads
+//! the input from the oldest record held (see [`crate::checkpoint`]).
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -65,8 +65,8 @@
 //!
 //! # Checkpointing
 //!
-//! The state is a function of the input records of windows still live: a checkpoint records
-//! those inputs (DESIGN §8).
+//! The state is a function of the input records of windows still live: a restore re-reads
+//! them (DESIGN §8; see [`crate::checkpoint`]).
 
 use std::sync::Arc;
 

@@ -76,7 +76,9 @@
 //!
 //! # Checkpointing
 //!
-//! Dedup state is per key; a checkpoint records each key's groups and retained events.
+//! A horizon group starts where its key's previous group ended, so a replay from a later time
+//! would cut groups differently: in a checkpointed dataflow dedup holds the replay time at the
+//! start, and a restore re-reads the whole input (see [`crate::checkpoint`]).
 
 use std::collections::BTreeMap;
 use std::ops::Bound::Excluded;
@@ -426,6 +428,10 @@ fn prunable(t: Time, frontier: Option<Time>, allowed_lateness: u64) -> bool {
 }
 
 impl<K: ExchangeData, V: ExchangeData> TemporalLogic for DedupLogic<K, V> {
+    // A horizon group's start depends on the key's earlier groups: a replay from a later
+    // time would cut groups differently.
+    const REPLAY_EXACT: bool = false;
+
     type Input = Event<K, V>;
     type Timer = (K, Time);
     type Output = Event<K, V>;

@@ -127,8 +127,10 @@
 //!
 //! # Checkpointing
 //!
-//! The state type is serde data, so that a checkpoint can hold each key's state and timers.
-//! Checkpoints of process functions are not implemented yet.
+//! The state type is serde data, so that a checkpoint can hold each key's state and timers
+//! one day; today a checkpoint does not copy it, and user state may reflect any earlier input
+//! of its key: in a checkpointed dataflow a process function holds the replay time at the
+//! start, so a restore re-reads the whole input (see [`crate::checkpoint`]).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -440,6 +442,9 @@ where
     V: ExchangeData,
     F: KeyedProcessFunction<K, V>,
 {
+    // User state may reflect any earlier input of its key.
+    const REPLAY_EXACT: bool = false;
+
     type Input = Event<K, V>;
     type Timer = K;
     type Output = F::Output;

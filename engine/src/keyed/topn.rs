@@ -59,7 +59,9 @@
 //!
 //! # Checkpointing
 //!
-//! The state is each group's input records; a checkpoint records them per group.
+//! A checkpoint does not copy the groups: a restore re-reads the input from the oldest record
+//! still held (see [`crate::checkpoint`]); retractions come from upstream operators that hold
+//! their own inputs while they can retract, so the replay rebuilds every group exactly.
 
 use std::collections::BTreeMap;
 use std::rc::Rc;

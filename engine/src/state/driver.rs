@@ -130,6 +130,13 @@ pub(crate) trait TemporalLogic: Sized + 'static {
     /// state reflects no input that could matter again). What at-least-once sources may not
     /// acknowledge yet (see [`crate::runtime::flow`]).
     fn oldest(&self) -> Option<Time>;
+
+    /// Whether the state, rebuilt from the inputs from [`oldest`](Self::oldest) on alone, is
+    /// the state itself — what a checkpoint's replay relies on (see [`crate::checkpoint`]).
+    /// Not for state that depends on a chain of earlier inputs (dedup's horizon groups, a
+    /// process function's user state): in a checkpointed dataflow such an operator holds the
+    /// replay time at the start (correct, not fast).
+    const REPLAY_EXACT: bool = true;
 }
 
 /// An input of a binary operator: from the first or the second input stream.
@@ -288,7 +295,11 @@ fn frontier_of(frontier: &MutableAntichain<Time>) -> Option<Time> {
 
 fn core<'scope, L: TemporalLogic>(scope: timely::dataflow::Scope<'scope, Time>, driven: &Driven, logic: L) -> Core<L> {
     let retention = RetentionLog::new();
-    crate::runtime::flow::group(scope).register_retention(Retention::Tracked(Rc::clone(&retention)));
+    let flow = crate::runtime::flow::group(scope);
+    flow.register_retention(Retention::Tracked(Rc::clone(&retention)));
+    if !L::REPLAY_EXACT && flow.checkpoints.borrow().is_some() {
+        flow.register_retention(Retention::Unbounded);
+    }
     Core {
         logic,
         pending: Vec::new(),

@@ -174,7 +174,8 @@ impl<'scope, K: ExchangeData, V: ExchangeData> Upsert<'scope, K, V>
 ///
 /// # Checkpointing
 ///
-/// The state is each key's records held; a checkpoint records them per key.
+/// The state is each key's records held. A checkpoint does not copy it: a restore re-reads
+/// the input from the oldest record held (see [`crate::checkpoint`]).
 ///
 /// Of the shared options ([`TemporalBuilder`](crate::state::TemporalBuilder)), allowed
 /// lateness, late policy, name and metrics apply; there is no emission mode.
@@ -400,7 +401,9 @@ pub trait Tables<'scope, K: 'static, V: 'static> {
     ///
     /// # Checkpointing
     ///
-    /// The state is the collection's contents at the checkpoint's frontier.
+    /// The state is the collection's contents, kept for as long as the table lives: a checkpoint
+    /// does not copy it, and in a checkpointed dataflow a table holds the replay time at the
+    /// start (see [`crate::checkpoint`]).
     ///
     /// # Examples
     ///

@@ -77,7 +77,10 @@
 //!
 //! # Checkpointing
 //!
-//! Window state is one accumulator per live window and key; a checkpoint records them.
+//! Window state is one accumulator per live window and key. A checkpoint does not copy it: a
+//! restore re-reads the input from the oldest record of a live window and rebuilds the same
+//! accumulators, since whether a window is open, emitted or released depends on dataflow time
+//! only (see [`crate::checkpoint`]).
 
 pub mod aggregate;
 mod operator;

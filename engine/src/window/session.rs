@@ -81,8 +81,9 @@
 //!
 //! # Checkpointing
 //!
-//! Session state is a function of the input records of live sessions; a checkpoint records
-//! each live session per key.
+//! Session state is a function of the input records of live sessions. A checkpoint does not
+//! copy it: a restore re-reads the input from the oldest record of a live session (see
+//! [`crate::checkpoint`]) — for a key that is never quiet for a gap, from its first record.
 
 use std::time::Duration;
 

@@ -1,5 +1,6 @@
 //! The example programs, end to end: one test binary (each costs a long link).
 
+mod checkpoints;
 mod cli;
 mod kafka_pipeline;
 mod ledger;
