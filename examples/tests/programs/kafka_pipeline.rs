@@ -317,19 +317,34 @@ fn killed_with_sigkill_and_resumed_from_checkpoints_no_result_is_ever_partial() 
     ];
     let mut seed = std::time::UNIX_EPOCH.elapsed().unwrap().as_nanos() as u64;
     let mut kills = 0;
+    let mut mid_stream = 0;
     for attempt in 0..3 {
         seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         let workers = ["1", "2"][(seed >> 40) as usize % 2];
         let mut child = Command::new(BIN)
             .args(args)
             .args(["-w", workers])
-            .stderr(std::process::Stdio::null())
+            .env("RUST_LOG", "tideline::checkpoint=info")
+            .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("kafka_pipeline runs");
-        std::thread::sleep(Duration::from_millis(200 + (seed >> 33) % 1000));
+        // Kill once a checkpoint past the start of the input is complete (its sources resume
+        // mid-partition, with the watermarks they had there), or after a while.
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+                if line.contains("checkpoint complete") && !line.contains("replay_from=0 ") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        let past_start = rx.recv_timeout(Duration::from_secs(10)).is_ok();
+        std::thread::sleep(Duration::from_millis((seed >> 33) % 300));
         if child.try_wait().unwrap().is_none() {
             child.kill().unwrap();
             kills += 1;
+            mid_stream += usize::from(past_start);
         }
         let status = child.wait().unwrap();
         if status.success() {
@@ -340,9 +355,11 @@ fn killed_with_sigkill_and_resumed_from_checkpoints_no_result_is_ever_partial() 
     run(&args);
     let _ = std::fs::remove_dir_all(&checkpoints);
     assert!(kills > 0, "at least one run was killed mid-way");
+    eprintln!("{kills} kills, {mid_stream} after a checkpoint past the start of the input");
 
-    let (mut expected, _) = in_memory(events, 0);
+    let (mut expected, mut expected_late) = in_memory(events, 0);
     expected.sort();
+    expected_late.sort();
     // At least once: a result may have been written twice (diff 2 once collected).
     let source = KafkaSource::<Keyed<String, OutputRow>>::json_keyed(KafkaConfig::new(&brokers))
         .topic(&output)
@@ -370,4 +387,22 @@ fn killed_with_sigkill_and_resumed_from_checkpoints_no_result_is_ever_partial() 
     results.sort();
     let missing: Vec<&OutputRow> = expected.iter().filter(|row| results.binary_search(row).is_err()).collect();
     assert!(missing.is_empty(), "lost across the kills: {} of {} windows", missing.len(), expected.len());
+
+    // Late readings too: a resumed run decides lateness as the uninterrupted one did (the
+    // partitions' watermarks are restored with their positions).
+    let source = KafkaSource::<InputRow>::json(KafkaConfig::new(&brokers))
+        .topic(&late)
+        .event_time(|_| 0)
+        .bounded()
+        .build()
+        .unwrap();
+    let mut late_rows: Vec<InputRow> =
+        tideline::runtime::collect(1, move |scope| source.read(scope, SourceConfig::new("late")).data)
+            .into_iter()
+            .map(|(row, _, _)| row)
+            .collect();
+    late_rows.sort();
+    late_rows.dedup();
+    assert!(!expected_late.is_empty(), "the input has late readings");
+    assert_eq!(late_rows, expected_late, "the late readings differ from an uninterrupted run's");
 }
