@@ -7,7 +7,7 @@
 //! kafka_pipeline --brokers HOST:PORT [--input readings] [--output window-stats]
 //!                [--late late-readings] [--dead-letters readings-dead-letters]
 //!                [--tumbling 10s] [--out-of-orderness 5s] [--bounded]
-//!                [--checkpoint-dir DIR [--checkpoint-interval 10s]] [-w N]
+//!                [--checkpoint-dir DIR [--checkpoint-interval 10s] [--exactly-once]] [-w N]
 //! ```
 //!
 //! Run `kafka_pipeline --help` for every flag.
@@ -128,6 +128,12 @@ struct Options {
     /// How often to checkpoint (processing time)
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = positive_duration, help_heading = "Checkpoints")]
     checkpoint_interval: Duration,
+    /// Exactly once (needs --checkpoint-dir): each worker writes results and late readings in
+    /// one Kafka transaction per checkpoint, committed once the checkpoint is complete; readers
+    /// with isolation.level=read_committed see every result once. Output appears per
+    /// checkpoint (its latency is --checkpoint-interval); restart with the same -w
+    #[arg(long, help_heading = "Checkpoints", requires = "checkpoint_dir")]
+    exactly_once: bool,
 }
 
 /// `--set KEY=VALUE`.
@@ -255,18 +261,21 @@ fn run(cluster: Cluster, options: &Options) -> Result<(), String> {
     let source = source.build().map_err(|e| e.to_string())?;
     let stopper = source.clone();
     let kafka_stats = Arc::clone(source.stats());
-    let results = KafkaSink::<OutputRow>::builder(config.clone(), &options.output)
+    let mut results = KafkaSink::<OutputRow>::builder(config.clone(), &options.output)
         .format(SinkFormat::Upsert)
         .key(result_key)
-        .dead_letter_topic(&options.dead_letters)
-        .build()
-        .map_err(|e| e.to_string())?;
-    let late = KafkaSink::<InputRow>::builder(config, &options.late)
+        .dead_letter_topic(&options.dead_letters);
+    let mut late = KafkaSink::<InputRow>::builder(config, &options.late)
         .format(SinkFormat::AppendOnly)
         .key(|row: &InputRow| row.key.clone())
-        .dead_letter_topic(&options.dead_letters)
-        .build()
-        .map_err(|e| e.to_string())?;
+        .dead_letter_topic(&options.dead_letters);
+    if options.exactly_once {
+        // Stable transactional ids per pipeline (its group) and sink.
+        results = results.exactly_once(format!("{}-results", options.group));
+        late = late.exactly_once(format!("{}-late", options.group));
+    }
+    let results = results.build().map_err(|e| e.to_string())?;
+    let late = late.build().map_err(|e| e.to_string())?;
     // The output topics, with the policy each needs (results: compacted upserts), or a clear
     // error if one exists with another; left to the broker, they would get its defaults.
     let timeout = Duration::from_secs(30);

@@ -394,7 +394,7 @@ impl<D: ExchangeData + Serialize> SinkWriter<D> for FileWriter<D> {
     /// sink truncates an in-progress part file), so that what a crashed run wrote after the
     /// checkpoint is written once, by the restored run. A snapshot sink's rows go into the
     /// checkpoint itself.
-    fn checkpoint(&mut self) -> tideline::Result<Vec<u8>> {
+    fn checkpoint(&mut self, _id: u64) -> tideline::Result<Vec<u8>> {
         let path = self.path();
         let out = self.out()?;
         out.flush().map_err(|e| FileError::io(&path, e))?;
@@ -411,7 +411,7 @@ impl<D: ExchangeData + Serialize> SinkWriter<D> for FileWriter<D> {
         serde_json::to_vec(&state).map_err(|e| self.error(e))
     }
 
-    fn restore(&mut self, state: &[u8]) -> tideline::Result<()> {
+    fn restore(&mut self, state: &[u8], written: Option<Time>) -> tideline::Result<Option<Time>> {
         let state: WriterState<D> = serde_json::from_slice(state).map_err(|e| self.error(e))?;
         let Some(path) = self.sink.path.clone() else {
             return Err(self.error("standard output cannot resume from a checkpoint"));
@@ -419,7 +419,7 @@ impl<D: ExchangeData + Serialize> SinkWriter<D> for FileWriter<D> {
         self.out = Some(Output::resume(&path, state.length)?);
         self.wrote_header = state.wrote_header;
         self.snapshot = state.snapshot.into_iter().collect();
-        Ok(())
+        Ok(written)
     }
 }
 

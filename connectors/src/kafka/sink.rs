@@ -56,6 +56,7 @@ pub struct KafkaSinkBuilder<D> {
     name: Option<String>,
     stats: Option<Arc<KafkaSinkStats>>,
     dead_letter_topic: Option<String>,
+    transactional_id: Option<String>,
 }
 
 /// Writes a collection to a Kafka topic: a changelog, upserts or append-only rows
@@ -98,6 +99,8 @@ struct SinkInner<D> {
     name: String,
     stats: Arc<KafkaSinkStats>,
     dead_letter_topic: Option<String>,
+    /// Exactly once: the prefix of the workers' `transactional.id`s.
+    transactional_id: Option<String>,
 }
 
 impl<D> fmt::Debug for KafkaSink<D> {
@@ -131,6 +134,7 @@ impl<D: Serialize + 'static> KafkaSink<D> {
             name: None,
             stats: None,
             dead_letter_topic: None,
+            transactional_id: None,
         }
     }
 }
@@ -182,6 +186,25 @@ impl<D: 'static> KafkaSinkBuilder<D> {
         self.dead_letter_topic = Some(topic.into());
         self
     }
+
+    /// Exactly once, with checkpoints ([`tideline::checkpoint`]): worker `i` writes through a
+    /// transactional producer with `transactional.id` `ID-i`, one transaction per checkpoint
+    /// epoch. Its part of a checkpoint flushes the epoch's messages, adds a marker
+    /// (`{"epoch", "frontier"}`, keyed by the transactional id) to the compacted topic
+    /// `ID.tideline-epochs` and commits — before the part is written, so the checkpoint only
+    /// counts once its epochs are committed. Readers with `isolation.level=read_committed`
+    /// (librdkafka's default) see each epoch whole or not at all. A restarted worker fences its
+    /// previous incarnation and aborts what it left open (`init_transactions`), reads its last
+    /// committed marker, and writes again after it — whichever checkpoint is restored (a
+    /// round that committed epochs and then failed, or a crash before its manifest, leaves
+    /// the markers ahead of the checkpoint: its replay covers them). Use a stable `ID` per pipeline and
+    /// sink, and restore with the same number of workers. Output becomes visible per
+    /// checkpoint: its latency is the checkpoint interval. Without checkpoints installed the
+    /// sink writes nothing visible until its input completes.
+    pub fn exactly_once(mut self, transactional_id: impl Into<String>) -> Self {
+        self.transactional_id = Some(transactional_id.into());
+        self
+    }
 }
 
 impl<D: Serialize + 'static> KafkaSinkBuilder<D> {
@@ -216,6 +239,7 @@ impl<D: Serialize + 'static> KafkaSinkBuilder<D> {
                 name,
                 stats: self.stats.unwrap_or_default(),
                 dead_letter_topic: self.dead_letter_topic,
+                transactional_id: self.transactional_id,
             }),
         })
     }
@@ -234,7 +258,9 @@ impl<D: ExchangeData + Serialize> KafkaSink<D> {
             })
             .as_collection();
         let inner = Arc::clone(&self.inner);
-        routed.sink_with(handle, SinkParallelism::PerWorker, move |index, _| Some(KafkaWriter::new(inner, index)));
+        routed.sink_with(handle, SinkParallelism::PerWorker, move |index, peers| {
+            Some(KafkaWriter::new(inner, index, peers))
+        });
     }
 
     /// The sink's counters.
@@ -343,6 +369,8 @@ struct Failure {
 
 /// The opaque of a dead letter's delivery report (output messages carry their sequence).
 const DEAD_LETTER: usize = usize::MAX;
+/// The opaque of an epoch marker's delivery report.
+const EPOCH_MARKER: usize = usize::MAX - 1;
 /// How much of a refused record's key a dead letter keeps.
 const KEY_PREFIX: usize = 1024;
 
@@ -383,6 +411,18 @@ impl ProducerContext for SinkContext {
             }
             return;
         }
+        if sequence == EPOCH_MARKER {
+            if let Err((error, _)) = result {
+                deliveries.failures.push(Failure {
+                    error: error.clone(),
+                    key: None,
+                    key_bytes: 0,
+                    value_bytes: 0,
+                    timestamp: None,
+                });
+            }
+            return;
+        }
         deliveries.in_flight.remove(&(sequence as u64));
         match result {
             Ok(_) => {
@@ -413,7 +453,45 @@ struct KafkaWriter<D> {
     marks: VecDeque<(Option<Time>, u64)>,
     /// Everything before this time is acknowledged.
     durable: Time,
+    /// Exactly once: the transaction's bookkeeping.
+    transaction: Option<Transaction>,
 }
+
+/// A transactional writer's epochs (see [`KafkaSinkBuilder::exactly_once`]).
+#[derive(Debug)]
+struct Transaction {
+    /// This worker's `transactional.id`.
+    id: String,
+    /// The number of workers (a restore needs the same: updates are routed to workers by key).
+    peers: usize,
+    /// The topic of epoch markers.
+    markers: String,
+    /// The last frontier given to `advance`.
+    advanced: Option<Option<Time>>,
+    /// The last committed epoch and its frontier (everything before it is visible).
+    /// (`previous_*` in a checkpoint's state: the epoch before, for messages.)
+    committed: (Option<u64>, Option<Time>),
+}
+
+/// A transactional writer's part of a checkpoint.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct EpochState {
+    peers: usize,
+    epoch: u64,
+    frontier: Option<Time>,
+    previous_epoch: Option<u64>,
+    previous_frontier: Option<Time>,
+}
+
+/// An epoch marker, as written to the marker topic.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct EpochMarker {
+    epoch: u64,
+    frontier: Option<Time>,
+}
+
+/// How long a transactional call may take.
+const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A message to produce.
 #[derive(Debug)]
@@ -423,16 +501,124 @@ struct Outgoing {
 }
 
 impl<D: ExchangeData + Serialize> KafkaWriter<D> {
-    fn new(inner: Arc<SinkInner<D>>, index: usize) -> Self {
+    fn new(inner: Arc<SinkInner<D>>, index: usize, peers: usize) -> Self {
         let context = SinkContext { stats: Arc::clone(&inner.stats), deliveries: Mutex::default() };
-        let producer = inner
+        let mut config = inner
             .config
             .clone()
-            .set("client.id", format!("{}-{index}", inner.config.get("client.id").unwrap_or("tideline-sink")))
+            .set("client.id", format!("{}-{index}", inner.config.get("client.id").unwrap_or("tideline-sink")));
+        let transaction = inner.transactional_id.as_ref().map(|prefix| Transaction {
+            id: format!("{prefix}-{index}"),
+            peers,
+            markers: format!("{prefix}.tideline-epochs"),
+            advanced: None,
+            committed: (None, Some(0)),
+        });
+        if let Some(t) = &transaction {
+            config = config.set("transactional.id", &t.id);
+        }
+        let producer = config
             .client_config()
             .create_with_context(context)
-            .map_err(|e| inner.config.redact(ConnectorError::kafka("creating the producer", e)).to_string());
-        KafkaWriter { inner, producer, next: 0, marks: VecDeque::new(), durable: 0 }
+            .map_err(|e| inner.config.redact(ConnectorError::kafka("creating the producer", e)).to_string())
+            .and_then(|producer: BaseProducer<SinkContext>| {
+                let Some(t) = &transaction else { return Ok(producer) };
+                // The marker topic, compacted: one marker per worker is all a restart reads.
+                crate::kafka::admin::ensure_topic(
+                    &inner.config,
+                    &t.markers,
+                    1,
+                    TopicPolicy::Compact,
+                    TRANSACTION_TIMEOUT,
+                )
+                .map_err(|e| e.to_string())?;
+                // Fences a previous incarnation of this worker and aborts what it left open.
+                producer
+                    .init_transactions(TRANSACTION_TIMEOUT)
+                    .map_err(|e| format!("starting transactions as {}: {e}", t.id))?;
+                producer.begin_transaction().map_err(|e| format!("beginning a transaction as {}: {e}", t.id))?;
+                Ok(producer)
+            });
+        KafkaWriter { inner, producer, next: 0, marks: VecDeque::new(), durable: 0, transaction }
+    }
+
+    /// Flushes what was produced and waits for its acknowledgements (dead letters included).
+    fn flush_all(&mut self, why: &str) -> tideline::Result<()> {
+        for _ in 0..2 {
+            let producer = self.producer()?;
+            producer
+                .flush(TRANSACTION_TIMEOUT)
+                .map_err(|e| self.error(format_args!("flushing {} {why}: {e}", self.inner.topic)))?;
+            // Refused records become dead letters here, which the second flush waits for.
+            self.check_deliveries()?;
+        }
+        Ok(())
+    }
+
+    /// Adds the marker of `epoch` (covering output before `frontier`) to the open transaction.
+    fn mark_epoch(&mut self, epoch: u64, frontier: Option<Time>) -> tideline::Result<()> {
+        let t = self.transaction.as_ref().expect("transactional");
+        let value = serde_json::to_vec(&EpochMarker { epoch, frontier }).map_err(|e| self.error(e))?;
+        let (markers, id) = (t.markers.clone(), t.id.clone());
+        let producer = self.producer()?;
+        producer
+            .send(BaseRecord::with_opaque_to(&markers, EPOCH_MARKER).key(&id).payload(&value))
+            .map_err(|(e, _)| self.error(format_args!("writing the epoch marker to {markers}: {e}")))?;
+        self.flush_all("for a checkpoint")
+    }
+
+    /// Commits the open transaction and begins the next.
+    fn commit(&mut self) -> tideline::Result<()> {
+        let producer = self.producer()?;
+        let id = self.transaction.as_ref().expect("transactional").id.clone();
+        producer
+            .commit_transaction(TRANSACTION_TIMEOUT)
+            .map_err(|e| self.error(format_args!("committing the transaction of {id}: {e}")))?;
+        producer.begin_transaction().map_err(|e| self.error(format_args!("beginning a transaction as {id}: {e}")))
+    }
+
+    /// The last epoch marker of this worker that committed, read with `read_committed`.
+    fn last_committed_marker(&self) -> tideline::Result<Option<EpochMarker>> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::{Message, Offset, TopicPartitionList};
+        let t = self.transaction.as_ref().expect("transactional");
+        let consumer: BaseConsumer = self
+            .inner
+            .config
+            .clone()
+            .set("group.id", format!("{}-restore", t.id))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .set("isolation.level", "read_committed")
+            .client_config()
+            .create()
+            .map_err(|e| self.error(format_args!("reading {}: {e}", t.markers)))?;
+        let mut assignment = TopicPartitionList::new();
+        assignment
+            .add_partition_offset(&t.markers, 0, Offset::Beginning)
+            .map_err(|e| self.error(format_args!("reading {}: {e}", t.markers)))?;
+        consumer.assign(&assignment).map_err(|e| self.error(format_args!("reading {}: {e}", t.markers)))?;
+        drop(assignment);
+        let deadline = std::time::Instant::now() + TRANSACTION_TIMEOUT;
+        let mut last = None;
+        loop {
+            if std::time::Instant::now() > deadline {
+                return Err(self.error(format_args!("reading {}: timed out", t.markers)));
+            }
+            match consumer.poll(Duration::from_millis(100)) {
+                None => continue,
+                Some(Err(KafkaError::PartitionEOF(_))) => break,
+                Some(Err(e)) => return Err(self.error(format_args!("reading {}: {e}", t.markers))),
+                Some(Ok(message)) => {
+                    if message.key() == Some(t.id.as_bytes())
+                        && let Some(payload) = message.payload()
+                    {
+                        last = serde_json::from_slice::<EpochMarker>(payload).ok();
+                    }
+                }
+            }
+        }
+        Ok(last)
     }
 
     fn error(&self, message: impl fmt::Display) -> tideline::Error {
@@ -653,10 +839,27 @@ impl<D: ExchangeData + Serialize> SinkWriter<D> for KafkaWriter<D> {
             Some(last) if last.1 == self.next => last.0 = frontier,
             _ => self.marks.push_back((frontier, self.next)),
         }
+        if let Some(t) = self.transaction.as_mut() {
+            t.advanced = Some(frontier);
+            if frontier.is_none() && t.committed.1.is_some() {
+                // The input is complete: the last epoch commits now.
+                let epoch = t.committed.0.map_or(0, |e| e) + 1;
+                self.mark_epoch(epoch, None)?;
+                self.commit()?;
+                self.transaction.as_mut().expect("transactional").committed = (Some(epoch), None);
+            }
+        }
         Ok(())
     }
 
     fn durable(&mut self) -> tideline::Result<Durability> {
+        if let Some(t) = &self.transaction {
+            // Exactly once: output counts once its transaction has committed.
+            return Ok(match t.committed.1 {
+                None => Durability::Flushed,
+                Some(frontier) => Durability::Behind(frontier),
+            });
+        }
         let producer = self.producer()?;
         producer.poll(Duration::ZERO);
         self.check_deliveries()?;
@@ -689,7 +892,31 @@ impl<D: ExchangeData + Serialize> SinkWriter<D> for KafkaWriter<D> {
     /// in the topic. Nothing else to keep: at least once, a restored run may send again what
     /// the crashed run sent after the checkpoint (never a different value for a result: the
     /// restored state is the state).
-    fn checkpoint(&mut self) -> tideline::Result<Vec<u8>> {
+    fn checkpoint(&mut self, id: u64) -> tideline::Result<Vec<u8>> {
+        if let Some(t) = &self.transaction {
+            // Prepares the epoch: its messages flushed, its marker in the transaction, which
+            // commits once the checkpoint is complete (`checkpoint_committed`).
+            let advanced = t.advanced.ok_or_else(|| self.error("a checkpoint before the writer started"))?;
+            // A restored writer's output is committed up to where it resumed, even while the
+            // restored run's frontier is still behind it.
+            let frontier = match (advanced, t.committed.1) {
+                (None, _) | (_, None) => None,
+                (Some(a), Some(b)) => Some(a.max(b)),
+            };
+            let ((previous_epoch, previous_frontier), peers) = (t.committed, t.peers);
+            // The epoch commits now, before this part is written: a transaction left open
+            // until the checkpoint completes would take in the output written meanwhile (its
+            // producer has one transaction at a time), and after a crash it could not be
+            // committed by the restarted process (librdkafka cannot resume another instance's
+            // transaction). The marker committed with it says how far the output goes; a
+            // restore resumes after the last committed marker, whichever checkpoint it
+            // restores (its replay covers the output from that checkpoint on).
+            self.mark_epoch(id, frontier)?;
+            self.commit()?;
+            self.transaction.as_mut().expect("transactional").committed = (Some(id), frontier);
+            let state = EpochState { peers, epoch: id, frontier, previous_epoch, previous_frontier };
+            return serde_json::to_vec(&state).map_err(|e| self.error(e));
+        }
         for _ in 0..2 {
             let producer = self.producer()?;
             producer
@@ -706,8 +933,38 @@ impl<D: ExchangeData + Serialize> SinkWriter<D> for KafkaWriter<D> {
         }
     }
 
-    fn restore(&mut self, _state: &[u8]) -> tideline::Result<()> {
-        Ok(())
+    fn restore(&mut self, state: &[u8], written: Option<Time>) -> tideline::Result<Option<Time>> {
+        if self.transaction.is_none() {
+            return Ok(written);
+        }
+        let state: EpochState = serde_json::from_slice(state).map_err(|e| self.error(e))?;
+        let peers = self.transaction.as_ref().expect("transactional").peers;
+        if state.peers != peers {
+            return Err(self.error(format_args!(
+                "an exactly-once sink resumes with the number of workers it was checkpointed with ({}, not {peers}): \
+                 updates are routed to workers by key, and each worker's transactions continue its own",
+                state.peers
+            )));
+        }
+        let marker = self.last_committed_marker()?;
+        let id = self.transaction.as_ref().expect("transactional").id.clone();
+        // The checkpoint's epoch committed before its part was written; later epochs may have
+        // committed too (rounds that did not complete, or completed after this checkpoint was
+        // the newest intact one): resume after the last.
+        let (epoch, resume) = match marker {
+            Some(marker) if marker.epoch >= state.epoch => (Some(marker.epoch), marker.frontier),
+            last => {
+                return Err(self.error(format_args!(
+                    "{id}: the last committed epoch is {:?}, but the checkpoint's epoch {} committed before it was \
+                     taken: the marker topic or the checkpoint belongs to another run",
+                    last.map(|m| m.epoch),
+                    state.epoch
+                )));
+            }
+        };
+        tracing::info!(sink = %self.inner.name, transactional_id = %id, epoch = ?epoch, resume = ?resume, "exactly-once sink resumes after its last committed epoch");
+        self.transaction.as_mut().expect("transactional").committed = (epoch, resume);
+        Ok(resume)
     }
 }
 
@@ -734,6 +991,7 @@ mod tests {
             next: 0,
             marks: VecDeque::new(),
             durable: 0,
+            transaction: None,
         }
     }
 

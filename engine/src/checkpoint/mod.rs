@@ -152,11 +152,17 @@ impl Restored {
         self.sources.get(name).map(Vec::as_slice)
     }
 
-    /// The sink `name`'s part for writer `worker`, or if that worker had none (the worker
-    /// count changed), the lowest written frontier of its parts without state.
-    pub(crate) fn sink_part(&self, name: &str, worker: usize) -> Option<(Option<Time>, Option<&[u8]>)> {
+    /// The sink `name`'s part for writer `worker` of `peers`: its written frontier and
+    /// state. If the number of workers changed, updates reach other writers than before
+    /// (per-worker sinks route by key): every writer resumes from the lowest frontier any
+    /// writer of the sink had written (at least once: a writer may write again what another
+    /// had written), with the state of the writer of the same index, if there was one.
+    pub(crate) fn sink_part(&self, name: &str, worker: usize, peers: usize) -> Option<(Option<Time>, Option<&[u8]>)> {
         let parts: Vec<&SinkPart> = self.sinks.iter().filter(|p| p.name == name).collect();
-        if let Some(part) = parts.iter().find(|p| p.worker == worker) {
+        let own = parts.iter().find(|p| p.worker == worker);
+        if self.workers == peers
+            && let Some(part) = own
+        {
             return Some((part.written, Some(&part.state)));
         }
         let lowest = parts.iter().map(|p| p.written).min_by(|a, b| match (a, b) {
@@ -165,7 +171,7 @@ impl Restored {
             (Some(_), None) => std::cmp::Ordering::Less,
             (Some(a), Some(b)) => a.cmp(b),
         })?;
-        Some((lowest, None))
+        Some((lowest, own.map(|p| p.state.as_slice())))
     }
 }
 
@@ -180,7 +186,15 @@ pub(crate) enum SinkSnapshot {
 }
 
 type SourceHook = Box<dyn FnMut(Time) -> Result<Vec<u8>, String>>;
-type SinkHook = Box<dyn FnMut() -> SinkSnapshot>;
+/// What the coordinator asks of a sink writer.
+pub(crate) enum SinkCall {
+    /// Its part of checkpoint `id`.
+    Snapshot(u64),
+    /// Checkpoint `id` is complete (its manifest is durable): commit what it covers.
+    Committed(u64),
+}
+
+type SinkHook = Box<dyn FnMut(SinkCall) -> SinkSnapshot>;
 
 /// A worker's checkpoint participants in one dataflow, kept by its flow group.
 #[derive(Default)]
@@ -209,14 +223,24 @@ impl Hooks {
         self.sinks.push((name.to_string(), hook));
     }
 
-    fn snapshot(&mut self, worker: usize, replay_from: Time) -> Result<WorkerPart, String> {
+    /// Tells every sink writer that checkpoint `id` is complete; the first failure.
+    fn committed(&mut self, id: u64) -> Result<(), String> {
+        for (name, hook) in &mut self.sinks {
+            if let SinkSnapshot::Unsupported(why) = hook(SinkCall::Committed(id)) {
+                return Err(format!("sink {name:?}: {why}"));
+            }
+        }
+        Ok(())
+    }
+
+    fn snapshot(&mut self, id: u64, worker: usize, replay_from: Time) -> Result<WorkerPart, String> {
         let mut part = WorkerPart { worker, ..WorkerPart::default() };
         for (name, hook) in &mut self.sources {
             let state = hook(replay_from).map_err(|e| format!("source {name:?}: {e}"))?;
             part.sources.push((name.clone(), state));
         }
         for (name, hook) in &mut self.sinks {
-            match hook() {
+            match hook(SinkCall::Snapshot(id)) {
                 SinkSnapshot::NoWriter => {}
                 SinkSnapshot::Saved { written, state } => {
                     part.sinks.push(SinkPart { name: name.clone(), worker, written, state })
@@ -358,6 +382,8 @@ enum Message {
     Written { id: u64, worker: usize, crc: u32, size: u64 },
     /// A worker could not write its part.
     Failed { id: u64, worker: usize, reason: String },
+    /// Worker 0 committed checkpoint `id`: sinks commit what it covers (transactions).
+    Committed { id: u64 },
 }
 
 /// A round worker 0 has started.
@@ -379,6 +405,10 @@ fn coordinator(scope: Scope<'_, Time>, config: Checkpointing, flow: Rc<FlowGroup
     let restored_from = config.restored.as_ref().map_or(0, |r| r.replay_from);
     let mut next_id = config.restored.as_ref().map_or(1, |r| r.id + 1);
     let mut round: Option<Round> = None;
+    // The replay time of a checkpoint is the safe time seen when the round before it started:
+    // a sink whose last epoch did not commit (a transaction aborted by the crash) resumes from
+    // the checkpoint before, and the replay must cover what it wrote after that one too.
+    let mut previous_safe = restored_from;
     let mut last_round = Instant::now();
     let warned = Cell::new(false);
     let poll = config.interval.min(Duration::from_millis(100));
@@ -390,7 +420,7 @@ fn coordinator(scope: Scope<'_, Time>, config: Checkpointing, flow: Rc<FlowGroup
                         let started = Instant::now();
                         let from = from.max(restored_from);
                         let snapshot = match flow.checkpoints.borrow_mut().as_mut() {
-                            Some(hooks) => hooks.snapshot(index, from),
+                            Some(hooks) => hooks.snapshot(id, index, from),
                             None => Err("checkpointing was not installed on this worker".into()),
                         };
                         let written = snapshot.and_then(|part| {
@@ -409,6 +439,15 @@ fn coordinator(scope: Scope<'_, Time>, config: Checkpointing, flow: Rc<FlowGroup
                     Message::Written { id, worker, crc, size } => {
                         if let Some(round) = round.as_mut().filter(|r| r.id == id) {
                             round.parts[worker] = Some((crc, size));
+                        }
+                    }
+                    Message::Committed { id } => {
+                        let committed = match flow.checkpoints.borrow_mut().as_mut() {
+                            Some(hooks) => hooks.committed(id),
+                            None => Ok(()),
+                        };
+                        if let Err(reason) = committed {
+                            tracing::error!(checkpoint = id, worker = index, %reason, "committing a checkpoint's output failed");
                         }
                     }
                     Message::Failed { id, worker, reason } => {
@@ -444,6 +483,7 @@ fn coordinator(scope: Scope<'_, Time>, config: Checkpointing, flow: Rc<FlowGroup
                             .and_then(|()| config.store.prune(config.keep).map_err(|e| e.to_string()));
                         match committed {
                             Ok(()) => {
+                                channel.send(Message::Committed { id: r.id });
                                 config.metrics.record(r.started.elapsed(), size, SystemTime::now());
                                 tracing::info!(checkpoint = r.id, replay_from = r.from, size, took = ?r.started.elapsed(), "checkpoint complete");
                             }
@@ -467,8 +507,10 @@ fn coordinator(scope: Scope<'_, Time>, config: Checkpointing, flow: Rc<FlowGroup
                 }
                 if round.is_none()
                     && last_round.elapsed() >= config.interval
-                    && let Some(from) = flow.safe_time()
+                    && let Some(safe) = flow.safe_time()
                 {
+                    let from = previous_safe.min(safe);
+                    previous_safe = safe;
                     let id = next_id;
                     next_id += 1;
                     tracing::debug!(checkpoint = id, from, durable = ?flow.durable(), "checkpoint starts");

@@ -31,7 +31,7 @@ use std::rc::Rc;
 use timely::communication::Pull;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
-use crate::checkpoint::SinkSnapshot;
+use crate::checkpoint::{SinkCall, SinkSnapshot};
 use crate::runtime::control::Broadcast;
 use crate::runtime::flow::{FlowGroup, SinkProgress, min_frontier};
 use timely::dataflow::channels::Message;
@@ -72,15 +72,29 @@ pub trait SinkWriter<D>: 'static {
     /// here — e.g. the file's length. Called between writes, when every time before the last
     /// frontier given to [`advance`](Self::advance) is written. The default cannot: a dataflow
     /// with this sink cannot be checkpointed.
-    fn checkpoint(&mut self) -> Result<Vec<u8>> {
+    ///
+    /// `id` numbers the checkpoint; a transactional writer makes it its epoch.
+    fn checkpoint(&mut self, id: u64) -> Result<Vec<u8>> {
+        let _ = id;
         Err(Error::Config("this sink cannot be checkpointed".into()))
     }
 
+    /// Checkpoint `id` is complete: every worker's part and the manifest are durable. A
+    /// transactional writer commits the epoch's transaction here (two-phase commit: its
+    /// [`checkpoint`](Self::checkpoint) prepared it). The default has nothing to commit.
+    fn checkpoint_committed(&mut self, id: u64) -> Result<()> {
+        let _ = id;
+        Ok(())
+    }
+
     /// Continues from a checkpoint, before the first write: `state` is what
-    /// [`checkpoint`](Self::checkpoint) returned (e.g. truncate the file to the length it had).
-    /// The sink then gives this writer only the times from the frontier it had written.
-    fn restore(&mut self, state: &[u8]) -> Result<()> {
-        let _ = state;
+    /// [`checkpoint`](Self::checkpoint) returned (e.g. truncate the file to the length it had),
+    /// and `written` the frontier the writer had written then. Returns the frontier from which
+    /// the sink gives it updates again: `written`, unless the writer knows its output stops
+    /// earlier (a transaction the crash aborted: the frontier its last committed epoch
+    /// reached).
+    fn restore(&mut self, state: &[u8], written: Option<Time>) -> Result<Option<Time>> {
+        let _ = (state, written);
         Err(Error::Config("this sink cannot resume from a checkpoint".into()))
     }
 }
@@ -247,7 +261,7 @@ impl<D: ExchangeData> Sink<D> for VecCollection<'_, Time, D> {
         let writer = Rc::new(RefCell::new(make_writer(index, peers)));
         let written = Rc::new(Cell::new(None));
         let failed = Rc::new(Cell::new(false));
-        let resume = checkpointed::<D, W>(&flow, handle.name(), index, &writer, &written, &failed);
+        let resume = checkpointed::<D, W>(&flow, handle.name(), (index, peers), &writer, &written, &failed);
         let mut core = SinkCore {
             index,
             writer,
@@ -294,7 +308,7 @@ impl<D: ExchangeData> Sink<D> for VecCollection<'_, Time, D> {
 fn checkpointed<D, W: SinkWriter<D>>(
     flow: &FlowGroup,
     name: &str,
-    index: usize,
+    (index, peers): (usize, usize),
     writer: &Rc<RefCell<Option<W>>>,
     written: &Rc<Cell<Option<Option<Time>>>>,
     failed: &Rc<Cell<bool>>,
@@ -305,17 +319,18 @@ fn checkpointed<D, W: SinkWriter<D>>(
     if let Some(restored) = hooks.restored.clone()
         && let Some(w) = writer.borrow_mut().as_mut()
     {
-        let Some((frontier, state)) = restored.sink_part(name, index) else {
+        let Some((mut frontier, state)) = restored.sink_part(name, index, peers) else {
             panic!(
                 "checkpoint {} has no state for sink {name:?}: the pipeline changed since it was taken; \
                  start it with an empty checkpoint directory to run from the beginning",
                 restored.id()
             )
         };
-        if let Some(state) = state
-            && let Err(error) = w.restore(state)
-        {
-            panic!("sink {name:?} cannot resume from checkpoint {}: {error}", restored.id());
+        if let Some(state) = state {
+            match w.restore(state, frontier) {
+                Ok(resume) => frontier = resume,
+                Err(error) => panic!("sink {name:?} cannot resume from checkpoint {}: {error}", restored.id()),
+            }
         }
         tracing::info!(sink = %name, worker = index, checkpoint = restored.id(), written = ?frontier, "sink resumes from a checkpoint");
         resume = Some(frontier);
@@ -324,9 +339,21 @@ fn checkpointed<D, W: SinkWriter<D>>(
     let restored = resume;
     hooks.add_sink(
         name,
-        Box::new(move || {
+        Box::new(move |call| {
             let mut writer = writer.borrow_mut();
             let Some(writer) = writer.as_mut() else { return SinkSnapshot::NoWriter };
+            let id = match call {
+                SinkCall::Snapshot(id) => id,
+                SinkCall::Committed(id) => {
+                    return match writer.checkpoint_committed(id) {
+                        Ok(()) => SinkSnapshot::NoWriter,
+                        Err(error) => {
+                            failed.set(true);
+                            SinkSnapshot::Unsupported(error.to_string())
+                        }
+                    };
+                }
+            };
             if failed.get() {
                 return SinkSnapshot::Unsupported("its writer failed".into());
             }
@@ -341,7 +368,7 @@ fn checkpointed<D, W: SinkWriter<D>>(
                     (Some(a), Some(b)) => Some(a.max(b)),
                 };
             }
-            match writer.checkpoint() {
+            match writer.checkpoint(id) {
                 Ok(state) => SinkSnapshot::Saved { written: frontier, state },
                 Err(error) => SinkSnapshot::Unsupported(error.to_string()),
             }
@@ -639,12 +666,12 @@ impl<D: ExchangeData> SinkWriter<D> for Collected<D> {
 
     /// An in-memory collector keeps nothing across a restart: restored, it holds only what
     /// comes after the checkpoint.
-    fn checkpoint(&mut self) -> Result<Vec<u8>> {
+    fn checkpoint(&mut self, _id: u64) -> Result<Vec<u8>> {
         Ok(Vec::new())
     }
 
-    fn restore(&mut self, _state: &[u8]) -> Result<()> {
-        Ok(())
+    fn restore(&mut self, _state: &[u8], written: Option<Time>) -> Result<Option<Time>> {
+        Ok(written)
     }
 }
 

@@ -278,16 +278,31 @@ fn sigterm_stops_gracefully_commits_and_a_restart_loses_nothing() {
 /// and ends with every result written.
 #[test]
 fn killed_with_sigkill_and_resumed_from_checkpoints_no_result_is_ever_partial() {
+    kill_series("killed_with_sigkill_and_resumed_from_checkpoints_no_result_is_ever_partial", false);
+}
+
+/// The same kill series with `--exactly-once`: read with `read_committed`, every window result
+/// and every late reading is in the output topics exactly once.
+#[test]
+fn exactly_once_across_sigkills_every_result_and_late_reading_is_written_once() {
+    kill_series("exactly_once_across_sigkills_every_result_and_late_reading_is_written_once", true);
+}
+
+fn kill_series(test: &str, exactly_once: bool) {
     let Some(brokers) = std::env::var("TIDELINE_KAFKA_BROKERS").ok().filter(|b| !b.trim().is_empty()) else {
         use std::io::Write;
         let _ = writeln!(
             std::io::stderr(),
-            "SKIPPED killed_with_sigkill_and_resumed_from_checkpoints_no_result_is_ever_partial: needs a Kafka \
-             broker (scripts/test.sh, or TIDELINE_KAFKA_BROKERS=127.0.0.1:19092)"
+            "SKIPPED {test}: needs a Kafka broker (scripts/test.sh, or TIDELINE_KAFKA_BROKERS=127.0.0.1:19092)"
         );
         return;
     };
-    let id = format!("{}-{}", std::process::id(), std::time::UNIX_EPOCH.elapsed().unwrap().as_millis());
+    let id = format!(
+        "{}-{}-{}",
+        if exactly_once { "eos" } else { "alo" },
+        std::process::id(),
+        std::time::UNIX_EPOCH.elapsed().unwrap().as_millis()
+    );
     let topic = |name: &str| format!("tideline-example-kill-{name}-{id}");
     let (input, output, late, dead, group) =
         (topic("readings"), topic("stats"), topic("late"), topic("dead"), topic("group"));
@@ -295,7 +310,7 @@ fn killed_with_sigkill_and_resumed_from_checkpoints_no_result_is_ever_partial() 
     run(&["--brokers", &brokers, "--input", &input, "--generate", &events.to_string(), "--quiet"]);
     let checkpoints = std::env::temp_dir().join(format!("tideline-kafka-checkpoints-{id}"));
     let checkpoint_dir = checkpoints.to_str().unwrap().to_string();
-    let args = [
+    let mut args = vec![
         "--brokers",
         &brokers,
         "--input",
@@ -315,21 +330,27 @@ fn killed_with_sigkill_and_resumed_from_checkpoints_no_result_is_ever_partial() 
         "--checkpoint-interval",
         "100ms",
     ];
+    if exactly_once {
+        args.push("--exactly-once");
+    }
     let mut seed = std::time::UNIX_EPOCH.elapsed().unwrap().as_nanos() as u64;
     let mut kills = 0;
     let mut mid_stream = 0;
     for attempt in 0..3 {
         seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        let workers = ["1", "2"][(seed >> 40) as usize % 2];
+        // Exactly once resumes with the same number of workers; at least once with any.
+        // (One worker for exactly once: with this backlog, two workers' watermark stays at the
+        // start until nearly the end, so no checkpoint would be past the start.)
+        let workers = if exactly_once { "1" } else { ["1", "2"][(seed >> 40) as usize % 2] };
         let mut child = Command::new(BIN)
-            .args(args)
+            .args(&args)
             .args(["-w", workers])
             .env("RUST_LOG", "tideline::checkpoint=info")
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("kafka_pipeline runs");
         // Kill once a checkpoint past the start of the input is complete (its sources resume
-        // mid-partition, with the watermarks they had there), or after a while.
+        // mid-partition, with the watermarks they had there), or after a random while.
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -339,8 +360,8 @@ fn killed_with_sigkill_and_resumed_from_checkpoints_no_result_is_ever_partial() 
                 }
             }
         });
-        let past_start = rx.recv_timeout(Duration::from_secs(10)).is_ok();
-        std::thread::sleep(Duration::from_millis((seed >> 33) % 300));
+        let past_start = rx.recv_timeout(Duration::from_millis(800 + (seed >> 33) % 2500)).is_ok();
+        std::thread::sleep(Duration::from_millis((seed >> 23) % 300));
         if child.try_wait().unwrap().is_none() {
             child.kill().unwrap();
             kills += 1;
@@ -352,7 +373,9 @@ fn killed_with_sigkill_and_resumed_from_checkpoints_no_result_is_ever_partial() 
             break;
         }
     }
-    run(&args);
+    let mut last = args.clone();
+    last.extend(["-w", if exactly_once { "1" } else { "2" }]);
+    run(&last);
     let _ = std::fs::remove_dir_all(&checkpoints);
     assert!(kills > 0, "at least one run was killed mid-way");
     eprintln!("{kills} kills, {mid_stream} after a checkpoint past the start of the input");
@@ -370,11 +393,18 @@ fn killed_with_sigkill_and_resumed_from_checkpoints_no_result_is_ever_partial() 
     let results: Vec<OutputRow> =
         tideline::runtime::collect(1, move |scope| source.read(scope, SourceConfig::new("results")).data)
             .into_iter()
-            .map(|(Keyed { value, .. }, _, diff)| {
+            .flat_map(|(Keyed { value, .. }, _, diff)| {
                 assert!(diff > 0);
-                value
+                std::iter::repeat_n(value, diff as usize)
             })
             .collect();
+    if exactly_once {
+        let mut once = results.clone();
+        once.sort();
+        let before = once.len();
+        once.dedup();
+        assert_eq!(before, once.len(), "exactly once: {} results written twice", before - once.len());
+    }
     let wrong: Vec<&OutputRow> = results.iter().filter(|row| expected.binary_search(row).is_err()).collect();
     assert!(
         wrong.is_empty(),
@@ -399,10 +429,12 @@ fn killed_with_sigkill_and_resumed_from_checkpoints_no_result_is_ever_partial() 
     let mut late_rows: Vec<InputRow> =
         tideline::runtime::collect(1, move |scope| source.read(scope, SourceConfig::new("late")).data)
             .into_iter()
-            .map(|(row, _, _)| row)
+            .flat_map(|(row, _, diff)| std::iter::repeat_n(row, diff as usize))
             .collect();
     late_rows.sort();
-    late_rows.dedup();
+    if !exactly_once {
+        late_rows.dedup();
+    }
     assert!(!expected_late.is_empty(), "the input has late readings");
     assert_eq!(late_rows, expected_late, "the late readings differ from an uninterrupted run's");
 }
