@@ -43,6 +43,12 @@
 //! writes the manifest, and the checkpoint counts. The dataflow keeps running meanwhile:
 //! a worker stops only for as long as its sinks take to sync and its part takes to write.
 //!
+//! The replay time lags a round: a checkpoint's `R` is the safe time seen when the round
+//! before it started. An exactly-once sink commits its epoch as it takes its part (see
+//! `KafkaSink::exactly_once` in the connectors), so after a crash its committed output may be
+//! ahead of the checkpoint restored, or — a round that failed — of the one before; the lag keeps
+//! the replay covering everything after either.
+//!
 //! On start, [`Checkpointing::open`] loads the newest checkpoint whose manifest and parts
 //! are intact (a damaged one is reported in one log line and the one before it used). A
 //! checkpoint written by `N` workers restores with any number: sources re-divide their
