@@ -43,11 +43,11 @@
 //! writes the manifest, and the checkpoint counts. The dataflow keeps running meanwhile:
 //! a worker stops only for as long as its sinks take to sync and its part takes to write.
 //!
-//! The replay time lags a round: a checkpoint's `R` is the safe time seen when the round
-//! before it started. An exactly-once sink commits its epoch as it takes its part (see
-//! `KafkaSink::exactly_once` in the connectors), so after a crash its committed output may be
-//! ahead of the checkpoint restored, or — a round that failed — of the one before; the lag keeps
-//! the replay covering everything after either.
+//! An exactly-once sink commits its epoch as it takes its part (see `KafkaSink::exactly_once`
+//! in the connectors), so after a crash its committed output may be ahead of the checkpoint
+//! restored (a later round committed epochs and then failed, or the crash came before its
+//! manifest), never behind it: the restored sink resumes after its last committed epoch, and
+//! since the replay covers everything after the checkpoint's own frontier, it covers that.
 //!
 //! On start, [`Checkpointing::open`] loads the newest checkpoint whose manifest and parts
 //! are intact (a damaged one is reported in one log line and the one before it used). A
@@ -411,10 +411,6 @@ fn coordinator(scope: Scope<'_, Time>, config: Checkpointing, flow: Rc<FlowGroup
     let restored_from = config.restored.as_ref().map_or(0, |r| r.replay_from);
     let mut next_id = config.restored.as_ref().map_or(1, |r| r.id + 1);
     let mut round: Option<Round> = None;
-    // The replay time of a checkpoint is the safe time seen when the round before it started:
-    // a sink whose last epoch did not commit (a transaction aborted by the crash) resumes from
-    // the checkpoint before, and the replay must cover what it wrote after that one too.
-    let mut previous_safe = restored_from;
     let mut last_round = Instant::now();
     let warned = Cell::new(false);
     let poll = config.interval.min(Duration::from_millis(100));
@@ -513,10 +509,8 @@ fn coordinator(scope: Scope<'_, Time>, config: Checkpointing, flow: Rc<FlowGroup
                 }
                 if round.is_none()
                     && last_round.elapsed() >= config.interval
-                    && let Some(safe) = flow.safe_time()
+                    && let Some(from) = flow.safe_time()
                 {
-                    let from = previous_safe.min(safe);
-                    previous_safe = safe;
                     let id = next_id;
                     next_id += 1;
                     tracing::debug!(checkpoint = id, from, durable = ?flow.durable(), "checkpoint starts");

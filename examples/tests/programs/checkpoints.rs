@@ -289,3 +289,71 @@ fn checkpoints_need_a_regular_input_and_output() {
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
 }
+
+/// Free loopback ports for `n` processes, in a hostfile.
+fn hostfile(dir: &Path, n: usize) -> PathBuf {
+    let listeners: Vec<std::net::TcpListener> =
+        (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    let path = dir.join("hosts.txt");
+    let text: String = listeners.iter().map(|l| format!("127.0.0.1:{}\n", l.local_addr().unwrap().port())).collect();
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Processes `0..n` of a cluster running `args`, each with one worker.
+fn spawn_cluster(dir: &Path, n: usize, args: &[String]) -> Vec<Child> {
+    let hosts = hostfile(dir, n);
+    (0..n)
+        .map(|p| {
+            let mut all = args.to_vec();
+            all.extend(
+                ["-w", "1", "-n", &n.to_string(), "-p", &p.to_string(), "-h", hosts.to_str().unwrap()]
+                    .map(String::from),
+            );
+            spawn(&all)
+        })
+        .collect()
+}
+
+#[test]
+fn a_checkpoint_of_two_processes_resumes_in_one_and_back() {
+    // DESIGN §8: a checkpoint taken with N workers (and P processes) restores with M (and Q).
+    let dir = temp_dir("processes");
+    let bids = input(&dir, 120_000);
+    let window = ["--tumbling", "2s", "--allowed-lateness", "3s"];
+    let reference =
+        Files { output: dir.join("ref.csv"), late: dir.join("ref-late.csv"), dead: dir.join("ref-dead.csv") };
+    assert!(run(&args(&bids, &window, &reference, &[])).status.success());
+    let files = Files { output: dir.join("out.csv"), late: dir.join("late.csv"), dead: dir.join("dead.csv") };
+    let checkpoints = dir.join("checkpoints");
+    let extra = ["--checkpoint-dir", checkpoints.to_str().unwrap(), "--checkpoint-interval", "40ms"];
+    let with_checkpoints = args(&bids, &window, &files, &extra);
+
+    // Two processes, killed after a checkpoint; then one process (two workers), killed after
+    // a newer one; then two processes again, to the end.
+    let wait_for_newer = |than: Option<u64>, children: &mut Vec<Child>| {
+        let started = Instant::now();
+        while newest_checkpoint(&checkpoints) == than && started.elapsed() < Duration::from_secs(60) {
+            assert!(children.iter_mut().all(|c| c.try_wait().unwrap().is_none()), "a run ended before its checkpoint");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        for child in children.iter_mut() {
+            let _ = child.kill();
+            child.wait().unwrap();
+        }
+        newest_checkpoint(&checkpoints).expect("a checkpoint")
+    };
+    let mut cluster = spawn_cluster(&dir, 2, &with_checkpoints);
+    let first = wait_for_newer(None, &mut cluster);
+    let mut one = vec![spawn(&[with_checkpoints.clone(), vec!["-w".into(), "2".into()]].concat())];
+    let second = wait_for_newer(Some(first), &mut one);
+    assert!(second > first);
+    let mut last = spawn_cluster(&dir, 2, &with_checkpoints);
+    for child in &mut last {
+        assert!(child.wait().unwrap().success());
+    }
+    assert_eq!(read(&files.output), read(&reference.output), "output after 2 → 1 → 2 processes");
+    assert_eq!(read(&files.late), read(&reference.late));
+    assert_eq!(read(&files.dead), read(&reference.dead));
+    let _ = std::fs::remove_dir_all(&dir);
+}
