@@ -114,7 +114,11 @@ fn main() -> ExitCode {
             if let Some(configuration) = &configuration {
                 same_configuration(worker, configuration)?;
             }
-            let config = SourceConfig::new("nexmark").watermarks(s.watermarks()).metrics(Arc::clone(&m));
+            let mut config = SourceConfig::new("nexmark").watermarks(s.watermarks()).metrics(Arc::clone(&m));
+            if tideline_examples::nexmark::ingestion_time(&q) {
+                // Processing-time windows: arrival time by the system clock.
+                config = config.ingestion_time(tideline::time::clock::Clock::system());
+            }
             let (sink, h, r, q, s) = (sink.clone(), h.clone(), Arc::clone(&r), q.clone(), s.clone());
             worker.dataflow::<Time, _, _>(move |scope| {
                 let events = s.read(scope, config).data;

@@ -61,6 +61,9 @@ pub struct SourceConfig {
     /// Flow control: stop reading while the dataflow's sinks lag behind the watermark and
     /// more than this many records were emitted since the watermark they have reached.
     pub max_in_flight: u64,
+    /// Ingestion time: records get this clock's time when read (see
+    /// [`ingestion_time`](Self::ingestion_time)).
+    pub ingestion: Option<crate::time::clock::Clock>,
 }
 
 impl SourceConfig {
@@ -72,7 +75,41 @@ impl SourceConfig {
             metrics: None,
             batch_size: 64 * 1024,
             max_in_flight: 1 << 20,
+            ingestion: None,
         }
+    }
+
+    /// Ingestion time instead of event time (opt-in; see [`crate::time::clock`] for when it
+    /// gives wrong answers): every record travels at `clock`'s time when the source reads it,
+    /// whatever its own event time, and the watermark follows the clock — also while nothing
+    /// arrives, so that windows over arrival time close on a silent stream. Combine with
+    /// [`AtIngestionTime::at_ingestion_time`](crate::time::clock::AtIngestionTime) so that the
+    /// events carry that time too (operators assign windows by the events' own time).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tideline::prelude::*;
+    /// use tideline::source::{SourceConfig, memory};
+    /// use tideline::time::clock::{AtIngestionTime, Clock};
+    /// use tideline::window::aggregate::Count;
+    ///
+    /// // Events stamped in 1970, arriving (by this clock) at 10 000 ms: one window, [10 s, 20 s).
+    /// let (clock, _hand) = Clock::manual(10_000);
+    /// let counts = tideline::runtime::collect(1, move |scope| {
+    ///     let events = vec![Event::new(5, "a", ()), Event::new(900_000, "a", ())];
+    ///     memory::from_iter(scope, SourceConfig::new("clicks").ingestion_time(clock.clone()), move || events.into_iter())
+    ///         .data
+    ///         .at_ingestion_time()
+    ///         .tumbling(Duration::from_secs(10))
+    ///         .aggregate(Count)
+    /// });
+    /// assert_eq!(counts.len(), 1);
+    /// assert_eq!((counts[0].0.window.start, counts[0].0.value), (10_000, 2));
+    /// ```
+    pub fn ingestion_time(mut self, clock: crate::time::clock::Clock) -> Self {
+        self.ingestion = Some(clock);
+        self.watermarks = WatermarkStrategy::monotonic();
+        self
     }
 
     /// Sets the watermark strategy.
@@ -207,6 +244,8 @@ pub struct ReadContext<'a, D> {
     /// Resuming from a checkpoint: records (and dead letters) whose dataflow time is below
     /// this are re-read only to restore positions and watermarks, and dropped.
     replay_from: Time,
+    /// Ingestion time: the clock's time at this poll, every record's time.
+    ingestion_now: Option<Time>,
 }
 
 impl<D> ReadContext<'_, D> {
@@ -282,6 +321,7 @@ impl<D> ReadContext<'_, D> {
     /// behind it.
     pub fn record(&mut self, partition: PartitionId, position: u64, time: Time, item: D) -> Time {
         let _ = position;
+        let time = self.ingestion_now.unwrap_or(time);
         let slot = self.slot(partition);
         self.budget = self.budget.saturating_sub(1);
         let generator = self.tracker.touch(slot, self.now, self.floor);
@@ -481,8 +521,18 @@ where
                 metrics: &report_to,
                 flow: &flow,
                 replay_from,
+                ingestion_now: config.ingestion.as_ref().map(|clock| clock.now().max(floor)),
             };
             let status = reader.borrow_mut().poll(&mut ctx);
+            if let Some(clock) = &config.ingestion {
+                // Ingestion time: the watermark follows the clock, records or not.
+                let clock_now = clock.now();
+                for slot in 0..tracker.len() {
+                    if !tracker.is_finished(slot) {
+                        tracker.touch(slot, now, floor).observe(clock_now);
+                    }
+                }
+            }
             emitted += data.len() as u64;
             if !data.is_empty() {
                 data_output.activate().session(&held[0]).give_container(&mut data);

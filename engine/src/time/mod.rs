@@ -4,6 +4,7 @@
 //! type is the timely/differential timestamp of every collection, so the progress frontier
 //! of a collection is its event-time watermark.
 
+pub mod clock;
 pub mod late;
 pub mod watermark;
 

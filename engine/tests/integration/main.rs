@@ -2,6 +2,7 @@
 
 mod common;
 mod dedup_oracle;
+mod ingestion_time;
 mod join_asof_oracle;
 mod join_equi_oracle;
 mod join_interval_oracle;
