@@ -96,7 +96,7 @@ impl SourceConfig {
     /// // Events stamped in 1970, arriving (by this clock) at 10 000 ms: one window, [10 s, 20 s).
     /// let (clock, _hand) = Clock::manual(10_000);
     /// let counts = tideline::runtime::collect(1, move |scope| {
-    ///     let events = vec![Event::new(5, "a", ()), Event::new(900_000, "a", ())];
+    ///     let events = vec![Event::new(5, 1u32, ()), Event::new(900_000, 1, ())];
     ///     memory::from_iter(scope, SourceConfig::new("clicks").ingestion_time(clock.clone()), move || events.into_iter())
     ///         .data
     ///         .at_ingestion_time()
