@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tideline::differential_dataflow::input::Input;
+use tideline::keyed::process::{Context, KeyedProcessFunction};
 use tideline::prelude::*;
 use tideline::runtime::metrics::StateMetrics;
 use tideline::runtime::{Cluster, execute};
@@ -83,6 +84,74 @@ pub fn engine(op: Op, input: &Arc<Vec<Vec<Bid>>>, workers: usize) -> (Digest, u6
                     .map(|e| [e.key.0, e.key.1, e.time, 0])
                     .digest_into(&r),
             }
+        });
+        while worker.step_or_park(None) {}
+    })
+    .expect("engine run");
+    (results, state.peak_per_worker() * workers as u64)
+}
+
+/// The sessions workload as a user's keyed process function: per user, the open session and
+/// the timer that closes it (a state machine Flink or Kafka Streams users write by hand).
+struct SessionMachine;
+
+/// A user's open session.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+struct OpenSession {
+    /// `(start, last, count)`.
+    session: Option<(Time, Time, u64)>,
+    timer: Option<Time>,
+}
+
+impl KeyedProcessFunction<u64, u64> for SessionMachine {
+    type State = OpenSession;
+    type Output = [u64; 4];
+
+    fn on_event(&self, event: &Bid, state: &mut OpenSession, ctx: &mut Context<'_, u64, [u64; 4]>) {
+        let t = event.time;
+        match &mut state.session {
+            // Events come in time order (all on time in this workload): a gap of at most
+            // GAP_MS extends the session.
+            Some((_, last, count)) if t <= *last + GAP_MS => {
+                *last = (*last).max(t);
+                *count += 1;
+            }
+            open => {
+                if let Some((start, last, count)) = open.take() {
+                    ctx.emit([start, last + GAP_MS, event.key, count]);
+                }
+                *open = Some((t, t, 1));
+            }
+        }
+        let (_, last, _) = state.session.expect("just set");
+        if let Some(timer) = state.timer.take() {
+            ctx.delete_timer(timer);
+        }
+        state.timer = Some(ctx.set_timer(last + GAP_MS + 1));
+    }
+
+    fn on_timer(&self, _at: Time, key: &u64, state: &mut OpenSession, ctx: &mut Context<'_, u64, [u64; 4]>) {
+        if let Some((start, last, count)) = state.session {
+            ctx.emit([start, last + GAP_MS, *key, count]);
+        }
+        ctx.clear();
+    }
+}
+
+/// E for the `process` workload: sessions by [`SessionMachine`].
+pub fn process_sessions(input: &Arc<Vec<Vec<Bid>>>, workers: usize) -> (Digest, u64) {
+    let results = Digest::default();
+    let state = StateMetrics::named("bench-process");
+    let (r, s, input) = (results.clone(), Arc::clone(&state), Arc::clone(input));
+    execute(&Cluster::threads(workers), move |worker| {
+        let (r, s, input) = (r.clone(), Arc::clone(&s), Arc::clone(&input));
+        worker.dataflow::<Time, _, _>(move |scope| {
+            memory::from_partitions(scope, config(), input)
+                .data
+                .process(SessionMachine)
+                .state_metrics(s)
+                .build()
+                .digest_into(&r);
         });
         while worker.step_or_park(None) {}
     })

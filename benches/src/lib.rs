@@ -90,6 +90,9 @@ pub enum Kind {
     Sessions,
     /// The last event per key and horizon.
     Dedup,
+    /// Sessions per key, counted, by a user's keyed process function (a per-key state machine
+    /// with a timer) instead of the session operator.
+    Process,
 }
 
 /// A workload of the harness.
@@ -125,6 +128,11 @@ pub fn workloads() -> Vec<Workload> {
             name: "dedup",
             description: "last bid per (user, item) per 10 s horizon (q18 shape)",
             kind: Kind::Dedup,
+        },
+        Workload {
+            name: "process",
+            description: "the sessions workload as a keyed process function: a per-key state machine and a timer",
+            kind: Kind::Process,
         },
         Workload {
             name: "window-join",
@@ -301,11 +309,11 @@ pub fn run_variant(workload: &Workload, variant: &str, events: u64, workers: usi
     let generating = Instant::now();
     let bids = match workload.kind {
         Kind::Windows(..) => Some(Arc::new(shapes::bids(shape, events))),
-        Kind::Sessions | Kind::Dedup => Some(Arc::new(shapes::users(shape, events))),
+        Kind::Sessions | Kind::Dedup | Kind::Process => Some(Arc::new(shapes::users(shape, events))),
         _ => None,
     };
     let refs = matches!(workload.kind, Kind::WindowJoin(_) | Kind::Join).then(|| Arc::new(shapes::refs(shape, events)));
-    let op = if workload.kind == Kind::Sessions { keyed::Op::Sessions } else { keyed::Op::Dedup };
+    let op = if workload.kind == Kind::Dedup { keyed::Op::Dedup } else { keyed::Op::Sessions };
     let generate_seconds = generating.elapsed().as_secs_f64();
     let baseline_kb = memory_kb("VmRSS:");
     let started = Instant::now();
@@ -320,14 +328,20 @@ pub fn run_variant(workload: &Workload, variant: &str, events: u64, workers: usi
         (Kind::Windows(size, slide), "H") => {
             (windows::hand_written(size, slide, bids.as_ref().expect("input")), None, 1)
         }
+        (Kind::Process, "E") => {
+            let (rows, entries) = keyed::process_sessions(bids.as_ref().expect("input"), workers);
+            (rows, Some(entries), workers)
+        }
         (Kind::Sessions | Kind::Dedup, "E") => {
             let (rows, entries) = keyed::engine(op, bids.as_ref().expect("input"), workers);
             (rows, Some(entries), workers)
         }
-        (Kind::Sessions | Kind::Dedup, "D") => {
+        (Kind::Sessions | Kind::Dedup | Kind::Process, "D") => {
             (keyed::differential(op, bids.as_ref().expect("input"), workers), None, workers)
         }
-        (Kind::Sessions | Kind::Dedup, "H") => (keyed::hand_written(op, bids.as_ref().expect("input")), None, 1),
+        (Kind::Sessions | Kind::Dedup | Kind::Process, "H") => {
+            (keyed::hand_written(op, bids.as_ref().expect("input")), None, 1)
+        }
         (kind, "E") => {
             let (rows, entries) = joins::engine(kind, refs.as_ref().expect("input"), workers);
             (rows, entries, workers)

@@ -96,8 +96,11 @@
 //! it was set for. Timers are per key and time: setting one twice sets it once. At the end of
 //! a bounded input the frontier passes every time, and every timer set fires.
 //!
-//! Only event-time timers exist: processing-time timers (wall clock) and ingestion-time sources
-//! are not available yet.
+//! Timers are event-time timers. On a stream read at ingestion time
+//! ([`SourceConfig::ingestion_time`](crate::source::SourceConfig::ingestion_time), with
+//! [`at_ingestion_time`](crate::time::clock::AtIngestionTime::at_ingestion_time)) the
+//! watermark follows the clock, so they are processing-time timers; both clocks in one
+//! function are not available.
 //!
 //! # Late data
 //!
