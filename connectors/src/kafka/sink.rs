@@ -912,7 +912,9 @@ impl<D: ExchangeData + Serialize> SinkWriter<D> for KafkaWriter<D> {
             // restore resumes after the last committed marker, whichever checkpoint it
             // restores (its replay covers the output from that checkpoint on).
             self.mark_epoch(id, frontier)?;
+            tideline::checkpoint::fault_point("kafka-commit");
             self.commit()?;
+            tideline::checkpoint::fault_point("kafka-committed");
             self.transaction.as_mut().expect("transactional").committed = (Some(id), frontier);
             let state = EpochState { peers, epoch: id, frontier, previous_epoch, previous_frontier };
             return serde_json::to_vec(&state).map_err(|e| self.error(e));

@@ -76,6 +76,32 @@ use crate::runtime::flow::FlowGroup;
 use crate::runtime::metrics::CheckpointMetrics;
 use crate::time::Time;
 
+/// A fault-injection point for crash tests, compiled into debug builds only: if the
+/// environment variable `TIDELINE_FAULT` is `NAME` (or `NAME@N`, the `N`th time this process
+/// reaches the point), the process aborts here, as a `kill -9` would stop it. Points: `part`
+/// (a worker wrote its part of a checkpoint, before the manifest), `manifest` (the manifest is
+/// written, before sinks hear of it), and in the Kafka sink `kafka-commit` (an epoch's marker
+/// is flushed, before its transaction commits) and `kafka-committed` (after the commit, before
+/// the worker's part is written). In release builds it does nothing.
+pub fn fault_point(name: &str) {
+    #[cfg(debug_assertions)]
+    {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static HITS: AtomicU64 = AtomicU64::new(0);
+        let Ok(wanted) = std::env::var("TIDELINE_FAULT") else { return };
+        let (point, nth) = match wanted.split_once('@') {
+            Some((point, n)) => (point.to_string(), n.parse::<u64>().unwrap_or(1)),
+            None => (wanted, 1),
+        };
+        if point == name && HITS.fetch_add(1, Ordering::SeqCst) + 1 >= nth {
+            eprintln!("tideline: fault injected at {name} (TIDELINE_FAULT={point}@{nth}): aborting");
+            std::process::abort();
+        }
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = name;
+}
+
 /// What a worker's part of a checkpoint holds.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct WorkerPart {
@@ -428,6 +454,7 @@ fn coordinator(scope: Scope<'_, Time>, config: Checkpointing, flow: Rc<FlowGroup
                         let written = snapshot.and_then(|part| {
                             let bytes = sealed(bincode::serialize(&part).map_err(|e| e.to_string())?);
                             config.store.write_part(id, index, &bytes).map_err(|e| e.to_string())?;
+                            fault_point("part");
                             Ok((crc32fast::hash(&bytes), bytes.len() as u64))
                         });
                         match written {
@@ -485,6 +512,7 @@ fn coordinator(scope: Scope<'_, Time>, config: Checkpointing, flow: Rc<FlowGroup
                             .and_then(|()| config.store.prune(config.keep).map_err(|e| e.to_string()));
                         match committed {
                             Ok(()) => {
+                                fault_point("manifest");
                                 channel.send(Message::Committed { id: r.id });
                                 config.metrics.record(r.started.elapsed(), size, SystemTime::now());
                                 tracing::info!(checkpoint = r.id, replay_from = r.from, size, took = ?r.started.elapsed(), "checkpoint complete");

@@ -117,12 +117,34 @@ fn killed_and_resumed(name: &str, window: &[&str], seed: u64) {
     let mut rng = Lcg(seed);
     let mut kills = 0;
     let mut resumed_from = Vec::new();
-    for attempt in 0..4 {
+    for attempt in 0..6 {
         let workers = ["1", "2"][rng.below(2) as usize];
         let extra = ["--checkpoint-dir", checkpoints.to_str().unwrap(), "--checkpoint-interval", "40ms", "-w", workers];
-        let mut child = spawn(&args(&bids, window, &files, &extra));
         let before = newest_checkpoint(&checkpoints);
         resumed_from.push(before);
+        // Two attempts crash at fault-injection points (debug builds): while a checkpoint is
+        // being written (its parts are, its manifest not yet) and right after its manifest.
+        let fault = match attempt {
+            1 => Some("part".to_string()),
+            3 => Some("manifest".to_string()),
+            _ => None,
+        };
+        if let Some(fault) = fault {
+            let output = Command::new(BIN)
+                .args(args(&bids, window, &files, &extra))
+                .env("TIDELINE_FAULT", &fault)
+                .output()
+                .expect("window_agg runs");
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(!stderr.contains("panicked"), "attempt {attempt} (seed {seed}): {stderr}");
+            if output.status.success() {
+                break;
+            }
+            assert!(stderr.contains("fault injected"), "attempt {attempt} (seed {seed}) failed otherwise: {stderr}");
+            kills += 1;
+            continue;
+        }
+        let mut child = spawn(&args(&bids, window, &files, &extra));
         let started = Instant::now();
         // The first attempt dies before any checkpoint; later ones once a new checkpoint is
         // committed, after a random further delay.

@@ -336,6 +336,20 @@ fn kill_series(test: &str, exactly_once: bool) {
     let mut seed = std::time::UNIX_EPOCH.elapsed().unwrap().as_nanos() as u64;
     let mut kills = 0;
     let mut mid_stream = 0;
+    if exactly_once {
+        // Crashes at the fault-injection points of a transactional epoch (debug builds):
+        // after its marker is flushed and before it commits, and after it commits and before
+        // the checkpoint's part is written.
+        for fault in ["kafka-commit", "kafka-committed"] {
+            let output = Command::new(BIN).args(&args).args(["-w", "1"]).env("TIDELINE_FAULT", fault).output().unwrap();
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(!stderr.contains("panicked"), "{fault}: {stderr}");
+            if !output.status.success() {
+                assert!(stderr.contains("fault injected"), "{fault}: failed otherwise: {stderr}");
+                kills += 1;
+            }
+        }
+    }
     for attempt in 0..3 {
         seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         // Exactly once resumes with the same number of workers; at least once with any.
