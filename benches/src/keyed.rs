@@ -138,7 +138,7 @@ impl KeyedProcessFunction<u64, u64> for SessionMachine {
     }
 }
 
-/// E for the `process` workload: sessions by [`SessionMachine`].
+/// E for the `process` workload: sessions by a keyed process function (`SessionMachine`).
 pub fn process_sessions(input: &Arc<Vec<Vec<Bid>>>, workers: usize) -> (Digest, u64) {
     let results = Digest::default();
     let state = StateMetrics::named("bench-process");
