@@ -5,5 +5,6 @@ mod cli;
 mod kafka_pipeline;
 mod ledger;
 mod nexmark;
+mod patterns;
 mod round_trip;
 mod window_agg;
