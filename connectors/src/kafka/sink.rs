@@ -367,6 +367,14 @@ struct Failure {
     timestamp: Option<i64>,
 }
 
+impl Failure {
+    /// A failed delivery of a message that is not an output record (a dead letter, an epoch
+    /// marker): nothing of it to set aside.
+    fn unkeyed(error: &KafkaError) -> Self {
+        Failure { error: error.clone(), key: None, key_bytes: 0, value_bytes: 0, timestamp: None }
+    }
+}
+
 /// The opaque of a dead letter's delivery report (output messages carry their sequence).
 const DEAD_LETTER: usize = usize::MAX;
 /// The opaque of an epoch marker's delivery report.
@@ -401,25 +409,13 @@ impl ProducerContext for SinkContext {
                 Ok(_) => {
                     self.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
                 }
-                Err((error, _)) => deliveries.failures.push(Failure {
-                    error: error.clone(),
-                    key: None,
-                    key_bytes: 0,
-                    value_bytes: 0,
-                    timestamp: None,
-                }),
+                Err((error, _)) => deliveries.failures.push(Failure::unkeyed(error)),
             }
             return;
         }
         if sequence == EPOCH_MARKER {
             if let Err((error, _)) = result {
-                deliveries.failures.push(Failure {
-                    error: error.clone(),
-                    key: None,
-                    key_bytes: 0,
-                    value_bytes: 0,
-                    timestamp: None,
-                });
+                deliveries.failures.push(Failure::unkeyed(error));
             }
             return;
         }
@@ -469,7 +465,6 @@ struct Transaction {
     /// The last frontier given to `advance`.
     advanced: Option<Option<Time>>,
     /// The last committed epoch and its frontier (everything before it is visible).
-    /// (`previous_*` in a checkpoint's state: the epoch before, for messages.)
     committed: (Option<u64>, Option<Time>),
 }
 
@@ -479,8 +474,6 @@ struct EpochState {
     peers: usize,
     epoch: u64,
     frontier: Option<Time>,
-    previous_epoch: Option<u64>,
-    previous_frontier: Option<Time>,
 }
 
 /// An epoch marker, as written to the marker topic.
@@ -894,8 +887,7 @@ impl<D: ExchangeData + Serialize> SinkWriter<D> for KafkaWriter<D> {
     /// restored state is the state).
     fn checkpoint(&mut self, id: u64) -> tideline::Result<Vec<u8>> {
         if let Some(t) = &self.transaction {
-            // Prepares the epoch: its messages flushed, its marker in the transaction, which
-            // commits once the checkpoint is complete (`checkpoint_committed`).
+            // Closes the epoch: its messages flushed, its marker in the transaction, committed.
             let advanced = t.advanced.ok_or_else(|| self.error("a checkpoint before the writer started"))?;
             // A restored writer's output is committed up to where it resumed, even while the
             // restored run's frontier is still behind it.
@@ -903,7 +895,7 @@ impl<D: ExchangeData + Serialize> SinkWriter<D> for KafkaWriter<D> {
                 (None, _) | (_, None) => None,
                 (Some(a), Some(b)) => Some(a.max(b)),
             };
-            let ((previous_epoch, previous_frontier), peers) = (t.committed, t.peers);
+            let peers = t.peers;
             // The epoch commits now, before this part is written: a transaction left open
             // until the checkpoint completes would take in the output written meanwhile (its
             // producer has one transaction at a time), and after a crash it could not be
@@ -916,7 +908,7 @@ impl<D: ExchangeData + Serialize> SinkWriter<D> for KafkaWriter<D> {
             self.commit()?;
             tideline::checkpoint::fault_point("kafka-committed");
             self.transaction.as_mut().expect("transactional").committed = (Some(id), frontier);
-            let state = EpochState { peers, epoch: id, frontier, previous_epoch, previous_frontier };
+            let state = EpochState { peers, epoch: id, frontier };
             return serde_json::to_vec(&state).map_err(|e| self.error(e));
         }
         for _ in 0..2 {

@@ -218,15 +218,7 @@ pub(crate) enum SinkSnapshot {
 }
 
 type SourceHook = Box<dyn FnMut(Time) -> Result<Vec<u8>, String>>;
-/// What the coordinator asks of a sink writer.
-pub(crate) enum SinkCall {
-    /// Its part of checkpoint `id`.
-    Snapshot(u64),
-    /// Checkpoint `id` is complete (its manifest is durable): commit what it covers.
-    Committed(u64),
-}
-
-type SinkHook = Box<dyn FnMut(SinkCall) -> SinkSnapshot>;
+type SinkHook = Box<dyn FnMut(u64) -> SinkSnapshot>;
 
 /// A worker's checkpoint participants in one dataflow, kept by its flow group.
 #[derive(Default)]
@@ -255,16 +247,6 @@ impl Hooks {
         self.sinks.push((name.to_string(), hook));
     }
 
-    /// Tells every sink writer that checkpoint `id` is complete; the first failure.
-    fn committed(&mut self, id: u64) -> Result<(), String> {
-        for (name, hook) in &mut self.sinks {
-            if let SinkSnapshot::Unsupported(why) = hook(SinkCall::Committed(id)) {
-                return Err(format!("sink {name:?}: {why}"));
-            }
-        }
-        Ok(())
-    }
-
     fn snapshot(&mut self, id: u64, worker: usize, replay_from: Time) -> Result<WorkerPart, String> {
         let mut part = WorkerPart { worker, ..WorkerPart::default() };
         for (name, hook) in &mut self.sources {
@@ -272,7 +254,7 @@ impl Hooks {
             part.sources.push((name.clone(), state));
         }
         for (name, hook) in &mut self.sinks {
-            match hook(SinkCall::Snapshot(id)) {
+            match hook(id) {
                 SinkSnapshot::NoWriter => {}
                 SinkSnapshot::Saved { written, state } => {
                     part.sinks.push(SinkPart { name: name.clone(), worker, written, state })
@@ -414,8 +396,6 @@ enum Message {
     Written { id: u64, worker: usize, crc: u32, size: u64 },
     /// A worker could not write its part.
     Failed { id: u64, worker: usize, reason: String },
-    /// Worker 0 committed checkpoint `id`: sinks commit what it covers (transactions).
-    Committed { id: u64 },
 }
 
 /// A round worker 0 has started.
@@ -470,15 +450,6 @@ fn coordinator(scope: Scope<'_, Time>, config: Checkpointing, flow: Rc<FlowGroup
                             round.parts[worker] = Some((crc, size));
                         }
                     }
-                    Message::Committed { id } => {
-                        let committed = match flow.checkpoints.borrow_mut().as_mut() {
-                            Some(hooks) => hooks.committed(id),
-                            None => Ok(()),
-                        };
-                        if let Err(reason) = committed {
-                            tracing::error!(checkpoint = id, worker = index, %reason, "committing a checkpoint's output failed");
-                        }
-                    }
                     Message::Failed { id, worker, reason } => {
                         if let Some(round) = round.as_mut().filter(|r| r.id == id) {
                             round.failed = true;
@@ -513,7 +484,6 @@ fn coordinator(scope: Scope<'_, Time>, config: Checkpointing, flow: Rc<FlowGroup
                         match committed {
                             Ok(()) => {
                                 fault_point("manifest");
-                                channel.send(Message::Committed { id: r.id });
                                 config.metrics.record(r.started.elapsed(), size, SystemTime::now());
                                 tracing::info!(checkpoint = r.id, replay_from = r.from, size, took = ?r.started.elapsed(), "checkpoint complete");
                             }

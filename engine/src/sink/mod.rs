@@ -31,7 +31,7 @@ use std::rc::Rc;
 use timely::communication::Pull;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
-use crate::checkpoint::{SinkCall, SinkSnapshot};
+use crate::checkpoint::SinkSnapshot;
 use crate::runtime::control::Broadcast;
 use crate::runtime::flow::{FlowGroup, SinkProgress, min_frontier};
 use timely::dataflow::channels::Message;
@@ -77,14 +77,6 @@ pub trait SinkWriter<D>: 'static {
     fn checkpoint(&mut self, id: u64) -> Result<Vec<u8>> {
         let _ = id;
         Err(Error::Config("this sink cannot be checkpointed".into()))
-    }
-
-    /// Checkpoint `id` is complete: every worker's part and the manifest are durable. A
-    /// transactional writer commits the epoch's transaction here (two-phase commit: its
-    /// [`checkpoint`](Self::checkpoint) prepared it). The default has nothing to commit.
-    fn checkpoint_committed(&mut self, id: u64) -> Result<()> {
-        let _ = id;
-        Ok(())
     }
 
     /// Continues from a checkpoint, before the first write: `state` is what
@@ -339,21 +331,9 @@ fn checkpointed<D, W: SinkWriter<D>>(
     let restored = resume;
     hooks.add_sink(
         name,
-        Box::new(move |call| {
+        Box::new(move |id| {
             let mut writer = writer.borrow_mut();
             let Some(writer) = writer.as_mut() else { return SinkSnapshot::NoWriter };
-            let id = match call {
-                SinkCall::Snapshot(id) => id,
-                SinkCall::Committed(id) => {
-                    return match writer.checkpoint_committed(id) {
-                        Ok(()) => SinkSnapshot::NoWriter,
-                        Err(error) => {
-                            failed.set(true);
-                            SinkSnapshot::Unsupported(error.to_string())
-                        }
-                    };
-                }
-            };
             if failed.get() {
                 return SinkSnapshot::Unsupported("its writer failed".into());
             }
