@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use tideline::checkpoint::{Checkpointing, LocalDirStore};
 use tideline::prelude::*;
 use tideline::runtime::metrics::{SourceMetrics, StateMetrics};
 use tideline::runtime::{Cluster, execute};
@@ -31,7 +30,7 @@ use tideline_connectors::kafka::{
     KafkaConfig, KafkaSink, KafkaSource, SinkFormat, StartOffsets, TopicPolicy, create_topic, ensure_topic,
 };
 use tideline_examples::cli::{
-    ClusterArgs, HelpFlag, at_least_one, duration, positive_duration, usage_error, whole_number,
+    ClusterArgs, HelpFlag, at_least_one, duration, open_checkpoints, positive_duration, usage_error, whole_number,
 };
 use tideline_examples::observe::ObserveArgs;
 use tideline_examples::{GENERATED_PARTITIONS, InputRow, OutputRow, generated_partition};
@@ -289,24 +288,13 @@ fn run(cluster: Cluster, options: &Options) -> Result<(), String> {
         watermarks = watermarks.with_idle_timeout(timeout);
     }
     // Checkpoints: one instance per directory (process 0 holds its lock for the whole run).
-    let (checkpoints, _lock) = match &options.checkpoint_dir {
-        Some(dir) => {
-            let store = LocalDirStore::new(dir).map_err(|e| format!("--checkpoint-dir {dir}: {e}"))?;
-            let lock = match cluster.process {
-                0 => Some(store.lock().map_err(|e| e.to_string())?),
-                _ => None,
-            };
-            let checkpoints = Checkpointing::open(store, options.checkpoint_interval)
-                .map_err(|e| format!("--checkpoint-dir {dir}: {e}"))?;
-            if let Some(restored) = checkpoints.restored()
-                && !options.quiet
-            {
-                eprintln!("kafka_pipeline: resuming from checkpoint {} in {dir}", restored.id());
-            }
-            (Some(checkpoints), lock)
-        }
-        None => (None, None),
-    };
+    let (checkpoints, _lock) = open_checkpoints(
+        "kafka_pipeline",
+        options.checkpoint_dir.as_deref(),
+        options.checkpoint_interval,
+        cluster.process,
+        options.quiet,
+    )?;
     let metrics = SourceMetrics::new(options.input.clone());
     let sinks = [SinkHandle::new(options.output.clone()), SinkHandle::new(options.late.clone())];
 

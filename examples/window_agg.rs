@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
-use tideline::checkpoint::{Checkpointing, LocalDirStore};
 use tideline::prelude::*;
 use tideline::runtime::metrics::{SourceMetrics, StateMetrics};
 use tideline::runtime::{Cluster, execute};
@@ -28,8 +27,8 @@ use tideline::time::late::LatePolicy;
 use tideline::window::aggregate::AllStats;
 use tideline_connectors::file::{FileSink, FileSource, SinkMode};
 use tideline_examples::cli::{
-    ClusterArgs, HelpFlag, duration, positive_duration, refuse_same_files, same_configuration, size_and_slide,
-    usage_error, whole_number,
+    ClusterArgs, HelpFlag, duration, open_checkpoints, positive_duration, refuse_same_files, same_configuration,
+    size_and_slide, usage_error, whole_number,
 };
 use tideline_examples::observe::ObserveArgs;
 use tideline_examples::{DeadRow, InputRow, OutputRow, generated_partition};
@@ -427,29 +426,13 @@ fn run(cluster: Cluster, options: Options) -> Result<(), String> {
     };
 
     // Checkpoints: one instance per directory (process 0 holds its lock for the whole run).
-    let (checkpoints, _lock) = match &options.checkpoint_dir {
-        Some(dir) => {
-            let store = LocalDirStore::new(dir).map_err(|e| format!("--checkpoint-dir {dir}: {e}"))?;
-            let lock = match cluster.process {
-                0 => Some(store.lock().map_err(|e| e.to_string())?),
-                _ => None,
-            };
-            let checkpoints = Checkpointing::open(store, options.checkpoint_interval)
-                .map_err(|e| format!("--checkpoint-dir {dir}: {e}"))?;
-            if let Some(restored) = checkpoints.restored()
-                && !options.quiet
-            {
-                eprintln!(
-                    "window_agg: resuming from checkpoint {} in {dir} (taken by {} worker(s); input re-read from event time {} ms)",
-                    restored.id(),
-                    restored.workers(),
-                    restored.replay_from()
-                );
-            }
-            (Some(checkpoints), lock)
-        }
-        None => (None, None),
-    };
+    let (checkpoints, _lock) = open_checkpoints(
+        "window_agg",
+        options.checkpoint_dir.as_deref(),
+        options.checkpoint_interval,
+        cluster.process,
+        options.quiet,
+    )?;
     let metrics = SourceMetrics::new(options.input.clone().unwrap_or_else(|| "generated".into()));
     let sinks = [SinkHandle::new("output"), SinkHandle::new("late-output"), SinkHandle::new("dead-letter-output")];
     let dead_letters = tideline::sink::Collected::new();

@@ -254,3 +254,35 @@ pub fn same_configuration(worker: &mut tideline::timely::worker::Worker, configu
         )),
     }
 }
+
+/// `--checkpoint-dir DIR` of an example program: the checkpoint store, its lock held by process
+/// 0 for the whole run (the returned file: a second instance is refused), opened with
+/// `interval`; says on standard error which checkpoint the run resumes from, unless `quiet`.
+/// `None` without a directory.
+pub fn open_checkpoints(
+    program: &str,
+    dir: Option<&str>,
+    interval: std::time::Duration,
+    process: usize,
+    quiet: bool,
+) -> Result<(Option<tideline::checkpoint::Checkpointing>, Option<std::fs::File>), String> {
+    use tideline::checkpoint::{Checkpointing, LocalDirStore};
+    let Some(dir) = dir else { return Ok((None, None)) };
+    let store = LocalDirStore::new(dir).map_err(|e| format!("--checkpoint-dir {dir}: {e}"))?;
+    let lock = match process {
+        0 => Some(store.lock().map_err(|e| e.to_string())?),
+        _ => None,
+    };
+    let checkpoints = Checkpointing::open(store, interval).map_err(|e| format!("--checkpoint-dir {dir}: {e}"))?;
+    if let Some(restored) = checkpoints.restored()
+        && !quiet
+    {
+        eprintln!(
+            "{program}: resuming from checkpoint {} in {dir} (taken by {} worker(s); input re-read from event time {} ms)",
+            restored.id(),
+            restored.workers(),
+            restored.replay_from()
+        );
+    }
+    Ok((Some(checkpoints), lock))
+}

@@ -78,6 +78,17 @@ struct Files {
     dead: PathBuf,
 }
 
+impl Files {
+    /// `NAME.csv`, `NAME-late.csv` and `NAME-dead.csv` in `dir`.
+    fn named(dir: &Path, name: &str) -> Self {
+        Files {
+            output: dir.join(format!("{name}.csv")),
+            late: dir.join(format!("{name}-late.csv")),
+            dead: dir.join(format!("{name}-dead.csv")),
+        }
+    }
+}
+
 fn args(input: &Path, window: &[&str], files: &Files, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = vec![
         "--input".into(),
@@ -107,12 +118,11 @@ fn read(path: &Path) -> Vec<u8> {
 fn killed_and_resumed(name: &str, window: &[&str], seed: u64) {
     let dir = temp_dir(name);
     let bids = input(&dir, 120_000);
-    let reference =
-        Files { output: dir.join("ref.csv"), late: dir.join("ref-late.csv"), dead: dir.join("ref-dead.csv") };
+    let reference = Files::named(&dir, "ref");
     let output = run(&args(&bids, window, &reference, &["-w", "1"]));
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 
-    let files = Files { output: dir.join("out.csv"), late: dir.join("late.csv"), dead: dir.join("dead.csv") };
+    let files = Files::named(&dir, "out");
     let checkpoints = dir.join("checkpoints");
     let mut rng = Lcg(seed);
     let mut kills = 0;
@@ -223,10 +233,9 @@ fn a_damaged_checkpoint_is_reported_and_the_one_before_it_used() {
     let dir = temp_dir("corrupt-part");
     let bids = input(&dir, 120_000);
     let window = ["--sliding", "10s,1s"];
-    let reference =
-        Files { output: dir.join("ref.csv"), late: dir.join("ref-late.csv"), dead: dir.join("ref-dead.csv") };
+    let reference = Files::named(&dir, "ref");
     assert!(run(&args(&bids, &window, &reference, &[])).status.success());
-    let files = Files { output: dir.join("out.csv"), late: dir.join("late.csv"), dead: dir.join("dead.csv") };
+    let files = Files::named(&dir, "out");
     let checkpoints = dir.join("checkpoints");
     let extra = ["--checkpoint-dir", checkpoints.to_str().unwrap(), "--checkpoint-interval", "40ms"];
     let mut child = spawn(&args(&bids, &window, &files, &extra));
@@ -276,13 +285,13 @@ fn a_second_instance_with_the_same_checkpoints_is_refused_while_the_first_runs()
     let window = ["--sliding", "10s,1s"];
     let checkpoints = dir.join("checkpoints");
     let extra = ["--checkpoint-dir", checkpoints.to_str().unwrap()];
-    let first = Files { output: dir.join("a.csv"), late: dir.join("a-late.csv"), dead: dir.join("a-dead.csv") };
+    let first = Files::named(&dir, "a");
     let mut child = spawn(&args(&bids, &window, &first, &extra));
     let started = Instant::now();
     while !checkpoints.join("LOCK").exists() && started.elapsed() < Duration::from_secs(20) {
         std::thread::sleep(Duration::from_millis(1));
     }
-    let second = Files { output: dir.join("b.csv"), late: dir.join("b-late.csv"), dead: dir.join("b-dead.csv") };
+    let second = Files::named(&dir, "b");
     let output = run(&args(&bids, &window, &second, &extra));
     let first_done = child.try_wait().unwrap().is_some();
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -312,19 +321,9 @@ fn checkpoints_need_a_regular_input_and_output() {
     }
 }
 
-/// Free loopback ports for `n` processes, in a hostfile.
-fn hostfile(dir: &Path, n: usize) -> PathBuf {
-    let listeners: Vec<std::net::TcpListener> =
-        (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-    let path = dir.join("hosts.txt");
-    let text: String = listeners.iter().map(|l| format!("127.0.0.1:{}\n", l.local_addr().unwrap().port())).collect();
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
 /// Processes `0..n` of a cluster running `args`, each with one worker.
 fn spawn_cluster(dir: &Path, n: usize, args: &[String]) -> Vec<Child> {
-    let hosts = hostfile(dir, n);
+    let hosts = crate::window_agg::hostfile(dir, n);
     (0..n)
         .map(|p| {
             let mut all = args.to_vec();
@@ -343,10 +342,9 @@ fn a_checkpoint_of_two_processes_resumes_in_one_and_back() {
     let dir = temp_dir("processes");
     let bids = input(&dir, 120_000);
     let window = ["--tumbling", "2s", "--allowed-lateness", "3s"];
-    let reference =
-        Files { output: dir.join("ref.csv"), late: dir.join("ref-late.csv"), dead: dir.join("ref-dead.csv") };
+    let reference = Files::named(&dir, "ref");
     assert!(run(&args(&bids, &window, &reference, &[])).status.success());
-    let files = Files { output: dir.join("out.csv"), late: dir.join("late.csv"), dead: dir.join("dead.csv") };
+    let files = Files::named(&dir, "out");
     let checkpoints = dir.join("checkpoints");
     let extra = ["--checkpoint-dir", checkpoints.to_str().unwrap(), "--checkpoint-interval", "40ms"];
     let with_checkpoints = args(&bids, &window, &files, &extra);

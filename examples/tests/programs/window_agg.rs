@@ -587,7 +587,7 @@ fn regression_outputs_to_dev_null_dev_stdout_and_fifos() {
 }
 
 /// Free loopback ports for `n` processes, in a hostfile.
-fn hostfile(dir: &Path, n: usize) -> PathBuf {
+pub(crate) fn hostfile(dir: &Path, n: usize) -> PathBuf {
     let listeners: Vec<std::net::TcpListener> =
         (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
     let path = dir.join("hosts.txt");
