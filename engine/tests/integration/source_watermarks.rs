@@ -162,26 +162,34 @@ fn a_silent_partition_holds_the_watermark_without_an_idle_timeout() {
 fn an_idle_partition_stops_holding_the_watermark_and_holds_it_again_when_it_returns() {
     for workers in [1, 2] {
         let observed = run(workers, scripts(), Some(Duration::from_millis(60)));
-        // After the idle timeout, the watermark follows partition 0 alone.
-        let during_silence = max_frontier_before(&observed, 300);
+        // After the idle timeout (60 ms into the 350 ms silence), the watermark follows
+        // partition 0 alone.
+        let during_silence = max_frontier_before(&observed, 340);
         assert!(during_silence >= 20_000, "{workers} workers: the watermark advanced to {during_silence} only");
         // Partition 1 returns with t = 20, far behind the published watermark: behind it, not
         // lost.
         assert_eq!(observed.late, vec![(20, 1)], "{workers} workers");
         // Back from idleness, partition 1 holds the watermark again: between its return (the
-        // late t = 20) and its next record 40 ms later, the watermark stays where it was when
-        // partition 1 returned, although partition 0 moves on.
+        // late t = 20) and its next record 40 ms later, the watermark stays at most where
+        // partition 0 was when partition 1 returned, although partition 0 moves on. (Measured
+        // against what partition 0 had read, not against a sample of the frontier, which a
+        // worker starved of the CPU takes late.)
         let returned = observed.records.iter().find(|(_, t)| *t == 20).unwrap().0;
         let next = observed.records.iter().find(|(_, t)| *t == 900_000).unwrap().0;
-        let at_return =
-            observed.samples.iter().filter(|(at, _)| *at <= returned).filter_map(|(_, f)| *f).max().unwrap();
+        let busy = |(_, t): &&(Instant, Time)| *t >= 1_000 && *t % 1_000 == 0 && *t < 900_000;
+        let at_return = observed.records.iter().filter(busy).filter(|(at, _)| *at <= returned).map(|(_, t)| *t).max();
+        let at_return = at_return.expect("partition 0 had read records when partition 1 returned");
         let held = observed.samples.iter().filter(|(at, _)| *at > returned && *at < next).filter_map(|(_, f)| *f).max();
         assert!(
-            held.is_some_and(|h| h <= at_return + 1_000),
+            held.is_some_and(|h| h <= at_return),
             "{workers} workers: watermark {held:?} passed {at_return} while partition 1 was back"
         );
-        let busy_during =
-            observed.records.iter().filter(|(at, t)| *at > returned && *at < next && *t > at_return + 1_000).count();
+        let busy_during = observed
+            .records
+            .iter()
+            .filter(busy)
+            .filter(|(at, t)| *at > returned && *at < next && *t > at_return + 1_000)
+            .count();
         assert!(busy_during > 0, "partition 0 moved on meanwhile");
         // The watermark never goes backwards.
         let mut previous = 0;
