@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! patterns --input LOGINS.csv [--output ALERTS.csv] [--failures 3] [--within 60s]
-//!          [--out-of-orderness 5s] [-w N]
+//!          [--out-of-orderness 5s] [-w N] [--checkpoint-dir DIR [--checkpoint-interval 10s]]
 //! ```
 //!
 //! The input has the header `event_time_ms,user,outcome` (`outcome`: `fail` or `ok`). For each
@@ -11,6 +11,10 @@
 //! `--within` before it, with no success in between, the output has one row
 //! `user,first_failure_ms,success_ms,failures`. The recipe — a state machine per key with a
 //! timer that forgets what is too old — is in `docs/operators.md` ("Sequence patterns").
+//!
+//! With `--checkpoint-dir`, checkpoints hold each user's state machine and timers (process
+//! function state is serde data): killed and started again, the run resumes from them and
+//! reads the input again only from the checkpoint's time.
 
 use std::collections::VecDeque;
 use std::process::ExitCode;
@@ -24,7 +28,9 @@ use tideline::runtime::execute;
 use tideline::sink::SinkHandle;
 use tideline::source::SourceConfig;
 use tideline_connectors::file::{FileSink, FileSource, SinkMode};
-use tideline_examples::cli::{ClusterArgs, HelpFlag, at_least_one, duration, positive_duration, usage_error};
+use tideline_examples::cli::{
+    ClusterArgs, HelpFlag, at_least_one, duration, open_checkpoints, positive_duration, usage_error,
+};
 use tideline_examples::observe::ObserveArgs;
 
 /// patterns: N failed logins, then a success, within T, per user.
@@ -33,7 +39,8 @@ use tideline_examples::observe::ObserveArgs;
     name = "patterns",
     version,
     disable_help_flag = true,
-    override_usage = "patterns --input LOGINS.csv [--output ALERTS.csv] [--failures 3] [--within 60s] [-w N]"
+    override_usage = "patterns --input LOGINS.csv [--output ALERTS.csv] [--failures 3] [--within 60s] [-w N] \
+                      [--checkpoint-dir DIR [--checkpoint-interval 10s]]"
 )]
 struct Cli {
     #[command(flatten)]
@@ -53,6 +60,13 @@ struct Cli {
     /// Watermark = largest event time seen - D
     #[arg(long, value_name = "D", default_value = "5s", value_parser = duration)]
     out_of_orderness: Duration,
+    /// Checkpoint into DIR, and resume from its newest checkpoint when started again with the
+    /// same flags (needs --output ALERTS.csv); removed when the run completes
+    #[arg(long, value_name = "DIR")]
+    checkpoint_dir: Option<String>,
+    /// How often to checkpoint (processing time)
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = positive_duration)]
+    checkpoint_interval: Duration,
     #[command(flatten)]
     cluster: ClusterArgs,
     #[command(flatten)]
@@ -146,6 +160,13 @@ fn main() -> ExitCode {
 }
 
 fn run(cluster: tideline::runtime::Cluster, cli: &Cli) -> Result<(), String> {
+    if cli.checkpoint_dir.is_some() && cli.output.is_none() {
+        return Err("--checkpoint-dir needs --output ALERTS.csv: a resumed run rewinds its output to the checkpoint, \
+                    which standard output cannot do"
+            .into());
+    }
+    let (checkpoints, _lock) =
+        open_checkpoints("patterns", cli.checkpoint_dir.as_deref(), cli.checkpoint_interval, cluster.process, false)?;
     let input = FileSource::<Login>::csv([&cli.input])
         .require_columns(["event_time_ms", "user", "outcome"])
         .build()
@@ -165,7 +186,11 @@ fn run(cluster: tideline::runtime::Cluster, cli: &Cli) -> Result<(), String> {
     let sink = handle.clone();
     let outcome = execute(&cluster, move |worker| {
         let (input, output, sink, watermarks) = (input.clone(), output.clone(), sink.clone(), watermarks.clone());
+        let checkpoints = checkpoints.clone();
         worker.dataflow::<Time, _, _>(move |scope| {
+            if let Some(checkpoints) = &checkpoints {
+                checkpoints.install(scope);
+            }
             let logins = input.read(scope, SourceConfig::new("logins").watermarks(watermarks)).data;
             let alerts = logins
                 .map(|l| Event::new(l.event_time_ms, l.user, l.outcome == "ok"))

@@ -277,12 +277,21 @@ pub fn open_checkpoints(
     if let Some(restored) = checkpoints.restored()
         && !quiet
     {
-        eprintln!(
-            "{program}: resuming from checkpoint {} in {dir} (taken by {} worker(s); input re-read from event time {} ms)",
-            restored.id(),
-            restored.workers(),
-            restored.replay_from()
-        );
+        match restored.snapshot_at() {
+            Some(at) => eprintln!(
+                "{program}: resuming from checkpoint {} in {dir} (taken by {} worker(s); operator state as of event \
+                 time {at} ms, input re-read from there)",
+                restored.id(),
+                restored.workers(),
+            ),
+            None => eprintln!(
+                "{program}: resuming from checkpoint {} in {dir} (taken by {} worker(s); no operator state: input \
+                 replayed from event time {} ms)",
+                restored.id(),
+                restored.workers(),
+                restored.replay_from()
+            ),
+        }
     }
     Ok((Some(checkpoints), lock))
 }

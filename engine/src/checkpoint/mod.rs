@@ -61,7 +61,7 @@ mod store;
 
 pub use store::{CheckpointStore, LocalDirStore};
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -106,8 +106,13 @@ pub fn fault_point(name: &str) {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct WorkerPart {
     worker: usize,
-    /// Per source (by name): the reader's state.
+    /// Per source (by name): the reader's state for the replay time.
     sources: Vec<(String, Vec<u8>)>,
+    /// Per source (by name): the reader's state for the snapshot time, if operator state was
+    /// taken.
+    sources_at: Vec<(String, Vec<u8>)>,
+    /// Per temporal operator (by key): its state at the snapshot time.
+    operators: Vec<(String, Vec<u8>)>,
     /// Per sink writer on this worker (by name).
     sinks: Vec<SinkPart>,
 }
@@ -127,6 +132,11 @@ pub(crate) struct SinkPart {
 struct Manifest {
     id: u64,
     replay_from: Time,
+    /// Whether a restore may rebuild operator state by replaying from `replay_from` (not after
+    /// a restore from operator state: the inputs before that state's time are not read again).
+    replayable: bool,
+    /// The time at which every temporal operator's state was taken, if it was.
+    snapshot_at: Option<Time>,
     workers: usize,
     /// Per worker: the part's CRC-32 and size.
     parts: Vec<(u32, u64)>,
@@ -158,8 +168,12 @@ fn unseal(bytes: &[u8]) -> Result<&[u8], String> {
 pub struct Restored {
     id: u64,
     replay_from: Time,
+    replayable: bool,
+    snapshot_at: Option<Time>,
     workers: usize,
     sources: BTreeMap<String, Vec<Vec<u8>>>,
+    sources_at: BTreeMap<String, Vec<Vec<u8>>>,
+    operators: BTreeMap<(String, usize), Vec<u8>>,
     sinks: Vec<SinkPart>,
 }
 
@@ -174,14 +188,50 @@ impl Restored {
         self.replay_from
     }
 
+    /// The time at which the operators' state was taken, if it was: a restore with the same
+    /// number of workers starts from that state and reads the inputs again from that time only.
+    pub fn snapshot_at(&self) -> Option<Time> {
+        self.snapshot_at
+    }
+
+    /// How a job with `peers` workers resumes: from the operators' state at its time (same
+    /// number of workers), or by replaying from the replay time. `Err` if neither is possible.
+    pub(crate) fn resume(&self, peers: usize) -> Result<Resume, String> {
+        let _ = peers;
+        match self.snapshot_at {
+            Some(at) => Ok(Resume::State(at)),
+            None if self.replayable => Ok(Resume::Replay(self.replay_from)),
+            None => Err(format!(
+                "checkpoint {} holds no operator state, and its inputs cannot be replayed from before the state \
+                 its run had resumed from: start with an empty checkpoint directory",
+                self.id
+            )),
+        }
+    }
+
+    /// The states of temporal operator `key`, taken at the snapshot time: on `worker` only, or
+    /// on every worker.
+    pub(crate) fn operator_parts(&self, key: &str, worker: Option<usize>) -> Vec<&[u8]> {
+        self.operators
+            .iter()
+            .filter(|((k, w), _)| k == key && worker.is_none_or(|worker| *w == worker))
+            .map(|(_, state)| state.as_slice())
+            .collect()
+    }
+
     /// How many workers wrote it.
     pub fn workers(&self) -> usize {
         self.workers
     }
 
-    /// Every worker's state of the source `name` (empty if the checkpoint has none).
-    pub(crate) fn source_parts(&self, name: &str) -> Option<&[Vec<u8>]> {
-        self.sources.get(name).map(Vec::as_slice)
+    /// Every worker's state of the source `name` for resuming as `resume` says (`None` if
+    /// the checkpoint has none).
+    pub(crate) fn source_parts(&self, name: &str, resume: Resume) -> Option<&[Vec<u8>]> {
+        match resume {
+            Resume::State(_) => self.sources_at.get(name),
+            Resume::Replay(_) => self.sources.get(name),
+        }
+        .map(Vec::as_slice)
     }
 
     /// The sink `name`'s part for writer `worker` of `peers`: its written frontier and
@@ -207,10 +257,31 @@ impl Restored {
     }
 }
 
+/// How a restored job resumes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Resume {
+    /// From the temporal operators' state taken at this time: sources read again from their
+    /// positions for it and drop what is before it.
+    State(Time),
+    /// By replaying the inputs from this time: operators rebuild their state from them.
+    Replay(Time),
+}
+
+impl Resume {
+    /// The time before which re-read records are dropped.
+    pub(crate) fn time(self) -> Time {
+        match self {
+            Resume::State(t) | Resume::Replay(t) => t,
+        }
+    }
+}
+
 /// What a sink writer's checkpoint hook reports.
 pub(crate) enum SinkSnapshot {
     /// This worker has no writer for the sink.
     NoWriter,
+    /// The writer has not yet written every time before the one the checkpoint needs.
+    NotYet,
     /// Durable up to `written`; `state` continues it.
     Saved { written: Option<Time>, state: Vec<u8> },
     /// The writer cannot be checkpointed (or failed): why.
@@ -218,18 +289,52 @@ pub(crate) enum SinkSnapshot {
 }
 
 type SourceHook = Box<dyn FnMut(Time) -> Result<Vec<u8>, String>>;
-type SinkHook = Box<dyn FnMut(u64) -> SinkSnapshot>;
+/// Given the checkpoint's id and the time before which everything must be written.
+type SinkHook = Box<dyn FnMut(u64, Time) -> SinkSnapshot>;
+
+/// What a worker's sources and temporal operators share with its checkpoint coordinator: the
+/// barrier at which the operators take their state.
+#[derive(Debug, Default)]
+pub(crate) struct Barrier {
+    /// Temporal operators apply no input or timer at or after this time while it is set, so
+    /// that none passes the snapshot time before it learns it.
+    pub(crate) hold: Cell<Option<Time>>,
+    /// The checkpoint whose operator state is taken at this time: each temporal operator takes
+    /// its state once it has applied every input before the time, and nothing at or after it.
+    pub(crate) at: Cell<Option<(u64, Time)>>,
+}
+
+/// A temporal operator's place in its worker's checkpoints.
+pub(crate) struct OperatorSlot {
+    /// Its key in a checkpoint: build order and name (the same in every run of the program).
+    pub(crate) key: String,
+    activator: timely::scheduling::Activator,
+    /// The state it took for a checkpoint: the checkpoint's id, and the state or why not.
+    pub(crate) taken: RefCell<Option<(u64, Result<Vec<u8>, String>)>>,
+    /// How far it could apply its inputs now (its input frontier as of its last activation;
+    /// `None` once it has applied all of them).
+    pub(crate) reach: Cell<Option<Time>>,
+}
 
 /// A worker's checkpoint participants in one dataflow, kept by its flow group.
 #[derive(Default)]
 pub(crate) struct Hooks {
     pub(crate) restored: Option<Arc<Restored>>,
+    /// How this worker resumes, if it does.
+    pub(crate) resume: Option<Resume>,
+    pub(crate) barrier: Rc<Barrier>,
     sources: Vec<(String, SourceHook)>,
     sinks: Vec<(String, SinkHook)>,
+    operators: Vec<Rc<OperatorSlot>>,
+    /// Temporal operators that cannot take their state: the dataflow's checkpoints replay.
+    cannot: Vec<String>,
+    /// How many of the flow group's unbounded retentions come from operators that take their
+    /// state (the others — equi-joins, tables, a program's own — make checkpoints replay).
+    covered_unbounded: usize,
 }
 
 impl Hooks {
-    /// Registers a source's checkpoint hook: given the replay time, the reader's state.
+    /// Registers a source's checkpoint hook: given a replay time, the reader's state.
     pub(crate) fn add_source(&mut self, name: &str, hook: SourceHook) {
         assert!(
             self.sources.iter().all(|(n, _)| n != name),
@@ -247,22 +352,88 @@ impl Hooks {
         self.sinks.push((name.to_string(), hook));
     }
 
-    fn snapshot(&mut self, id: u64, worker: usize, replay_from: Time) -> Result<WorkerPart, String> {
-        let mut part = WorkerPart { worker, ..WorkerPart::default() };
+    /// Registers a temporal operator: `snapshots` if it can take its state, `unbounded` if it
+    /// registered an unbounded retention for replays that its state makes unnecessary.
+    pub(crate) fn add_operator(
+        &mut self,
+        name: &str,
+        activator: timely::scheduling::Activator,
+        snapshots: bool,
+        unbounded: bool,
+    ) -> Rc<OperatorSlot> {
+        let key = format!("{}:{name}", self.operators.len());
+        if !snapshots {
+            self.cannot.push(name.to_string());
+        } else if unbounded {
+            self.covered_unbounded += 1;
+        }
+        let slot = Rc::new(OperatorSlot { key, activator, taken: RefCell::new(None), reach: Cell::new(Some(0)) });
+        self.operators.push(Rc::clone(&slot));
+        slot
+    }
+
+    /// Whether every stateful operator of the dataflow on this worker takes its state.
+    fn snapshots(&self, flow: &FlowGroup) -> bool {
+        self.cannot.is_empty() && flow.unbounded_retentions() == self.covered_unbounded
+    }
+
+    /// How far this worker's temporal operators could apply their inputs now: the furthest
+    /// (`None` without operators), and whether every one is still running (one that has
+    /// applied all of its input cannot take its state at an earlier time).
+    fn floor(&self) -> (Option<Time>, bool) {
+        let mut furthest = None;
+        let mut running = true;
+        for slot in &self.operators {
+            match slot.reach.get() {
+                Some(reach) => furthest = furthest.max(Some(reach)),
+                None => running = false,
+            }
+        }
+        (furthest, running)
+    }
+
+    fn sources(&mut self, replay_from: Time) -> Result<Vec<(String, Vec<u8>)>, String> {
+        let mut states = Vec::new();
         for (name, hook) in &mut self.sources {
             let state = hook(replay_from).map_err(|e| format!("source {name:?}: {e}"))?;
-            part.sources.push((name.clone(), state));
+            states.push((name.clone(), state));
         }
+        Ok(states)
+    }
+
+    /// The sinks' parts, once each has written every time before `need` (`Ok(None)` before).
+    fn sinks(&mut self, id: u64, worker: usize, need: Time) -> Result<Option<Vec<SinkPart>>, String> {
+        let mut parts = Vec::new();
         for (name, hook) in &mut self.sinks {
-            match hook(id) {
+            match hook(id, need) {
                 SinkSnapshot::NoWriter => {}
+                SinkSnapshot::NotYet => return Ok(None),
                 SinkSnapshot::Saved { written, state } => {
-                    part.sinks.push(SinkPart { name: name.clone(), worker, written, state })
+                    parts.push(SinkPart { name: name.clone(), worker, written, state })
                 }
                 SinkSnapshot::Unsupported(why) => return Err(format!("sink {name:?}: {why}")),
             }
         }
-        Ok(part)
+        Ok(Some(parts))
+    }
+
+    /// The operators' states for checkpoint `id` (`Ok(None)` while some have not taken it).
+    fn operators(&self, id: u64) -> Result<Option<Vec<(String, Vec<u8>)>>, String> {
+        let mut states = Vec::new();
+        for slot in &self.operators {
+            match slot.taken.borrow().as_ref() {
+                Some((taken, Ok(state))) if *taken == id => states.push((slot.key.clone(), state.clone())),
+                Some((taken, Err(why))) if *taken == id => return Err(format!("operator {}: {why}", slot.key)),
+                _ => return Ok(None),
+            }
+        }
+        Ok(Some(states))
+    }
+
+    fn wake_operators(&self) {
+        for slot in &self.operators {
+            slot.activator.activate();
+        }
     }
 }
 
@@ -357,7 +528,10 @@ impl Checkpointing {
     /// not makes every checkpoint fail, with a warning naming it.
     pub fn install(&self, scope: Scope<'_, Time>) {
         let flow = crate::runtime::flow::group(scope);
-        *flow.checkpoints.borrow_mut() = Some(Hooks { restored: self.restored.clone(), ..Hooks::default() });
+        let resume = self.restored.as_ref().map(|restored| {
+            restored.resume(scope.peers()).unwrap_or_else(|problem| panic!("cannot resume: {problem}"))
+        });
+        *flow.checkpoints.borrow_mut() = Some(Hooks { restored: self.restored.clone(), resume, ..Hooks::default() });
         coordinator(scope, self.clone(), flow);
     }
 }
@@ -371,6 +545,8 @@ fn load(store: &dyn CheckpointStore, id: u64) -> Result<Restored, String> {
         return Err("manifest does not describe this checkpoint".into());
     }
     let mut sources: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
+    let mut sources_at: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
+    let mut operators = BTreeMap::new();
     let mut sinks = Vec::new();
     for (worker, (crc, size)) in manifest.parts.iter().enumerate() {
         let bytes = store.read_part(id, worker).map_err(|e| format!("part {worker}: {e}"))?;
@@ -382,16 +558,42 @@ fn load(store: &dyn CheckpointStore, id: u64) -> Result<Restored, String> {
         for (name, state) in part.sources {
             sources.entry(name).or_default().push(state);
         }
+        for (name, state) in part.sources_at {
+            sources_at.entry(name).or_default().push(state);
+        }
+        for (key, state) in part.operators {
+            operators.insert((key, worker), state);
+        }
         sinks.extend(part.sinks);
     }
-    Ok(Restored { id, replay_from: manifest.replay_from, workers: manifest.workers, sources, sinks })
+    Ok(Restored {
+        id,
+        replay_from: manifest.replay_from,
+        replayable: manifest.replayable,
+        snapshot_at: manifest.snapshot_at,
+        workers: manifest.workers,
+        sources,
+        sources_at,
+        operators,
+        sinks,
+    })
 }
 
 /// What the coordinators of a dataflow tell each other.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 enum Message {
-    /// Worker 0 asks for every worker's part of checkpoint `id` with replay time `from`.
-    Begin { id: u64, from: Time },
+    /// Worker 0 starts checkpoint `id`: every worker holds its sources where they are.
+    Hold { id: u64 },
+    /// A worker holds its sources at `floor` (`None`: they have read everything); `snapshots`
+    /// if every stateful operator on it can take its state.
+    Floor { id: u64, worker: usize, floor: Option<Time>, snapshots: bool },
+    /// Worker 0 asks for every worker's part of checkpoint `id` with replay time `from`, and
+    /// the operators' state at `at` (if every worker can take it).
+    Begin { id: u64, from: Time, at: Option<Time> },
+    /// A worker knows the snapshot time: its sources may move on (once all are armed).
+    Armed { id: u64, worker: usize },
+    /// Sources move on; with `abort`, the round is abandoned.
+    Release { id: u64, abort: bool },
     /// A worker wrote its part: its checksum and size.
     Written { id: u64, worker: usize, crc: u32, size: u64 },
     /// A worker could not write its part.
@@ -403,48 +605,145 @@ struct Round {
     id: u64,
     from: Time,
     started: Instant,
+    floors: Vec<Option<(Option<Time>, bool)>>,
+    /// Decided once every floor is in: the snapshot time, if operator state is taken.
+    at: Option<Option<Time>>,
+    armed: Vec<bool>,
+    released: bool,
     parts: Vec<Option<(u32, u64)>>,
     failed: bool,
 }
 
+/// A worker's part being made: its sources' states are taken; it waits for its operators to
+/// take theirs and its sinks to have written everything before the snapshot time.
+struct Pending {
+    id: u64,
+    at: Option<Time>,
+    started: Instant,
+    part: WorkerPart,
+}
+
+/// A worker holds its temporal operators at the furthest time any of them could apply up to:
+/// that time, and whether its operators can take their state.
+fn hold(hooks: &Hooks, barrier: &Barrier, flow: &FlowGroup, id: u64, index: usize) -> (Option<Time>, bool) {
+    let (floor, running) = hooks.floor();
+    tracing::debug!(checkpoint = id, worker = index, ?floor, running, "operators held");
+    barrier.hold.set(floor);
+    (floor, running && hooks.snapshots(flow))
+}
+
+/// A worker begins its part of checkpoint `id`: its sources' states for `from` and `at`; with
+/// `at`, its operators held there and told to take their state at it.
+fn begin(
+    hooks: &mut Hooks,
+    barrier: &Barrier,
+    index: usize,
+    id: u64,
+    from: Time,
+    at: Option<Time>,
+) -> Result<Pending, String> {
+    let sources = hooks.sources(from).and_then(|sources| {
+        let sources_at = match at {
+            Some(at) => hooks.sources(at)?,
+            None => Vec::new(),
+        };
+        Ok((sources, sources_at))
+    });
+    let (sources, sources_at) = match sources {
+        Ok(states) => states,
+        Err(reason) => {
+            barrier.hold.set(None);
+            hooks.wake_operators();
+            return Err(reason);
+        }
+    };
+    barrier.hold.set(at);
+    if let Some(at) = at {
+        barrier.at.set(Some((id, at)));
+    }
+    hooks.wake_operators();
+    let part = WorkerPart { worker: index, sources, sources_at, ..WorkerPart::default() };
+    Ok(Pending { id, at, started: Instant::now(), part })
+}
+
+/// How long a round may take before it is abandoned (a worker that never answers).
+const ROUND_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Builds the operator that runs the checkpoint protocol on this worker.
+///
+/// A round: worker 0 takes the replay time `R` (the flow group's safe time) and asks every
+/// worker to hold its sources' capabilities where they are. With the earliest of them as the
+/// snapshot time `T` (if every worker's operators can take their state), it asks for the
+/// parts: each worker notes where its sources would read again for `R` and for `T` and tells
+/// its temporal operators to take their state at `T`; once every worker knows `T`, the sources
+/// move on (no operator's input can have passed `T` before it knew it). A worker writes its
+/// part once each of its operators has taken its state and each of its sinks has written
+/// every time before `T`; worker 0 writes the manifest once every part is written.
 fn coordinator(scope: Scope<'_, Time>, config: Checkpointing, flow: Rc<FlowGroup>) {
     let (index, peers) = (scope.index(), scope.peers());
     let builder = OperatorBuilder::new("Checkpoints".to_string(), scope);
     let info = builder.operator_info();
     let mut channel: Broadcast<Message> = Broadcast::new(scope.worker(), Rc::clone(&info.address));
     let activator = scope.activator_for(Rc::clone(&info.address));
-    let restored_from = config.restored.as_ref().map_or(0, |r| r.replay_from);
+    let resume = flow.checkpoints.borrow().as_ref().and_then(|h| h.resume);
+    let restored_from = resume.map_or(0, Resume::time);
+    // After a restore from operator state, inputs before its time are not read again.
+    let replay_floor = match resume {
+        Some(Resume::State(at)) => Some(at),
+        _ => None,
+    };
+    let barrier = flow.checkpoints.borrow().as_ref().map(|h| Rc::clone(&h.barrier)).unwrap_or_default();
     let mut next_id = config.restored.as_ref().map_or(1, |r| r.id + 1);
     let mut round: Option<Round> = None;
+    let mut pending: Option<Pending> = None;
     let mut last_round = Instant::now();
     let warned = Cell::new(false);
     let poll = config.interval.min(Duration::from_millis(100));
     builder.build_reschedule(move |_capabilities| {
         move |_frontiers| {
+            let mut hooks = flow.checkpoints.borrow_mut();
+            let Some(hooks) = hooks.as_mut() else { return false };
             while let Some(message) = channel.recv() {
                 match message {
-                    Message::Begin { id, from } => {
-                        let started = Instant::now();
-                        let from = from.max(restored_from);
-                        let snapshot = match flow.checkpoints.borrow_mut().as_mut() {
-                            Some(hooks) => hooks.snapshot(id, index, from),
-                            None => Err("checkpointing was not installed on this worker".into()),
-                        };
-                        let written = snapshot.and_then(|part| {
-                            let bytes = sealed(bincode::serialize(&part).map_err(|e| e.to_string())?);
-                            config.store.write_part(id, index, &bytes).map_err(|e| e.to_string())?;
-                            fault_point("part");
-                            Ok((crc32fast::hash(&bytes), bytes.len() as u64))
-                        });
-                        match written {
-                            Ok((crc, size)) => {
-                                tracing::debug!(checkpoint = id, worker = index, size, took = ?started.elapsed(), "checkpoint part written");
-                                channel.send(Message::Written { id, worker: index, crc, size });
+                    // Worker 0 takes its own steps as it sends them.
+                    Message::Hold { id } if index != 0 => {
+                        let (floor, snapshots) = hold(hooks, &barrier, &flow, id, index);
+                        channel.send(Message::Floor { id, worker: index, floor, snapshots });
+                    }
+                    Message::Floor { id, worker, floor, snapshots } => {
+                        if let Some(round) = round.as_mut().filter(|r| r.id == id) {
+                            round.floors[worker] = Some((floor, snapshots));
+                        }
+                    }
+                    Message::Begin { id, from, at } if index != 0 => {
+                        match begin(hooks, &barrier, index, id, from.max(restored_from), at) {
+                            Ok(part) => {
+                                pending = Some(part);
+                                if at.is_some() {
+                                    channel.send(Message::Armed { id, worker: index });
+                                }
                             }
                             Err(reason) => channel.send(Message::Failed { id, worker: index, reason }),
                         }
                     }
+                    Message::Armed { id, worker } => {
+                        if let Some(round) = round.as_mut().filter(|r| r.id == id) {
+                            round.armed[worker] = true;
+                        }
+                    }
+                    Message::Release { id, abort } if index != 0 => {
+                        barrier.hold.set(None);
+                        hooks.wake_operators();
+                        if abort {
+                            if barrier.at.get().is_some_and(|(at_id, _)| at_id == id) {
+                                barrier.at.set(None);
+                            }
+                            if pending.as_ref().is_some_and(|p| p.id == id) {
+                                pending = None;
+                            }
+                        }
+                    }
+                    Message::Hold { .. } | Message::Begin { .. } | Message::Release { .. } => {}
                     Message::Written { id, worker, crc, size } => {
                         if let Some(round) = round.as_mut().filter(|r| r.id == id) {
                             round.parts[worker] = Some((crc, size));
@@ -460,41 +759,11 @@ fn coordinator(scope: Scope<'_, Time>, config: Checkpointing, flow: Rc<FlowGroup
                     }
                 }
             }
+
             let complete = flow.durable() == Some(None) || flow.sink_failed() || !flow.has_sinks();
             if index == 0 {
-                if let Some(r) = round.take() {
-                    if r.failed {
-                        last_round = Instant::now();
-                    } else if r.parts.iter().all(Option::is_some) {
-                        let parts: Vec<(u32, u64)> = r.parts.iter().map(|p| p.expect("all written")).collect();
-                        let size: u64 = parts.iter().map(|(_, s)| *s).sum();
-                        let manifest = Manifest {
-                            id: r.id,
-                            replay_from: r.from,
-                            workers: peers,
-                            parts,
-                            created_unix_ms: SystemTime::now()
-                                .duration_since(SystemTime::UNIX_EPOCH)
-                                .map_or(0, |d| d.as_millis() as u64),
-                        };
-                        let committed = bincode::serialize(&manifest)
-                            .map_err(|e| e.to_string())
-                            .and_then(|body| config.store.commit(r.id, &sealed(body)).map_err(|e| e.to_string()))
-                            .and_then(|()| config.store.prune(config.keep).map_err(|e| e.to_string()));
-                        match committed {
-                            Ok(()) => {
-                                fault_point("manifest");
-                                config.metrics.record(r.started.elapsed(), size, SystemTime::now());
-                                tracing::info!(checkpoint = r.id, replay_from = r.from, size, took = ?r.started.elapsed(), "checkpoint complete");
-                            }
-                            Err(reason) => tracing::warn!(checkpoint = r.id, %reason, "checkpoint could not be committed"),
-                        }
-                        last_round = Instant::now();
-                    } else {
-                        round = Some(r);
-                    }
-                }
                 if complete {
+                    barrier.hold.set(None);
                     if flow.durable() == Some(None) {
                         // Every sink wrote all of its input: the job is done, and a new run
                         // with this store starts from the beginning.
@@ -512,19 +781,188 @@ fn coordinator(scope: Scope<'_, Time>, config: Checkpointing, flow: Rc<FlowGroup
                     let id = next_id;
                     next_id += 1;
                     tracing::debug!(checkpoint = id, from, durable = ?flow.durable(), "checkpoint starts");
-                    round = Some(Round { id, from, started: Instant::now(), parts: vec![None; peers], failed: false });
-                    channel.send(Message::Begin { id, from });
+                    // Whether the operators can take their state is the same on every worker
+                    // (one program): without, the round asks for the parts at once.
+                    let snapshots = hooks.snapshots(&flow);
+                    let mut r = Round {
+                        id,
+                        from,
+                        started: Instant::now(),
+                        floors: vec![None; peers],
+                        at: (!snapshots).then_some(None),
+                        armed: vec![false; peers],
+                        released: !snapshots,
+                        parts: vec![None; peers],
+                        failed: false,
+                    };
+                    if snapshots {
+                        r.floors[0] = Some(hold(hooks, &barrier, &flow, id, index));
+                        channel.send(Message::Hold { id });
+                    } else {
+                        channel.send(Message::Begin { id, from, at: None });
+                        match begin(hooks, &barrier, index, id, from.max(restored_from), None) {
+                            Ok(part) => pending = Some(part),
+                            Err(reason) => {
+                                r.failed = true;
+                                tracing::warn!(checkpoint = id, worker = index, %reason, "checkpoint failed; the job goes on without it");
+                            }
+                        }
+                    }
+                    round = Some(r);
                 }
+                if let Some(mut r) = round.take() {
+                    if r.at.is_none() && r.floors.iter().all(Option::is_some) {
+                        let floors: Vec<(Option<Time>, bool)> = r.floors.iter().map(|f| f.expect("all in")).collect();
+                        let snapshots = floors.iter().all(|(_, s)| *s);
+                        // Held, no operator applies anything at or after the furthest of them
+                        // before every worker knows it.
+                        let at = floors.iter().filter_map(|(f, _)| *f).max().filter(|_| snapshots);
+                        r.at = Some(at);
+                        r.released = at.is_none();
+                        tracing::debug!(checkpoint = r.id, ?at, snapshots, "snapshot time decided");
+                        if at.is_some_and(|at| at <= restored_from) {
+                            // The operators have not moved past the time this run started
+                            // from: such a checkpoint would only repeat where it started (and
+                            // before a replay's start, its sources could not say where to
+                            // read again).
+                            r.failed = true;
+                        } else if at.is_none() && replay_floor.is_some_and(|floor| r.from < floor) {
+                            // Every source has read everything (nothing holds the operators at
+                            // a time any more), and a replay could not start before the state
+                            // this run resumed from: no checkpoint this time.
+                            r.failed = true;
+                        } else {
+                            channel.send(Message::Begin { id: r.id, from: r.from, at });
+                            match begin(hooks, &barrier, index, r.id, r.from.max(restored_from), at) {
+                                Ok(part) => {
+                                    pending = Some(part);
+                                    r.armed[0] = true;
+                                }
+                                Err(reason) => {
+                                    r.failed = true;
+                                    tracing::warn!(checkpoint = r.id, worker = index, %reason, "checkpoint failed; the job goes on without it");
+                                }
+                            }
+                        }
+                    }
+                    if !r.released && r.armed.iter().all(|a| *a) {
+                        r.released = true;
+                        barrier.hold.set(None);
+                        hooks.wake_operators();
+                        channel.send(Message::Release { id: r.id, abort: false });
+                    }
+                    if !r.failed && r.started.elapsed() >= ROUND_TIMEOUT.max(config.interval * 10) {
+                        r.failed = true;
+                        tracing::warn!(checkpoint = r.id, took = ?r.started.elapsed(), "checkpoint abandoned: not every worker finished its part");
+                    }
+                    if r.failed {
+                        channel.send(Message::Release { id: r.id, abort: true });
+                        barrier.hold.set(None);
+                        hooks.wake_operators();
+                        if barrier.at.get().is_some_and(|(at_id, _)| at_id == r.id) {
+                            barrier.at.set(None);
+                        }
+                        if pending.as_ref().is_some_and(|p| p.id == r.id) {
+                            pending = None;
+                        }
+                        last_round = Instant::now();
+                    } else if r.parts.iter().all(Option::is_some) {
+                        let parts: Vec<(u32, u64)> = r.parts.iter().map(|p| p.expect("all written")).collect();
+                        let size: u64 = parts.iter().map(|(_, s)| *s).sum();
+                        let manifest = Manifest {
+                            id: r.id,
+                            replay_from: r.from.max(restored_from),
+                            replayable: replay_floor.is_none_or(|floor| r.from >= floor),
+                            snapshot_at: r.at.flatten(),
+                            workers: peers,
+                            parts,
+                            created_unix_ms: SystemTime::now()
+                                .duration_since(SystemTime::UNIX_EPOCH)
+                                .map_or(0, |d| d.as_millis() as u64),
+                        };
+                        let committed = bincode::serialize(&manifest)
+                            .map_err(|e| e.to_string())
+                            .and_then(|body| config.store.commit(r.id, &sealed(body)).map_err(|e| e.to_string()))
+                            .and_then(|()| config.store.prune(config.keep).map_err(|e| e.to_string()));
+                        match committed {
+                            Ok(()) => {
+                                fault_point("manifest");
+                                config.metrics.record(r.started.elapsed(), size, SystemTime::now());
+                                tracing::info!(
+                                    checkpoint = r.id,
+                                    replay_from = manifest.replay_from,
+                                    snapshot_at = ?manifest.snapshot_at,
+                                    size,
+                                    took = ?r.started.elapsed(),
+                                    "checkpoint complete"
+                                );
+                            }
+                            Err(reason) => tracing::warn!(checkpoint = r.id, %reason, "checkpoint could not be committed"),
+                        }
+                        last_round = Instant::now();
+                    } else {
+                        round = Some(r);
+                    }
+                }
+            } else if complete {
+                barrier.hold.set(None);
+                return false;
+            }
+
+            // This worker's part, once its operators and sinks are there.
+            if let Some(p) = pending.as_mut() {
+                let need = p.at.unwrap_or(0);
+                let ready = match p.at {
+                    Some(_) => hooks.operators(p.id),
+                    None => Ok(Some(Vec::new())),
+                }
+                .and_then(|operators| match operators {
+                    Some(operators) => Ok(hooks.sinks(p.id, index, need)?.map(|sinks| (operators, sinks))),
+                    None => Ok(None),
+                });
+                let written = match ready {
+                    Ok(None) => None,
+                    Ok(Some((operators, sinks))) => {
+                        p.part.operators = operators;
+                        p.part.sinks = sinks;
+                        Some(bincode::serialize(&p.part).map_err(|e| e.to_string()).and_then(|body| {
+                            let bytes = sealed(body);
+                            config.store.write_part(p.id, index, &bytes).map_err(|e| e.to_string())?;
+                            fault_point("part");
+                            Ok((crc32fast::hash(&bytes), bytes.len() as u64))
+                        }))
+                    }
+                    Err(reason) => Some(Err(reason)),
+                };
+                if let Some(written) = written {
+                    let id = p.id;
+                    match written {
+                        Ok((crc, size)) => {
+                            let bytes = |states: &[(String, Vec<u8>)]| states.iter().map(|(_, s)| s.len()).sum::<usize>();
+                            tracing::debug!(
+                                checkpoint = id,
+                                worker = index,
+                                size,
+                                operators = bytes(&p.part.operators),
+                                sources = bytes(&p.part.sources) + bytes(&p.part.sources_at),
+                                took = ?p.started.elapsed(),
+                                "checkpoint part written"
+                            );
+                            channel.send(Message::Written { id, worker: index, crc, size });
+                        }
+                        Err(reason) => channel.send(Message::Failed { id, worker: index, reason }),
+                    }
+                    pending = None;
+                }
+            }
+
+            if index == 0 {
                 let wait = config.interval.saturating_sub(last_round.elapsed()).max(Duration::from_millis(1));
                 activator.activate_after(if round.is_some() { Duration::from_millis(1) } else { wait.min(poll) });
-                true
             } else {
-                if complete {
-                    return false;
-                }
-                activator.activate_after(poll);
-                true
+                activator.activate_after(if pending.is_some() { Duration::from_millis(1) } else { poll });
             }
+            true
         }
     });
 }
@@ -546,12 +984,14 @@ mod tests {
     /// Writes checkpoint `id` as the coordinator does, with one part whose source state is
     /// `state`.
     fn write_checkpoint(store: &LocalDirStore, id: u64, state: &[u8]) {
-        let part = WorkerPart { worker: 0, sources: vec![("input".into(), state.to_vec())], sinks: vec![] };
+        let part = WorkerPart { worker: 0, sources: vec![("input".into(), state.to_vec())], ..WorkerPart::default() };
         let bytes = sealed(bincode::serialize(&part).unwrap());
         store.write_part(id, 0, &bytes).unwrap();
         let manifest = Manifest {
             id,
             replay_from: id * 100,
+            replayable: true,
+            snapshot_at: None,
             workers: 1,
             parts: vec![(crc32fast::hash(&bytes), bytes.len() as u64)],
             created_unix_ms: 0,
@@ -571,7 +1011,7 @@ mod tests {
         let restored = open();
         let restored = restored.restored().unwrap();
         assert_eq!((restored.id(), restored.replay_from()), (3, 300));
-        assert_eq!(restored.source_parts("input").unwrap(), &[b"state 3".to_vec()]);
+        assert_eq!(restored.source_parts("input", Resume::Replay(300)).unwrap(), &[b"state 3".to_vec()]);
 
         // A flipped byte in the newest part: checkpoint 2 is used.
         let part = dir.join("chk-0000000003/part-0");

@@ -324,6 +324,7 @@ where
 }
 
 /// One key's entry.
+#[derive(Serialize, serde::Deserialize)]
 struct Entry<S> {
     state: S,
     /// The timers set (each has an entry in the driver's timer queue, or is for the time being
@@ -495,5 +496,26 @@ where
 
     fn oldest(&self) -> Option<Time> {
         self.holds.oldest()
+    }
+
+    // User state is serde data: checkpoints hold it, and a restore need not replay.
+    const SNAPSHOTS: bool = true;
+
+    fn save(&self, timers: Vec<(Time, &Self::Timer)>) -> Result<Vec<u8>, String> {
+        bincode::serialize(&(&self.keys, &self.holds, timers)).map_err(|e| e.to_string())
+    }
+
+    fn load(&mut self, parts: &[&[u8]], keep: &dyn Fn(u64) -> bool) -> Result<Vec<(Time, Self::Timer)>, String> {
+        type Saved<K, S> = (FastMap<K, Entry<S>>, Holds, Vec<(Time, K)>);
+        let mut all_timers = Vec::new();
+        for part in parts {
+            let (keys, _, timers): Saved<K, F::State> = bincode::deserialize(part).map_err(|e| e.to_string())?;
+            for (key, entry) in keys.into_iter().filter(|(key, _)| keep(key.hashed())) {
+                self.holds.hold(entry.since);
+                self.keys.insert(key, entry);
+            }
+            all_timers.extend(timers.into_iter().filter(|(_, key)| keep(key.hashed())));
+        }
+        Ok(all_timers)
     }
 }

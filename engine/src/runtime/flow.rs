@@ -165,6 +165,11 @@ impl FlowGroup {
         self.retention.borrow_mut().push(retention);
     }
 
+    /// How many registered operators keep state forever ([`Retention::Unbounded`]).
+    pub(crate) fn unbounded_retentions(&self) -> usize {
+        self.retention.borrow().iter().filter(|r| matches!(r, Retention::Unbounded)).count()
+    }
+
     /// Records that a sink of this dataflow (on any worker) failed: its output stops where it
     /// was, so [`safe_time`](Self::safe_time) stops advancing and never reaches the end of time.
     pub fn record_sink_failure(&self) {

@@ -308,7 +308,7 @@ fn checkpointed<D, W: SinkWriter<D>>(
     let mut hooks = flow.checkpoints.borrow_mut();
     let hooks = hooks.as_mut()?;
     let mut resume = None;
-    if let Some(restored) = hooks.restored.clone()
+    if let Some(restored) = hooks.restored.clone().filter(|_| hooks.resume.is_some())
         && let Some(w) = writer.borrow_mut().as_mut()
     {
         let Some((mut frontier, state)) = restored.sink_part(name, index, peers) else {
@@ -331,7 +331,7 @@ fn checkpointed<D, W: SinkWriter<D>>(
     let restored = resume;
     hooks.add_sink(
         name,
-        Box::new(move |id| {
+        Box::new(move |id, need| {
             let mut writer = writer.borrow_mut();
             let Some(writer) = writer.as_mut() else { return SinkSnapshot::NoWriter };
             if failed.get() {
@@ -347,6 +347,9 @@ fn checkpointed<D, W: SinkWriter<D>>(
                     (None, _) | (_, None) => None,
                     (Some(a), Some(b)) => Some(a.max(b)),
                 };
+            }
+            if frontier.is_some_and(|f| f < need) {
+                return SinkSnapshot::NotYet;
             }
             match writer.checkpoint(id) {
                 Ok(state) => SinkSnapshot::Saved { written: frontier, state },

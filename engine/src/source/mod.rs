@@ -623,8 +623,8 @@ fn checkpointed<R: SourceReader>(
     let mut hooks = flow.checkpoints.borrow_mut();
     let Some(hooks) = hooks.as_mut() else { return 0 };
     let mut replay_from = 0;
-    if let Some(restored) = hooks.restored.clone() {
-        let parts = restored.source_parts(name).unwrap_or_else(|| {
+    if let (Some(restored), Some(resume)) = (hooks.restored.clone(), hooks.resume) {
+        let parts = restored.source_parts(name, resume).unwrap_or_else(|| {
             panic!(
                 "checkpoint {} has no state for source {name:?}: the pipeline changed since it was taken; \
                  start it with an empty checkpoint directory to run from the beginning",
@@ -634,7 +634,7 @@ fn checkpointed<R: SourceReader>(
         if let Err(error) = reader.borrow_mut().restore(parts) {
             panic!("source {name:?} cannot resume from checkpoint {}: {error}", restored.id());
         }
-        replay_from = restored.replay_from();
+        replay_from = resume.time();
         tracing::info!(source = %name, worker = index, checkpoint = restored.id(), replay_from, "source resumes from a checkpoint");
     }
     let reader = Rc::clone(reader);

@@ -41,6 +41,7 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::{InputHandleCore, OutputBuilder, OutputBuilderSession};
 use timely::progress::frontier::MutableAntichain;
 
+use crate::checkpoint::{Barrier, OperatorSlot, Resume};
 use crate::runtime::ExchangeData;
 use crate::runtime::flow::{Retention, RetentionLog, min_frontier};
 use crate::runtime::metrics::StateMetrics;
@@ -137,6 +138,27 @@ pub(crate) trait TemporalLogic: Sized + 'static {
     /// process function's user state): in a checkpointed dataflow such an operator holds the
     /// replay time at the start (correct, not fast).
     const REPLAY_EXACT: bool = true;
+
+    /// Whether it can take its state for a checkpoint ([`save`](Self::save),
+    /// [`load`](Self::load)). When every stateful operator of a dataflow can, its checkpoints
+    /// hold the operators' state and a restore reads the inputs again from the checkpoint's
+    /// time only, however old the state is.
+    const SNAPSHOTS: bool = false;
+
+    /// Its state, with its pending `timers`, as bytes for a checkpoint. Called between steps.
+    fn save(&self, timers: Vec<(Time, &Self::Timer)>) -> Result<Vec<u8>, String> {
+        let _ = timers;
+        Err("this operator cannot take its state".into())
+    }
+
+    /// Restores the state [`save`](Self::save) gave, before the first step, from the `parts`
+    /// the workers of the checkpointed run saved (one, this worker's own, if their number is
+    /// unchanged), keeping the keys whose exchange hash `keep` accepts (those this worker now
+    /// owns); returns the timers of the keys kept.
+    fn load(&mut self, parts: &[&[u8]], keep: &dyn Fn(u64) -> bool) -> Result<Vec<(Time, Self::Timer)>, String> {
+        let _ = (parts, keep);
+        Err("this operator cannot restore its state".into())
+    }
 }
 
 /// An input of a binary operator: from the first or the second input stream.
@@ -174,7 +196,20 @@ struct Core<L: TemporalLogic> {
     metrics: Arc<StateMetrics>,
     worker: usize,
     peers: usize,
+    /// Its place in the dataflow's checkpoints, if it has any.
+    checkpoint: Option<(Rc<OperatorSlot>, Rc<Barrier>)>,
+    /// The input frontier of the last pass: every input before it has been applied.
+    seen: Option<Time>,
+    /// Restored from a checkpoint's state taken at this time: inputs before it are in it.
+    restored_at: Option<Time>,
+    /// Schedules the operator again after a pass that stopped at its budget.
+    activator: timely::scheduling::Activator,
 }
+
+/// Inputs and timers a pass applies before it stops, at the next time: an activation over a
+/// large backlog (a source that read a million records ahead) yields to the worker's other
+/// operators and to checkpoints, which would otherwise wait for the whole backlog.
+const PASS_BUDGET: usize = 1 << 16;
 
 type Output<'a, D> = OutputBuilderSession<'a, Time, CapacityContainerBuilder<Vec<(D, Time, isize)>>>;
 
@@ -194,14 +229,105 @@ impl<L: TemporalLogic> Core<L> {
                 self.held = Some([cap.delayed(&least, 0), cap.delayed(&least, 1)]);
             }
             for (datum, time, diff) in data.drain(..) {
+                if self.restored_at.is_some_and(|at| time < at) {
+                    continue;
+                }
                 self.pending_min = Some(self.pending_min.map_or(time, |m| m.min(time)));
                 self.pending.push((time, wrap(datum), diff));
             }
         });
     }
 
-    /// Applies every time the frontier has passed, releases state, and emits.
+    /// Takes the capabilities of a restored operator with timers (it may have no input to
+    /// take them from), at its earliest timer.
+    fn adopt(&mut self, mut capabilities: Vec<Capability<Time>>) {
+        if let (Some(Reverse((first, _))), None) = (self.timers.peek(), self.held.as_ref())
+            && capabilities.len() == 2
+        {
+            let second = capabilities.pop().expect("two outputs").delayed(first);
+            let first = capabilities.pop().expect("two outputs").delayed(first);
+            self.held = Some([first, second]);
+        }
+    }
+
+    /// The checkpoint whose state this operator takes in this pass, if the frontier has
+    /// reached its time.
+    fn snapshot_due(&self, frontier: Option<Time>) -> Option<(u64, Time)> {
+        let (slot, barrier) = self.checkpoint.as_ref()?;
+        let (id, at) = barrier.at.get()?;
+        if slot.taken.borrow().as_ref().is_some_and(|(taken, _)| *taken == id) {
+            return None;
+        }
+        frontier.is_none_or(|f| f >= at).then_some((id, at))
+    }
+
+    /// Applies every time the frontier has passed, releases state, and emits; first, if a
+    /// checkpoint's time is among them, applies the times before it and takes the state.
     fn run(&mut self, frontier: Option<Time>, output: &mut Output<'_, L::Output>, late: &mut Output<'_, L::Late>) {
+        // A checkpoint being agreed on holds the operator where it is (or at its time).
+        let input_frontier = frontier;
+        let frontier = match (self.checkpoint.as_ref().and_then(|(_, barrier)| barrier.hold.get()), self.seen) {
+            (Some(hold), Some(seen)) => {
+                let hold = hold.max(seen);
+                Some(frontier.map_or(hold, |f| f.min(hold)))
+            }
+            _ => frontier,
+        };
+        if let Some((id, at)) = self.snapshot_due(frontier) {
+            let taken = if self.seen.is_none_or(|seen| seen > at) {
+                Err(format!("its input had passed the checkpoint's time {at} before it learnt of it"))
+            } else {
+                self.apply(Some(at), usize::MAX, output, late);
+                self.logic.release(Some(at));
+                self.logic.save(self.timers.iter().map(|Reverse((t, timer))| (*t, timer)).collect())
+            };
+            let (slot, _) = self.checkpoint.as_ref().expect("due");
+            *slot.taken.borrow_mut() = Some((id, taken));
+        }
+        // A large backlog is applied over several activations, so that the worker's other
+        // operators (and checkpoints) get their turns.
+        let frontier = match self.apply(frontier, PASS_BUDGET, output, late) {
+            Some(stopped) => {
+                self.activator.activate();
+                Some(stopped)
+            }
+            None => frontier,
+        };
+        self.seen = frontier;
+        if let Some((slot, _)) = self.checkpoint.as_ref() {
+            // How far it could apply now: its input's frontier, or, with all of its input in,
+            // where a hold keeps it (`None` once it has applied everything).
+            slot.reach.set(input_frontier.or(frontier));
+        }
+
+        self.logic.release(frontier);
+        let next = min_frontier(self.pending_min, self.timers.peek().map(|Reverse((t, _))| *t));
+        let next = min_frontier(next, self.ready.first().map(|(t, _, _)| *t));
+        match next {
+            None => self.held = None,
+            Some(next) => {
+                if let Some(held) = self.held.as_mut() {
+                    for cap in held.iter_mut() {
+                        cap.downgrade(&next);
+                    }
+                }
+            }
+        }
+        self.metrics.set(self.worker, self.peers, self.logic.live_entries());
+        self.metrics.add_late_skipped(std::mem::take(&mut self.late_count));
+        self.retention.record(frontier, min_frontier(self.pending_min, self.logic.oldest()));
+    }
+
+    /// Applies every input and timer before `frontier` and emits what they give; stops at the
+    /// first time after `budget` inputs and timers, and then returns that time (the pass
+    /// applied everything before it).
+    fn apply(
+        &mut self,
+        frontier: Option<Time>,
+        budget: usize,
+        output: &mut Output<'_, L::Output>,
+        late: &mut Output<'_, L::Late>,
+    ) -> Option<Time> {
         let passed = |t: Time| frontier.is_none_or(|f| t < f);
         if self.pending_min.is_some_and(passed) {
             let mut min = None;
@@ -215,26 +341,40 @@ impl<L: TemporalLogic> Core<L> {
                 self.pending.swap(kept, i);
                 kept += 1;
             }
+            let left = self.ready.len();
             self.ready.extend(self.pending.drain(kept..));
             self.pending_min = min;
             // Unstable, in place: logic does not depend on the order within a time (arrival
             // order differs with the number of workers anyway), and a stable sort moved every
             // update through a scratch buffer.
-            self.ready.sort_unstable_by_key(|(t, _, _)| *t);
+            self.ready[left..].sort_unstable_by_key(|(t, _, _)| *t);
+            if left > 0 {
+                // What an earlier pass left (sorted) and what came since (sorted): a stable
+                // sort merges the two runs in one linear pass.
+                self.ready.sort_by_key(|(t, _, _)| *t);
+            }
         }
 
         let mut ready = std::mem::take(&mut self.ready).into_iter().peekable();
+        let mut applied = 0;
+        let mut stopped = None;
         loop {
-            let next_input = ready.peek().map(|(t, _, _)| *t);
+            // Inputs an earlier, stopped pass left may lie at or after `frontier` (a snapshot's).
+            let next_input = ready.peek().map(|(t, _, _)| *t).filter(|t| passed(*t));
             let next_timer = self.timers.peek().map(|Reverse((t, _))| *t).filter(|t| passed(*t));
             let time = match (next_input, next_timer) {
                 (Some(a), Some(b)) => a.min(b),
                 (Some(t), None) | (None, Some(t)) => t,
                 (None, None) => break,
             };
+            if applied >= budget {
+                stopped = Some(time);
+                break;
+            }
             while let Some((_, input, diff)) = ready.next_if(|(t, _, _)| *t == time) {
                 self.inputs.push((input, diff));
             }
+            applied += self.inputs.len() + 1;
             while self.timers.peek().is_some_and(|Reverse((t, _))| *t == time) {
                 let Reverse((_, timer)) = self.timers.pop().expect("peeked");
                 self.fired.push(timer);
@@ -251,11 +391,8 @@ impl<L: TemporalLogic> Core<L> {
             self.inputs.clear();
             self.fired.clear();
         }
-        // Keep the buffer's allocation for the next pass.
-        let mut buffer = ready.collect::<Vec<_>>();
-        debug_assert!(buffer.is_empty());
-        buffer.clear();
-        self.ready = buffer;
+        // What a stopped pass left, sorted, in the buffer's own allocation.
+        self.ready = ready.collect::<Vec<_>>();
 
         if !self.output.is_empty() || !self.late.is_empty() {
             // Every step's time is at or after the held capabilities (the earliest pending
@@ -270,22 +407,7 @@ impl<L: TemporalLogic> Core<L> {
                 self.late.clear();
             }
         }
-
-        self.logic.release(frontier);
-        let next = min_frontier(self.pending_min, self.timers.peek().map(|Reverse((t, _))| *t));
-        match next {
-            None => self.held = None,
-            Some(next) => {
-                if let Some(held) = self.held.as_mut() {
-                    for cap in held.iter_mut() {
-                        cap.downgrade(&next);
-                    }
-                }
-            }
-        }
-        self.metrics.set(self.worker, self.peers, self.logic.live_entries());
-        self.metrics.add_late_skipped(std::mem::take(&mut self.late_count));
-        self.retention.record(frontier, min_frontier(self.pending_min, self.logic.oldest()));
+        stopped
     }
 }
 
@@ -293,19 +415,55 @@ fn frontier_of(frontier: &MutableAntichain<Time>) -> Option<Time> {
     frontier.frontier().first().copied()
 }
 
-fn core<'scope, L: TemporalLogic>(scope: timely::dataflow::Scope<'scope, Time>, driven: &Driven, logic: L) -> Core<L> {
+fn core<'scope, L: TemporalLogic>(
+    scope: timely::dataflow::Scope<'scope, Time>,
+    driven: &Driven,
+    mut logic: L,
+    activator: timely::scheduling::Activator,
+) -> Core<L> {
     let retention = RetentionLog::new();
     let flow = crate::runtime::flow::group(scope);
     flow.register_retention(Retention::Tracked(Rc::clone(&retention)));
-    if !L::REPLAY_EXACT && flow.checkpoints.borrow().is_some() {
-        flow.register_retention(Retention::Unbounded);
+    let mut timers = BinaryHeap::new();
+    let mut checkpoint = None;
+    let mut restored_at = None;
+    if let Some(hooks) = flow.checkpoints.borrow_mut().as_mut() {
+        // Replaying cannot rebuild state that depends on a chain of earlier inputs: a replay
+        // must start at the beginning (unless the checkpoint holds the state).
+        let unbounded = !L::REPLAY_EXACT;
+        if unbounded {
+            flow.register_retention(Retention::Unbounded);
+        }
+        let slot = hooks.add_operator(&driven.name, activator.clone(), L::SNAPSHOTS, unbounded);
+        if let (Some(Resume::State(at)), Some(restored)) = (hooks.resume, hooks.restored.as_ref()) {
+            let (index, peers) = (scope.index(), scope.peers());
+            // With another number of workers, keys move: every worker reads every part and
+            // keeps the keys the exchange now sends it (hash modulo the number of workers).
+            let parts = restored.operator_parts(&slot.key, (restored.workers() == peers).then_some(index));
+            if parts.is_empty() {
+                panic!(
+                    "checkpoint {} has no state for operator {:?}: the pipeline changed since it was taken; start \
+                     it with an empty checkpoint directory to run from the beginning",
+                    restored.id(),
+                    driven.name
+                )
+            }
+            let keep = move |hash: u64| (hash % peers as u64) as usize == index;
+            let restored_timers = logic.load(&parts, &keep).unwrap_or_else(|error| {
+                panic!("operator {:?} cannot resume from checkpoint {}: {error}", driven.name, restored.id())
+            });
+            timers.extend(restored_timers.into_iter().map(Reverse));
+            restored_at = Some(at);
+            slot.reach.set(Some(at));
+        }
+        checkpoint = Some((slot, Rc::clone(&hooks.barrier)));
     }
     Core {
         logic,
         pending: Vec::new(),
         pending_min: None,
         ready: Vec::new(),
-        timers: BinaryHeap::new(),
+        timers,
         inputs: Vec::new(),
         fired: Vec::new(),
         output: Vec::new(),
@@ -317,6 +475,10 @@ fn core<'scope, L: TemporalLogic>(scope: timely::dataflow::Scope<'scope, Time>, 
         metrics: Arc::clone(&driven.metrics),
         worker: scope.index(),
         peers: scope.peers(),
+        checkpoint,
+        seen: Some(restored_at.unwrap_or(0)),
+        restored_at,
+        activator,
     }
 }
 
@@ -341,8 +503,10 @@ where
     let (late_output, late_stream) = builder.new_output();
     let mut output = OutputBuilder::<_, CapacityContainerBuilder<Vec<(L::Output, Time, isize)>>>::from(output);
     let mut late_output = OutputBuilder::<_, CapacityContainerBuilder<Vec<(L::Late, Time, isize)>>>::from(late_output);
-    let mut core = core(scope, &driven, logic);
-    builder.build(move |_capabilities| {
+    let activator = scope.activator_for(Rc::clone(&builder.operator_info().address));
+    let mut core = core(scope, &driven, logic, activator);
+    builder.build(move |capabilities| {
+        core.adopt(capabilities);
         move |frontiers| {
             core.absorb(&mut input, |d| d);
             core.run(frontier_of(&frontiers[0]), &mut output.activate(), &mut late_output.activate());
@@ -377,8 +541,10 @@ where
     let (late_output, late_stream) = builder.new_output();
     let mut output = OutputBuilder::<_, CapacityContainerBuilder<Vec<(L::Output, Time, isize)>>>::from(output);
     let mut late_output = OutputBuilder::<_, CapacityContainerBuilder<Vec<(L::Late, Time, isize)>>>::from(late_output);
-    let mut core = core(scope, &driven, logic);
-    builder.build(move |_capabilities| {
+    let activator = scope.activator_for(Rc::clone(&builder.operator_info().address));
+    let mut core = core(scope, &driven, logic, activator);
+    builder.build(move |capabilities| {
+        core.adopt(capabilities);
         move |frontiers| {
             core.absorb(&mut left_input, Side::Left);
             core.absorb(&mut right_input, Side::Right);
@@ -391,7 +557,7 @@ where
 
 /// Counts of live state by the earliest dataflow time of the inputs it reflects, in buckets:
 /// what an operator reports as [`TemporalLogic::oldest`] (a lower bound, to the bucket).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Holds {
     counts: std::collections::BTreeMap<Time, u64>,
 }

@@ -276,7 +276,7 @@ where
 }
 
 /// What a session timer does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 enum Due {
     /// The session is complete: show it (Final).
     Complete,
@@ -284,6 +284,7 @@ enum Due {
     Expire,
 }
 
+#[derive(Serialize, Deserialize)]
 struct Session<Acc, O> {
     last: Time,
     count: i64,
@@ -529,5 +530,29 @@ where
 
     fn oldest(&self) -> Option<Time> {
         self.holds.oldest()
+    }
+
+    const SNAPSHOTS: bool = true;
+
+    fn save(&self, timers: Vec<(Time, &Self::Timer)>) -> Result<Vec<u8>, String> {
+        bincode::serialize(&(&self.keys, &self.holds, self.live, timers)).map_err(|e| e.to_string())
+    }
+
+    fn load(&mut self, parts: &[&[u8]], keep: &dyn Fn(u64) -> bool) -> Result<Vec<(Time, Self::Timer)>, String> {
+        type Saved<K, Acc, O> = (FastMap<K, KeySessions<Acc, O>>, Holds, usize, Vec<(Time, (Due, K, Time))>);
+        let mut all_timers = Vec::new();
+        for part in parts {
+            let (keys, _, _, timers): Saved<K, A::Acc, A::Output> =
+                bincode::deserialize(part).map_err(|e| e.to_string())?;
+            for (key, sessions) in keys.into_iter().filter(|(key, _)| keep(key.hashed())) {
+                for (_, session) in &sessions {
+                    self.holds.hold(session.since);
+                    self.live += 1;
+                }
+                self.keys.insert(key, sessions);
+            }
+            all_timers.extend(timers.into_iter().filter(|(_, (_, key, _))| keep(key.hashed())));
+        }
+        Ok(all_timers)
     }
 }
