@@ -3,45 +3,54 @@
 //!
 //! # What a checkpoint holds
 //!
-//! State is a deterministic function of the timestamped input. A checkpoint does not copy the
-//! operators' state; it records how to *rebuild* it:
+//! Two things, so that a restore can take either road:
 //!
-//! - the **replay time** `R`: every stateful operator, on every worker, has told the flow group
+//! - **Operator state at a snapshot time `T`.** Every temporal operator (the driver in
+//!   [`crate::state`]) that can serialise its state — sessions and keyed process functions
+//!   today — takes it once it has applied every input before `T` and nothing at or after it:
+//!   its keys, accumulators, user state and pending timers. For every source, the checkpoint
+//!   also records where to read again so that every record whose dataflow time is at least `T`
+//!   comes again. A restore loads the state and reads the inputs from `T` only, however old the
+//!   state is: a session open since the start of the input, or a user's state machine, costs
+//!   its size, not a replay of its history. With another number of workers, every worker reads
+//!   every worker's state and keeps the keys the exchange now sends it.
+//! - **A replay time `R`.** Every stateful operator, on every worker, has told the flow group
 //!   ([`crate::runtime::flow`]) the oldest input its state still refers to; `R` is at most that,
-//!   over all operators and workers, as of a frontier every sink has written;
-//! - for every **source**, where to read again so that every record whose dataflow time is at
-//!   least `R` comes again, at the same dataflow time (e.g. a file chunk with the largest event
-//!   time before it, which restores the watermark; Kafka offsets with theirs);
-//! - for every **sink** writer, the frontier it had written and what it needs to continue (a
-//!   file's length).
+//!   over all operators and workers, as of a frontier every sink has written. For every source,
+//!   where to read again for `R`. A restore from `R` re-reads the inputs from there and drops
+//!   the records before it; operators rebuild their state from the rest, exactly as it was,
+//!   because every decision they make (a window closing, a record being late) depends only on
+//!   dataflow times.
 //!
-//! On restore, sources read again from their recorded positions and drop records whose
-//! dataflow time is below `R` (their effects are complete: no state refers to them, and the
-//! sinks hold their outputs); operators rebuild their state from the rest, exactly as it was,
-//! because every decision they make (a window closing, a record being late) depends only on
-//! dataflow times; and each sink drops the updates before the frontier it had written, which
-//! it already holds, and continues after them. A checkpoint's size follows the number of
-//! partitions and sinks, not the state; what a restart re-reads follows the live state: the
-//! records from the oldest one still in an open window, session or join buffer. Operators that
-//! keep state forever (equi-joins, tables: [`Retention::Unbounded`](crate::runtime::flow::Retention))
-//! hold the replay time at the start, so a restart re-reads everything — correct, not fast.
+//! The state is used when every stateful operator of the dataflow can take it (sessions,
+//! process functions, and operators without state). Otherwise — tumbling and sliding windows,
+//! whose pre-aggregated pane deltas travel at their batch's time, so a delta applied before `T`
+//! may hold records read again after it; dedup, top-N, joins, tables, whose state is not
+//! serialised yet; equi-joins and tables kept by differential; a program's own differential
+//! operators — the checkpoint replays from `R`. For windows `R` is about one window behind the
+//! watermark. Dedup, equi-joins and tables hold `R` at the start (their state depends on every
+//! earlier input): a restart re-reads everything — correct, not fast.
 //!
-//! Dropping the records before `R` is exact for operators whose state is a function of the
-//! inputs their retention covers: windows, sessions, interval, window and as-of joins, tables,
-//! top-N. Two operators' state depends on a chain of earlier inputs — dedup (a horizon group
-//! starts where the key's previous one ended) and keyed process functions (user state) — and
-//! in a checkpointed dataflow they hold the replay time at the start: their restarts re-read
-//! everything. Snapshotting their state instead is future work.
+//! In both cases each sink records the frontier it had written and what it needs to continue
+//! (a file's length); a restored sink drops the updates before that frontier, which it already
+//! holds, and continues after them.
 //!
 //! # The protocol
 //!
 //! [`Checkpointing::install`] adds a coordinator to a dataflow. Every `interval`, worker 0 takes
-//! the replay time `R` (the flow group's safe time) and asks every worker, over a control
-//! channel, for its part: each worker asks its sources where to read again for `R` and its sink
-//! writers to make their output durable and say how far it goes, writes its part (checksummed)
-//! to the [`CheckpointStore`], and says so; once every worker's part is written, worker 0
-//! writes the manifest, and the checkpoint counts. The dataflow keeps running meanwhile:
-//! a worker stops only for as long as its sinks take to sync and its part takes to write.
+//! the replay time `R` (the flow group's safe time). If the operators can take their state, it
+//! asks every worker, over a control channel, to hold its temporal operators where they are:
+//! each says how far its operators could apply their inputs, and the furthest of those is the
+//! snapshot time `T` (held, no operator can pass it before every worker knows it). Each worker
+//! then notes where its sources would read again for `R` and for `T`, tells its operators to
+//! take their state at `T`, and lets them go on once every worker knows `T`. A worker writes its
+//! part (checksummed) to the [`CheckpointStore`] once each of its operators has taken its state
+//! and each of its sinks has written, and made durable, every time before `T`; once every
+//! worker's part is written, worker 0 writes the manifest, and the checkpoint counts. The
+//! dataflow keeps running meanwhile: operators pause only while the workers agree on `T` (a
+//! few control messages), and a worker only for as long as its sinks take to sync and its part
+//! takes to write. A checkpoint is skipped while the operators have not moved past where the
+//! run started (it would only repeat that).
 //!
 //! An exactly-once sink commits its epoch as it takes its part (see `KafkaSink::exactly_once`
 //! in the connectors), so after a crash its committed output may be ahead of the checkpoint
@@ -52,7 +61,8 @@
 //! On start, [`Checkpointing::open`] loads the newest checkpoint whose manifest and parts
 //! are intact (a damaged one is reported in one log line and the one before it used). A
 //! checkpoint written by `N` workers restores with any number: sources re-divide their
-//! partitions, and single-writer sinks (files) write on worker 0 whatever the count.
+//! partitions, operator state is re-divided by key, and single-writer sinks (files) write on
+//! worker 0 whatever the count.
 //!
 //! When every sink has written its complete input, worker 0 removes the checkpoints: the next
 //! run with the same store starts from the beginning.
@@ -417,17 +427,21 @@ impl Hooks {
         Ok(Some(parts))
     }
 
-    /// The operators' states for checkpoint `id` (`Ok(None)` while some have not taken it).
+    /// The operators' states for checkpoint `id` (`Ok(None)` while some have not taken it),
+    /// moved out of their slots.
     fn operators(&self, id: u64) -> Result<Option<Vec<(String, Vec<u8>)>>, String> {
-        let mut states = Vec::new();
         for slot in &self.operators {
             match slot.taken.borrow().as_ref() {
-                Some((taken, Ok(state))) if *taken == id => states.push((slot.key.clone(), state.clone())),
+                Some((taken, Ok(_))) if *taken == id => {}
                 Some((taken, Err(why))) if *taken == id => return Err(format!("operator {}: {why}", slot.key)),
                 _ => return Ok(None),
             }
         }
-        Ok(Some(states))
+        let take = |slot: &OperatorSlot| match slot.taken.borrow_mut().as_mut() {
+            Some((_, Ok(state))) => std::mem::take(state),
+            _ => unreachable!("checked above"),
+        };
+        Ok(Some(self.operators.iter().map(|slot| (slot.key.clone(), take(slot))).collect()))
     }
 
     fn wake_operators(&self) {

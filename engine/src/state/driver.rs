@@ -182,7 +182,9 @@ struct Core<L: TemporalLogic> {
     pending: Vec<(Time, L::Input, isize)>,
     pending_min: Option<Time>,
     /// Inputs being applied, sorted by time.
-    ready: Vec<(Time, L::Input, isize)>,
+    ready: std::collections::VecDeque<(Time, L::Input, isize)>,
+    /// Inputs the frontier has passed, being sorted before they join `ready`.
+    sorting: Vec<(Time, L::Input, isize)>,
     timers: BinaryHeap<Reverse<(Time, L::Timer)>>,
     inputs: Vec<(L::Input, isize)>,
     fired: Vec<L::Timer>,
@@ -302,7 +304,7 @@ impl<L: TemporalLogic> Core<L> {
 
         self.logic.release(frontier);
         let next = min_frontier(self.pending_min, self.timers.peek().map(|Reverse((t, _))| *t));
-        let next = min_frontier(next, self.ready.first().map(|(t, _, _)| *t));
+        let next = min_frontier(next, self.ready.front().map(|(t, _, _)| *t));
         match next {
             None => self.held = None,
             Some(next) => {
@@ -341,26 +343,27 @@ impl<L: TemporalLogic> Core<L> {
                 self.pending.swap(kept, i);
                 kept += 1;
             }
-            let left = self.ready.len();
-            self.ready.extend(self.pending.drain(kept..));
+            self.sorting.extend(self.pending.drain(kept..));
             self.pending_min = min;
             // Unstable, in place: logic does not depend on the order within a time (arrival
             // order differs with the number of workers anyway), and a stable sort moved every
             // update through a scratch buffer.
-            self.ready[left..].sort_unstable_by_key(|(t, _, _)| *t);
-            if left > 0 {
-                // What an earlier pass left (sorted) and what came since (sorted): a stable
-                // sort merges the two runs in one linear pass.
-                self.ready.sort_by_key(|(t, _, _)| *t);
-            }
+            self.sorting.sort_unstable_by_key(|(t, _, _)| *t);
+            // What an earlier, stopped pass left lies before the frontier that pass had, and
+            // everything pending then or since at or after it: the new inputs follow.
+            debug_assert!(
+                self.ready.back().zip(self.sorting.first()).is_none_or(|(left, new)| left.0 <= new.0),
+                "inputs moved to ready out of order"
+            );
+            self.ready.extend(self.sorting.drain(..));
         }
 
-        let mut ready = std::mem::take(&mut self.ready).into_iter().peekable();
+        let ready = &mut self.ready;
         let mut applied = 0;
         let mut stopped = None;
         loop {
             // Inputs an earlier, stopped pass left may lie at or after `frontier` (a snapshot's).
-            let next_input = ready.peek().map(|(t, _, _)| *t).filter(|t| passed(*t));
+            let next_input = ready.front().map(|(t, _, _)| *t).filter(|t| passed(*t));
             let next_timer = self.timers.peek().map(|Reverse((t, _))| *t).filter(|t| passed(*t));
             let time = match (next_input, next_timer) {
                 (Some(a), Some(b)) => a.min(b),
@@ -371,7 +374,7 @@ impl<L: TemporalLogic> Core<L> {
                 stopped = Some(time);
                 break;
             }
-            while let Some((_, input, diff)) = ready.next_if(|(t, _, _)| *t == time) {
+            while let Some((_, input, diff)) = ready.pop_front_if(|(t, _, _)| *t == time) {
                 self.inputs.push((input, diff));
             }
             applied += self.inputs.len() + 1;
@@ -391,8 +394,6 @@ impl<L: TemporalLogic> Core<L> {
             self.inputs.clear();
             self.fired.clear();
         }
-        // What a stopped pass left, sorted, in the buffer's own allocation.
-        self.ready = ready.collect::<Vec<_>>();
 
         if !self.output.is_empty() || !self.late.is_empty() {
             // Every step's time is at or after the held capabilities (the earliest pending
@@ -462,7 +463,8 @@ fn core<'scope, L: TemporalLogic>(
         logic,
         pending: Vec::new(),
         pending_min: None,
-        ready: Vec::new(),
+        ready: std::collections::VecDeque::new(),
+        sorting: Vec::new(),
         timers,
         inputs: Vec::new(),
         fired: Vec::new(),
