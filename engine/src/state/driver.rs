@@ -374,7 +374,8 @@ impl<L: TemporalLogic> Core<L> {
                 stopped = Some(time);
                 break;
             }
-            while let Some((_, input, diff)) = ready.pop_front_if(|(t, _, _)| *t == time) {
+            while ready.front().is_some_and(|(t, _, _)| *t == time) {
+                let (_, input, diff) = ready.pop_front().expect("peeked");
                 self.inputs.push((input, diff));
             }
             applied += self.inputs.len() + 1;
