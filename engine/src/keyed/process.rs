@@ -130,10 +130,12 @@
 //!
 //! # Checkpointing
 //!
-//! The state type is serde data, so that a checkpoint can hold each key's state and timers
-//! one day; today a checkpoint does not copy it, and user state may reflect any earlier input
-//! of its key: in a checkpointed dataflow a process function holds the replay time at the
-//! start, so a restore re-reads the whole input (see [`crate::checkpoint`]).
+//! The state type is serde data: a checkpoint holds each key's state and timers as of its
+//! snapshot time, and a restore loads them (on the worker that now owns the key) and reads the
+//! input again from that time only. Where another operator of the dataflow cannot take its
+//! state, checkpoints replay instead, and since user state may reflect any earlier input of
+//! its key, a process function then holds the replay time at the start: a restore re-reads the
+//! whole input (see [`crate::checkpoint`]).
 
 use std::collections::BTreeSet;
 use std::time::Duration;

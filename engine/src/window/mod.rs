@@ -80,7 +80,9 @@
 //! Window state is one accumulator per live window and key. A checkpoint does not copy it: a
 //! restore re-reads the input from the oldest record of a live window and rebuilds the same
 //! accumulators, since whether a window is open, emitted or released depends on dataflow time
-//! only (see [`crate::checkpoint`]).
+//! only (see [`crate::checkpoint`]). (Copying it would need pane deltas to travel at their
+//! records' times: pre-aggregated per batch, they travel at the batch's, so a delta applied
+//! before a snapshot time may hold records that a restore reads again after it.)
 
 pub mod aggregate;
 mod operator;

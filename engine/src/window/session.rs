@@ -81,9 +81,12 @@
 //!
 //! # Checkpointing
 //!
-//! Session state is a function of the input records of live sessions. A checkpoint does not
-//! copy it: a restore re-reads the input from the oldest record of a live session (see
-//! [`crate::checkpoint`]) — for a key that is never quiet for a gap, from its first record.
+//! A checkpoint holds every live session (its window, accumulator, count and what was emitted)
+//! and its timers as of the snapshot time, and a restore reads the input again from that time
+//! only, however long a session has been open. Where another operator of the dataflow cannot
+//! take its state, checkpoints replay instead: a restore then re-reads the input from the oldest
+//! record of a live session (see [`crate::checkpoint`]) — for a key that is never quiet for a
+//! gap, from its first record.
 
 use std::time::Duration;
 
