@@ -299,8 +299,9 @@ pub(crate) enum SinkSnapshot {
 }
 
 type SourceHook = Box<dyn FnMut(Time) -> Result<Vec<u8>, String>>;
-/// Given the checkpoint's id and the time before which everything must be written.
-type SinkHook = Box<dyn FnMut(u64, Time) -> SinkSnapshot>;
+/// Given the checkpoint's id, the time before which everything must be written, and whether to
+/// save (`false`: only say whether it could — `NotYet`, or `Saved` with nothing in it).
+type SinkHook = Box<dyn FnMut(u64, Time, bool) -> SinkSnapshot>;
 
 /// What a worker's sources and temporal operators share with its checkpoint coordinator: the
 /// barrier at which the operators take their state.
@@ -411,11 +412,23 @@ impl Hooks {
         Ok(states)
     }
 
+    /// Whether every sink has written every time before `need` (no sink saves anything).
+    fn sinks_ready(&mut self, id: u64, need: Time) -> Result<bool, String> {
+        for (name, hook) in &mut self.sinks {
+            match hook(id, need, false) {
+                SinkSnapshot::NotYet => return Ok(false),
+                SinkSnapshot::Unsupported(why) => return Err(format!("sink {name:?}: {why}")),
+                SinkSnapshot::NoWriter | SinkSnapshot::Saved { .. } => {}
+            }
+        }
+        Ok(true)
+    }
+
     /// The sinks' parts, once each has written every time before `need` (`Ok(None)` before).
     fn sinks(&mut self, id: u64, worker: usize, need: Time) -> Result<Option<Vec<SinkPart>>, String> {
         let mut parts = Vec::new();
         for (name, hook) in &mut self.sinks {
-            match hook(id, need) {
+            match hook(id, need, true) {
                 SinkSnapshot::NoWriter => {}
                 SinkSnapshot::NotYet => return Ok(None),
                 SinkSnapshot::Saved { written, state } => {
@@ -427,21 +440,25 @@ impl Hooks {
         Ok(Some(parts))
     }
 
-    /// The operators' states for checkpoint `id` (`Ok(None)` while some have not taken it),
-    /// moved out of their slots.
-    fn operators(&self, id: u64) -> Result<Option<Vec<(String, Vec<u8>)>>, String> {
+    /// Whether every operator has taken its state for checkpoint `id`.
+    fn operators_ready(&self, id: u64) -> Result<bool, String> {
         for slot in &self.operators {
             match slot.taken.borrow().as_ref() {
                 Some((taken, Ok(_))) if *taken == id => {}
                 Some((taken, Err(why))) if *taken == id => return Err(format!("operator {}: {why}", slot.key)),
-                _ => return Ok(None),
+                _ => return Ok(false),
             }
         }
+        Ok(true)
+    }
+
+    /// The operators' states, moved out of their slots (once [`operators_ready`](Self::operators_ready)).
+    fn take_operators(&self) -> Vec<(String, Vec<u8>)> {
         let take = |slot: &OperatorSlot| match slot.taken.borrow_mut().as_mut() {
             Some((_, Ok(state))) => std::mem::take(state),
-            _ => unreachable!("checked above"),
+            _ => Vec::new(),
         };
-        Ok(Some(self.operators.iter().map(|slot| (slot.key.clone(), take(slot))).collect()))
+        self.operators.iter().map(|slot| (slot.key.clone(), take(slot))).collect()
     }
 
     fn wake_operators(&self) {
@@ -926,13 +943,23 @@ fn coordinator(scope: Scope<'_, Time>, config: Checkpointing, flow: Rc<FlowGroup
             // This worker's part, once its operators and sinks are there.
             if let Some(p) = pending.as_mut() {
                 let need = p.at.unwrap_or(0);
+                // Nothing is saved (a sink's sync, an exactly-once sink's commit, an operator's
+                // state moved out) until everything is there: then all of it, once.
                 let ready = match p.at {
-                    Some(_) => hooks.operators(p.id),
-                    None => Ok(Some(Vec::new())),
+                    Some(_) => hooks.operators_ready(p.id),
+                    None => Ok(true),
                 }
-                .and_then(|operators| match operators {
-                    Some(operators) => Ok(hooks.sinks(p.id, index, need)?.map(|sinks| (operators, sinks))),
-                    None => Ok(None),
+                .and_then(|ready| Ok(ready && hooks.sinks_ready(p.id, need)?))
+                .and_then(|ready| {
+                    if !ready {
+                        return Ok(None);
+                    }
+                    let operators = match p.at {
+                        Some(_) => hooks.take_operators(),
+                        None => Vec::new(),
+                    };
+                    let sinks = hooks.sinks(p.id, index, need)?.ok_or("a sink was ready and then not")?;
+                    Ok(Some((operators, sinks)))
                 });
                 let written = match ready {
                     Ok(None) => None,

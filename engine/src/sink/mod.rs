@@ -331,7 +331,7 @@ fn checkpointed<D, W: SinkWriter<D>>(
     let restored = resume;
     hooks.add_sink(
         name,
-        Box::new(move |id, need| {
+        Box::new(move |id, need, save| {
             let mut writer = writer.borrow_mut();
             let Some(writer) = writer.as_mut() else { return SinkSnapshot::NoWriter };
             if failed.get() {
@@ -350,6 +350,9 @@ fn checkpointed<D, W: SinkWriter<D>>(
             }
             if frontier.is_some_and(|f| f < need) {
                 return SinkSnapshot::NotYet;
+            }
+            if !save {
+                return SinkSnapshot::Saved { written: frontier, state: Vec::new() };
             }
             match writer.checkpoint(id) {
                 Ok(state) => SinkSnapshot::Saved { written: frontier, state },
