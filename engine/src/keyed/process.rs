@@ -4,7 +4,7 @@
 //!
 //! A [`KeyedProcessFunction`] sees each event of a key with the key's state (a plain serde type
 //! of the user's), and a [`Context`] to emit output, emit to named side outputs, set and delete
-//! event-time timers, and clear the key. Its [`on_timer`](KeyedProcessFunction::on_timer)
+//! event-time and processing-time timers, and clear the key. Its [`on_timer`](KeyedProcessFunction::on_timer)
 //! callback runs when a timer is due.
 //!
 //! ```
@@ -96,11 +96,24 @@
 //! it was set for. Timers are per key and time: setting one twice sets it once. At the end of
 //! a bounded input the frontier passes every time, and every timer set fires.
 //!
-//! Timers are event-time timers. On a stream read at ingestion time
+//! # Processing-time timers
+//!
+//! [`Context::set_processing_timer`] sets a timer on the operator's clock
+//! ([`ProcessCollection::clock`], the system clock by default) on an event-time stream: both
+//! clocks in one function, as Flink's `TimerService` has them. It fires — runs
+//! [`on_processing_timer`](KeyedProcessFunction::on_processing_timer) — once the clock reads
+//! its time, whatever the watermark does: alerting on silence works on a stream whose watermark
+//! stands still. Due timers fire in clock order, then by key, at every activation of the
+//! operator (checked at least every 100 ms), and what they emit is emitted at the operator's
+//! input frontier then: every event before it has been applied, none after. Their output
+//! depends on when the clock runs, so it is not a function of the input (a replay or a backlog
+//! fires them at other points of the stream). A timer still set when the input ends does not
+//! fire. Checkpoints hold them with the key's state.
+//!
+//! (Alternatively, on a stream read at ingestion time
 //! ([`SourceConfig::ingestion_time`](crate::source::SourceConfig::ingestion_time), with
-//! [`at_ingestion_time`](crate::time::clock::AtIngestionTime::at_ingestion_time)) the
-//! watermark follows the clock, so they are processing-time timers; both clocks in one
-//! function are not available.
+//! [`at_ingestion_time`](crate::time::clock::AtIngestionTime::at_ingestion_time)) the watermark
+//! follows the clock, so event-time timers are processing-time timers.)
 //!
 //! # Late data
 //!
@@ -137,7 +150,8 @@
 //! its key, a process function then holds the replay time at the start: a restore re-reads the
 //! whole input (see [`crate::checkpoint`]).
 
-use std::collections::BTreeSet;
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap};
 use std::time::Duration;
 
 use differential_dataflow::VecCollection;
@@ -148,6 +162,7 @@ use serde::de::DeserializeOwned;
 use crate::runtime::ExchangeData;
 use crate::state::driver::{Holds, Step, TemporalLogic, unary};
 use crate::state::{FastMap, Temporal, temporal_builder};
+use crate::time::clock::Clock;
 use crate::time::{Event, Time, millis};
 
 /// What a process function's per-key state must be: plain serde data (so checkpoints can hold
@@ -174,6 +189,13 @@ pub trait KeyedProcessFunction<K, V>: 'static {
     fn on_timer(&self, at: Time, key: &K, state: &mut Self::State, ctx: &mut Context<'_, K, Self::Output>) {
         let _ = (at, key, state, ctx);
     }
+
+    /// Runs when the processing-time timer `key` set for `at` is due: once the operator's
+    /// clock ([`ProcessCollection::clock`]) reads `at` or later. What it emits is emitted at
+    /// [`Context::time`], the operator's input frontier when it runs. Does nothing by default.
+    fn on_processing_timer(&self, at: Time, key: &K, state: &mut Self::State, ctx: &mut Context<'_, K, Self::Output>) {
+        let _ = (at, key, state, ctx);
+    }
 }
 
 /// What a callback of a [`KeyedProcessFunction`] may do besides changing its state: emit, set
@@ -183,6 +205,9 @@ pub struct Context<'a, K, O> {
     time: Time,
     timers: &'a mut BTreeSet<Time>,
     scheduled: &'a mut Vec<Time>,
+    processing: &'a mut BTreeSet<Time>,
+    processing_scheduled: &'a mut Vec<Time>,
+    clock: &'a Clock,
     output: &'a mut Vec<(O, isize)>,
     side: &'a mut Vec<((String, O), isize)>,
     cleared: bool,
@@ -239,8 +264,36 @@ impl<K, O> Context<'_, K, O> {
         self.timers.iter().copied()
     }
 
+    /// The operator's processing time: its clock's reading now, in ms
+    /// ([`ProcessCollection::clock`]; the system clock by default).
+    pub fn processing_time(&self) -> Time {
+        self.clock.now()
+    }
+
+    /// Sets the key's processing-time timer for `at` (clock ms) and returns `at`: once the
+    /// operator's clock reads `at` or later,
+    /// [`on_processing_timer`](KeyedProcessFunction::on_processing_timer) runs — whatever the
+    /// watermark does, on a silent stream too. It is checked at least every 100 ms. A timer
+    /// still set when the input ends does not fire (as in Flink: a bounded job ends).
+    pub fn set_processing_timer(&mut self, at: Time) -> Time {
+        if self.processing.insert(at) {
+            self.processing_scheduled.push(at);
+        }
+        at
+    }
+
+    /// Deletes the key's processing-time timer for `at`, if set.
+    pub fn delete_processing_timer(&mut self, at: Time) {
+        self.processing.remove(&at);
+    }
+
+    /// The times of the key's processing-time timers that are set, in increasing order.
+    pub fn processing_timers(&self) -> impl Iterator<Item = Time> + '_ {
+        self.processing.iter().copied()
+    }
+
     /// Forgets the key when the callback returns: its state is reset to `State::default()`,
-    /// its timers are deleted and its TTL clock stopped, so its entry is released. Changes the
+    /// its timers (of both clocks) are deleted and its TTL clock stopped, so its entry is released. Changes the
     /// callback makes to the state and timers after `clear` are discarded too; what it emits
     /// is not.
     pub fn clear(&mut self) {
@@ -261,7 +314,7 @@ where
     V: ExchangeData,
 {
     fn process<F: KeyedProcessFunction<K, V>>(self, function: F) -> ProcessCollection<'scope, K, V, F> {
-        ProcessCollection { events: self, function, ttl: None, temporal: Temporal::default() }
+        ProcessCollection { events: self, function, ttl: None, clock: Clock::system(), temporal: Temporal::default() }
     }
 }
 
@@ -274,6 +327,7 @@ pub struct ProcessCollection<'scope, K: 'static, V: 'static, F> {
     events: VecCollection<'scope, Time, Event<K, V>>,
     function: F,
     ttl: Option<u64>,
+    clock: Clock,
     temporal: Temporal,
 }
 
@@ -295,6 +349,13 @@ where
         self
     }
 
+    /// The clock processing-time timers follow (default [`Clock::system`]; a
+    /// [`Clock::manual`] one in tests).
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
     /// The main output: everything the function emitted, at the times it emitted it.
     pub fn build(self) -> VecCollection<'scope, Time, F::Output> {
         self.build_with_side().0
@@ -306,7 +367,7 @@ where
     pub fn build_with_side(
         self,
     ) -> (VecCollection<'scope, Time, F::Output>, VecCollection<'scope, Time, (String, F::Output)>) {
-        let ProcessCollection { events, function, ttl, temporal } = self;
+        let ProcessCollection { events, function, ttl, clock, temporal } = self;
         let name = temporal.name_or(|| match ttl {
             Some(ttl) => format!("Process(ttl={ttl}ms)"),
             None => "Process".to_string(),
@@ -318,6 +379,9 @@ where
             holds: Holds::default(),
             keyed: Vec::new(),
             scheduled: Vec::new(),
+            clock,
+            processing: BinaryHeap::new(),
+            processing_scheduled: Vec::new(),
             output: Vec::new(),
             side: Vec::new(),
         };
@@ -332,6 +396,8 @@ struct Entry<S> {
     /// The timers set (each has an entry in the driver's timer queue, or is for the time being
     /// applied).
     timers: BTreeSet<Time>,
+    /// The processing-time timers set (each has an entry in the operator's queue).
+    processing: BTreeSet<Time>,
     /// With a TTL: when the state expires (latest event time + TTL), if it reflects events.
     expires: Option<Time>,
     /// The time of the TTL visit queued for the key, if any.
@@ -348,6 +414,11 @@ struct ProcessLogic<K, V, F: KeyedProcessFunction<K, V>> {
     /// The step's events, and keys to visit (timer entries carry no event).
     keyed: Vec<(K, Option<Event<K, V>>, isize)>,
     scheduled: Vec<Time>,
+    clock: Clock,
+    /// Processing-time timers by due time (an entry whose key no longer has the timer set is
+    /// skipped).
+    processing: BinaryHeap<Reverse<(Time, K)>>,
+    processing_scheduled: Vec<Time>,
     output: Vec<(F::Output, isize)>,
     side: Vec<((String, F::Output), isize)>,
 }
@@ -358,9 +429,29 @@ where
     V: ExchangeData,
     F: KeyedProcessFunction<K, V>,
 {
-    /// Applies everything that happens to `key` at `time`: `events` (sorted), its timer, its TTL.
-    fn visit(&mut self, key: &K, events: &[(K, Option<Event<K, V>>, isize)], time: Time, step: &mut Step<'_, Self>) {
-        let ProcessLogic { function, ttl, keys, holds, scheduled, output, side, .. } = self;
+    /// Applies everything that happens to `key` at `time`: `events` (sorted), its timer, its
+    /// TTL — or, with `processing`, its processing-time timer for that clock time only.
+    fn visit(
+        &mut self,
+        key: &K,
+        events: &[(K, Option<Event<K, V>>, isize)],
+        time: Time,
+        processing: Option<Time>,
+        step: &mut Step<'_, Self>,
+    ) {
+        let ProcessLogic {
+            function,
+            ttl,
+            keys,
+            holds,
+            scheduled,
+            clock,
+            processing: queue,
+            processing_scheduled,
+            output,
+            side,
+            ..
+        } = self;
         let has_events = events.iter().any(|(_, event, _)| event.is_some());
         let entry = if has_events {
             keys.entry(key.clone()).or_insert_with(|| {
@@ -368,6 +459,7 @@ where
                 Entry {
                     state: F::State::default(),
                     timers: BTreeSet::new(),
+                    processing: BTreeSet::new(),
                     expires: None,
                     ttl_queued: None,
                     since: time,
@@ -380,7 +472,18 @@ where
                 None => return,
             }
         };
-        let mut ctx = Context { key, time, timers: &mut entry.timers, scheduled, output, side, cleared: false };
+        let mut ctx = Context {
+            key,
+            time,
+            timers: &mut entry.timers,
+            scheduled,
+            processing: &mut entry.processing,
+            processing_scheduled,
+            clock,
+            output,
+            side,
+            cleared: false,
+        };
         // Applies a callback's `clear`.
         fn settle<S: Default>(
             state: &mut S,
@@ -390,6 +493,7 @@ where
             if std::mem::take(&mut ctx.cleared) {
                 *state = S::default();
                 ctx.timers.clear();
+                ctx.processing.clear();
                 *expires = None;
             }
         }
@@ -405,11 +509,19 @@ where
                 settle(&mut entry.state, &mut ctx, &mut entry.expires);
             }
         }
-        while ctx.timers.remove(&time) {
-            function.on_timer(time, key, &mut entry.state, &mut ctx);
-            settle(&mut entry.state, &mut ctx, &mut entry.expires);
+        if let Some(at) = processing {
+            if ctx.processing.remove(&at) {
+                function.on_processing_timer(at, key, &mut entry.state, &mut ctx);
+                settle(&mut entry.state, &mut ctx, &mut entry.expires);
+            }
+        } else {
+            while ctx.timers.remove(&time) {
+                function.on_timer(time, key, &mut entry.state, &mut ctx);
+                settle(&mut entry.state, &mut ctx, &mut entry.expires);
+            }
         }
         match entry.expires {
+            _ if processing.is_some() => {}
             Some(expires) if expires <= time => {
                 entry.state = F::State::default();
                 entry.expires = None;
@@ -429,13 +541,18 @@ where
                 step.schedule(at, key.clone());
             }
         }
+        for at in processing_scheduled.drain(..) {
+            if entry.processing.contains(&at) {
+                queue.push(Reverse((at, key.clone())));
+            }
+        }
         for (value, diff) in output.drain(..) {
             step.give(value, diff);
         }
         for (value, diff) in side.drain(..) {
             step.side(value, diff);
         }
-        if entry.timers.is_empty() && entry.state == F::State::default() {
+        if entry.timers.is_empty() && entry.processing.is_empty() && entry.state == F::State::default() {
             holds.release(entry.since);
             keys.remove(key);
         }
@@ -483,7 +600,7 @@ where
                 end += 1;
             }
             let key = keyed[start].0.clone();
-            self.visit(&key, &keyed[start..end], time, step);
+            self.visit(&key, &keyed[start..end], time, None, step);
             start = end;
         }
         keyed.clear();
@@ -500,6 +617,29 @@ where
         self.holds.oldest()
     }
 
+    const CLOCK: bool = true;
+
+    fn on_clock(&mut self, step: &mut Step<'_, Self>) {
+        let now = self.clock.now();
+        let mut due = Vec::new();
+        while self.processing.peek().is_some_and(|Reverse((at, _))| *at <= now) {
+            let Reverse(timer) = self.processing.pop().expect("peeked");
+            due.push(timer);
+        }
+        // In clock order, then by key: the same whatever order they were set in.
+        due.sort_unstable();
+        due.dedup();
+        let time = step.time();
+        for (at, key) in due {
+            self.visit(&key, &[], time, Some(at), step);
+        }
+    }
+
+    fn clock_wakeup(&self) -> Option<Duration> {
+        let Reverse((at, _)) = self.processing.peek()?;
+        Some(Duration::from_millis(at.saturating_sub(self.clock.now())))
+    }
+
     // User state is serde data: checkpoints hold it, and a restore need not replay.
     const SNAPSHOTS: bool = true;
 
@@ -514,6 +654,7 @@ where
             let (keys, _, timers): Saved<K, F::State> = bincode::deserialize(part).map_err(|e| e.to_string())?;
             for (key, entry) in keys.into_iter().filter(|(key, _)| keep(key.hashed())) {
                 self.holds.hold(entry.since);
+                self.processing.extend(entry.processing.iter().map(|at| Reverse((*at, key.clone()))));
                 self.keys.insert(key, entry);
             }
             all_timers.extend(timers.into_iter().filter(|(_, key)| keep(key.hashed())));

@@ -139,6 +139,21 @@ pub(crate) trait TemporalLogic: Sized + 'static {
     /// replay time at the start (correct, not fast).
     const REPLAY_EXACT: bool = true;
 
+    /// Whether it has work due by processing time ([`on_clock`](Self::on_clock)): the driver
+    /// then keeps a capability at its input frontier while the input is open, to emit at.
+    const CLOCK: bool = false;
+
+    /// Does the work due by processing time, in a step at the operator's input frontier (every
+    /// input before it applied). Called at every activation while the input is open.
+    fn on_clock(&mut self, step: &mut Step<'_, Self>) {
+        let _ = step;
+    }
+
+    /// How long until its next work by processing time (`None`: none is set).
+    fn clock_wakeup(&self) -> Option<std::time::Duration> {
+        None
+    }
+
     /// Whether it can take its state for a checkpoint ([`save`](Self::save),
     /// [`load`](Self::load)). When every stateful operator of a dataflow can, its checkpoints
     /// hold the operators' state and a restore reads the inputs again from the checkpoint's
@@ -243,11 +258,19 @@ impl<L: TemporalLogic> Core<L> {
     /// Takes the capabilities of a restored operator with timers (it may have no input to
     /// take them from), at its earliest timer.
     fn adopt(&mut self, mut capabilities: Vec<Capability<Time>>) {
-        if let (Some(Reverse((first, _))), None) = (self.timers.peek(), self.held.as_ref())
+        // A restored operator's earliest timer, or, for work by processing time, where it
+        // starts (it emits at its input frontier).
+        let first = self.timers.peek().map(|Reverse((t, _))| *t);
+        let first = if L::CLOCK {
+            Some(first.map_or(self.seen.unwrap_or(0), |t| t.min(self.seen.unwrap_or(0))))
+        } else {
+            first
+        };
+        if let (Some(first), None) = (first, self.held.as_ref())
             && capabilities.len() == 2
         {
-            let second = capabilities.pop().expect("two outputs").delayed(first);
-            let first = capabilities.pop().expect("two outputs").delayed(first);
+            let second = capabilities.pop().expect("two outputs").delayed(&first);
+            let first = capabilities.pop().expect("two outputs").delayed(&first);
             self.held = Some([first, second]);
         }
     }
@@ -296,6 +319,25 @@ impl<L: TemporalLogic> Core<L> {
             None => frontier,
         };
         self.seen = frontier;
+        if L::CLOCK
+            && let Some(now) = frontier
+            && self.held.is_some()
+        {
+            let mut step = Step {
+                time: now,
+                timers: &mut self.timers,
+                output: &mut self.output,
+                late: &mut self.late,
+                late_count: &mut self.late_count,
+                keep_late: self.keep_late,
+            };
+            self.logic.on_clock(&mut step);
+            self.flush(output, late);
+            if let Some(wait) = self.logic.clock_wakeup() {
+                // Checked at least every 100 ms: a manual clock moves without telling anyone.
+                self.activator.activate_after(wait.min(std::time::Duration::from_millis(100)));
+            }
+        }
         if let Some((slot, _)) = self.checkpoint.as_ref() {
             // How far it could apply now: its input's frontier, or, with all of its input in,
             // where a hold keeps it (`None` once it has applied everything).
@@ -305,6 +347,9 @@ impl<L: TemporalLogic> Core<L> {
         self.logic.release(frontier);
         let next = min_frontier(self.pending_min, self.timers.peek().map(|Reverse((t, _))| *t));
         let next = min_frontier(next, self.ready.front().map(|(t, _, _)| *t));
+        // With work due by processing time, a capability stays at the input frontier (to emit
+        // at) until the input ends; then what is set by processing time is dropped.
+        let next = if L::CLOCK { frontier.map(|f| next.map_or(f, |n| n.min(f))) } else { next };
         match next {
             None => self.held = None,
             Some(next) => {
@@ -396,9 +441,16 @@ impl<L: TemporalLogic> Core<L> {
             self.fired.clear();
         }
 
+        self.flush(output, late);
+        stopped
+    }
+
+    /// Emits what the steps gave.
+    fn flush(&mut self, output: &mut Output<'_, L::Output>, late: &mut Output<'_, L::Late>) {
         if !self.output.is_empty() || !self.late.is_empty() {
             // Every step's time is at or after the held capabilities (the earliest pending
-            // input or timer when the step was filed).
+            // input or timer when the step was filed, or the input frontier for work due by
+            // processing time).
             let held = self.held.as_ref().expect("inputs arrive with a capability");
             if !self.output.is_empty() {
                 output.session(&held[0]).give_container(&mut self.output);
@@ -409,7 +461,6 @@ impl<L: TemporalLogic> Core<L> {
                 self.late.clear();
             }
         }
-        stopped
     }
 }
 

@@ -11,6 +11,7 @@ mod join_window_oracle;
 mod metrics_endpoint;
 mod peer_scenarios;
 mod process_oracle;
+mod processing_timers;
 mod read_model;
 mod session_oracle;
 mod source_finish;
