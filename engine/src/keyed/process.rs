@@ -546,6 +546,11 @@ where
                 queue.push(Reverse((at, key.clone())));
             }
         }
+        // An event-time timer a processing-time callback set for the current time fires in
+        // the step of that time, once the frontier passes it (events of that time may come).
+        if processing.is_some() && entry.timers.contains(&time) {
+            step.schedule(time, key.clone());
+        }
         for (value, diff) in output.drain(..) {
             step.give(value, diff);
         }

@@ -74,6 +74,8 @@ impl KeyedProcessFunction<u32, Op> for Reminders {
         self.fired.fetch_add(1, Ordering::SeqCst);
         state.timer = None;
         ctx.emit((*key, "reminder".to_string()));
+        // An event-time timer for now: it fires once the watermark passes this time.
+        ctx.set_timer(ctx.time());
     }
 }
 
@@ -198,13 +200,16 @@ fn processing_timers_fire_by_the_clock_while_the_watermark_stands_still() {
             }
         }
         // Event-time timers are unchanged: one per Start, at its time + 500, fired as the
-        // watermark passes them (before any key is cleared, at 2 000 and later).
+        // watermark passes them (before any key is cleared, at 2 000 and later); and one per
+        // reminder, set by it for its own time, fired once the end of the input passes that.
         let event_timers: BTreeSet<(u32, Time)> = rows
             .iter()
             .filter(|((_, what), _)| what.starts_with("event-time"))
             .map(|((key, _), time)| (*key, *time))
             .collect();
-        let expected_timers: BTreeSet<(u32, Time)> = (0..40u32).map(|k| (k, 1_500 + u64::from(k))).collect();
+        let mut expected_timers: BTreeSet<(u32, Time)> = (0..40u32).map(|k| (k, 1_500 + u64::from(k))).collect();
+        expected_timers
+            .extend(rows.iter().filter(|((_, what), _)| what == "reminder").map(|((key, _), time)| (*key, *time)));
         assert_eq!(event_timers, expected_timers, "{workers} workers");
     }
 }
