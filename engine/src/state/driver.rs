@@ -289,6 +289,13 @@ impl<L: TemporalLogic> Core<L> {
     /// Applies every time the frontier has passed, releases state, and emits; first, if a
     /// checkpoint's time is among them, applies the times before it and takes the state.
     fn run(&mut self, frontier: Option<Time>, output: &mut Output<'_, L::Output>, late: &mut Output<'_, L::Late>) {
+        // Restored from state taken at `T`: every input before `T` is in it (the sources drop
+        // what they read again before `T`), so the input frontier counts as at least `T` —
+        // also for work by processing time, which must not emit before the state's time.
+        let frontier = match self.restored_at {
+            Some(at) => frontier.map(|f| f.max(at)),
+            None => frontier,
+        };
         // A checkpoint being agreed on holds the operator where it is (or at its time).
         let input_frontier = frontier;
         let frontier = match (self.checkpoint.as_ref().and_then(|(_, barrier)| barrier.hold.get()), self.seen) {
