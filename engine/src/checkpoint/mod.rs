@@ -204,10 +204,10 @@ impl Restored {
         self.snapshot_at
     }
 
-    /// How a job with `peers` workers resumes: from the operators' state at its time (same
-    /// number of workers), or by replaying from the replay time. `Err` if neither is possible.
-    pub(crate) fn resume(&self, peers: usize) -> Result<Resume, String> {
-        let _ = peers;
+    /// How a job resumes: from the operators' state at its time (with any number of workers:
+    /// keys move to their new owners), or by replaying from the replay time. `Err` if neither
+    /// is possible.
+    pub(crate) fn resume(&self) -> Result<Resume, String> {
         match self.snapshot_at {
             Some(at) => Ok(Resume::State(at)),
             None if self.replayable => Ok(Resume::Replay(self.replay_from)),
@@ -424,20 +424,21 @@ impl Hooks {
         Ok(true)
     }
 
-    /// The sinks' parts, once each has written every time before `need` (`Ok(None)` before).
-    fn sinks(&mut self, id: u64, worker: usize, need: Time) -> Result<Option<Vec<SinkPart>>, String> {
+    /// The sinks' parts (once [`sinks_ready`](Self::sinks_ready) says every sink has written
+    /// every time before `need`).
+    fn sinks(&mut self, id: u64, worker: usize, need: Time) -> Result<Vec<SinkPart>, String> {
         let mut parts = Vec::new();
         for (name, hook) in &mut self.sinks {
             match hook(id, need, true) {
                 SinkSnapshot::NoWriter => {}
-                SinkSnapshot::NotYet => return Ok(None),
+                SinkSnapshot::NotYet => return Err(format!("sink {name:?} was ready and then not")),
                 SinkSnapshot::Saved { written, state } => {
                     parts.push(SinkPart { name: name.clone(), worker, written, state })
                 }
                 SinkSnapshot::Unsupported(why) => return Err(format!("sink {name:?}: {why}")),
             }
         }
-        Ok(Some(parts))
+        Ok(parts)
     }
 
     /// Whether every operator has taken its state for checkpoint `id`.
@@ -559,9 +560,10 @@ impl Checkpointing {
     /// not makes every checkpoint fail, with a warning naming it.
     pub fn install(&self, scope: Scope<'_, Time>) {
         let flow = crate::runtime::flow::group(scope);
-        let resume = self.restored.as_ref().map(|restored| {
-            restored.resume(scope.peers()).unwrap_or_else(|problem| panic!("cannot resume: {problem}"))
-        });
+        let resume = self
+            .restored
+            .as_ref()
+            .map(|restored| restored.resume().unwrap_or_else(|problem| panic!("cannot resume: {problem}")));
         *flow.checkpoints.borrow_mut() = Some(Hooks { restored: self.restored.clone(), resume, ..Hooks::default() });
         coordinator(scope, self.clone(), flow);
     }
@@ -958,7 +960,7 @@ fn coordinator(scope: Scope<'_, Time>, config: Checkpointing, flow: Rc<FlowGroup
                         Some(_) => hooks.take_operators(),
                         None => Vec::new(),
                     };
-                    let sinks = hooks.sinks(p.id, index, need)?.ok_or("a sink was ready and then not")?;
+                    let sinks = hooks.sinks(p.id, index, need)?;
                     Ok(Some((operators, sinks)))
                 });
                 let written = match ready {

@@ -625,6 +625,10 @@ where
     const CLOCK: bool = true;
 
     fn on_clock(&mut self, step: &mut Step<'_, Self>) {
+        // Called at every activation: no clock read for a function without processing timers.
+        if self.processing.is_empty() {
+            return;
+        }
         let now = self.clock.now();
         let mut due = Vec::new();
         while self.processing.peek().is_some_and(|Reverse((at, _))| *at <= now) {
