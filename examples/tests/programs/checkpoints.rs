@@ -43,6 +43,24 @@ impl Lcg {
     }
 }
 
+/// Waits until `dir` holds a checkpoint newer than `before` (at most 20 s, or until `child`
+/// ends), waits `delay` more, then kills `child` (SIGKILL) if it still runs; whether it did.
+pub(crate) fn kill_after_a_new_checkpoint(child: &mut Child, dir: &Path, before: Option<u64>, delay: Duration) -> bool {
+    let started = Instant::now();
+    while newest_checkpoint(dir) == before && started.elapsed() < Duration::from_secs(20) {
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    std::thread::sleep(delay);
+    if child.try_wait().unwrap().is_some() {
+        return false;
+    }
+    child.kill().unwrap();
+    true
+}
+
 /// The newest committed checkpoint id in `dir`.
 pub(crate) fn newest_checkpoint(dir: &Path) -> Option<u64> {
     std::fs::read_dir(dir)
@@ -161,24 +179,15 @@ fn killed_and_resumed(name: &str, window: &[&str], seed: u64, state: bool) {
             continue;
         }
         let mut child = spawn(&loud(args(&bids, window, &files, &extra)));
-        let started = Instant::now();
         // The first attempt dies before any checkpoint; later ones once a new checkpoint is
         // committed, after a random further delay.
-        if attempt > 0 {
-            while newest_checkpoint(&checkpoints) == before && started.elapsed() < Duration::from_secs(20) {
-                if child.try_wait().unwrap().is_some() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            std::thread::sleep(Duration::from_millis(rng.below(60)));
+        let killed = if attempt > 0 {
+            kill_after_a_new_checkpoint(&mut child, &checkpoints, before, Duration::from_millis(rng.below(60)))
         } else {
             std::thread::sleep(Duration::from_millis(30));
-        }
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap();
-            kills += 1;
-        }
+            child.try_wait().unwrap().is_none() && child.kill().is_ok()
+        };
+        kills += killed as usize;
         let status = child.wait().unwrap();
         let mut stderr = String::new();
         std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_patterns");
 
@@ -135,18 +135,8 @@ fn killed_at_random_moments_it_resumes_from_the_process_functions_state_and_aler
         let mut child = command.spawn().unwrap();
         if fault.is_none() {
             // Killed once a new checkpoint is committed, after a random further delay.
-            let started = Instant::now();
-            while crate::checkpoints::newest_checkpoint(&checkpoints) == before
-                && started.elapsed() < Duration::from_secs(20)
-                && child.try_wait().unwrap().is_none()
-            {
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            std::thread::sleep(Duration::from_millis(rng.below(60)));
-            if child.try_wait().unwrap().is_none() {
-                child.kill().unwrap();
-                kills += 1;
-            }
+            let delay = Duration::from_millis(rng.below(60));
+            kills += crate::checkpoints::kill_after_a_new_checkpoint(&mut child, &checkpoints, before, delay) as usize;
         }
         let status = child.wait().unwrap();
         let mut stderr = String::new();
